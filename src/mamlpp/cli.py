@@ -1,0 +1,53 @@
+"""The ``mamlpp`` command.
+
+Each feature module contributes its sub-commands through a ``register(subparsers)`` function, so
+this file only wires them together and turns :class:`~mamlpp.errors.MamlppError` into a one-line
+message and an exit code (2 for configuration errors, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import MamlppError
+
+# Modules that define ``register(subparsers)``; each adds its own sub-commands.
+COMMAND_MODULES = [
+    "mamlpp.data.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mamlpp",
+        description="MAML++ few-shot learning: train, evaluate, benchmark and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"mamlpp {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MamlppError as error:
+        print(f"mamlpp: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("mamlpp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
