@@ -1,0 +1,160 @@
+"""Backbones as plain modules with a pure functional forward.
+
+A backbone owns its parameters and BN statistics but never sees the experiment configuration.
+The learner calls :meth:`functional_forward` with a dict of (possibly adapted) tensors, the inner
+step index for per-step batch norm, and optionally the running statistics to normalise with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .per_step_bn import PerStepBatchNorm, per_step_batch_norm
+
+# {bn layer name: (batch mean [C], unbiased batch variance [C])} from one forward pass.
+BatchStats = dict[str, tuple[Tensor, Tensor]]
+
+
+class Backbone(Protocol):
+    """What the learner needs from a network."""
+
+    num_steps: int
+
+    def adaptable_names(self) -> list[str]:
+        """Parameters adapted in the inner loop (conv and linear weights and biases)."""
+        ...
+
+    def bn_layers(self) -> dict[str, PerStepBatchNorm]: ...
+
+    def functional_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]: ...
+
+
+class Conv4(nn.Module):
+    """The conv4 ("VGG") backbone of MAML and MAML++ (spec section 2).
+
+    Four blocks of 3x3 conv (stride 1, padding 1, bias) -> per-step BN -> leaky ReLU (0.01) ->
+    2x2 max-pool, then flatten -> linear to ``ways`` classes. Omniglot: 64 channels, 28x28 input,
+    28->14->7->3->1 (64 features); mini-ImageNet: 48 channels, 84x84, 84->42->21->10->5 (1200).
+    Xavier-uniform weights, zero biases, BN gamma 1 and beta 0.
+
+    ``num_steps`` is the number of inner steps S: per-step BN weights/biases are ``[S, C]`` when
+    ``per_step_bn_affine`` (BNWB), ``[C]`` otherwise; running statistics are ``[S, C]`` when
+    ``per_step_bn_stats`` (BNRS), ``[C]`` otherwise.
+    """
+
+    def __init__(
+        self,
+        ways: int,
+        in_channels: int = 1,
+        channels: int = 64,
+        image_size: int = 28,
+        num_steps: int = 5,
+        per_step_bn_stats: bool = True,
+        per_step_bn_affine: bool = True,
+        num_blocks: int = 4,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if ways < 2:
+            raise ValueError(f"Conv4 needs ways >= 2, got {ways}")
+        spatial = image_size
+        for _ in range(num_blocks):
+            spatial //= 2
+        if spatial < 1:
+            raise ValueError(f"image_size {image_size} is too small for {num_blocks} 2x2 max-pools")
+        self.ways = ways
+        self.num_steps = num_steps
+        self.num_blocks = num_blocks
+        self.per_step_bn_stats = per_step_bn_stats
+        self.per_step_bn_affine = per_step_bn_affine
+        for b in range(num_blocks):
+            conv = nn.Conv2d(in_channels if b == 0 else channels, channels, 3, padding=1)
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            self.add_module(f"conv{b}", conv)
+            bn = PerStepBatchNorm(channels, num_steps, per_step_bn_affine, per_step_bn_stats, eps)
+            self.add_module(f"bn{b}", bn)
+        self.head = nn.Linear(channels * spatial * spatial, ways)
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def adaptable_names(self) -> list[str]:
+        names = [f"conv{b}.{p}" for b in range(self.num_blocks) for p in ("weight", "bias")]
+        return names + ["head.weight", "head.bias"]
+
+    def bn_layers(self) -> dict[str, PerStepBatchNorm]:
+        return {f"bn{b}": getattr(self, f"bn{b}") for b in range(self.num_blocks)}
+
+    def functional_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``step``.
+
+        ``params`` maps every parameter name to a tensor (adapted or not). ``running`` (buffer
+        name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics and
+        returns them per layer for the running-statistics update.
+        """
+        stats: BatchStats = {}
+        h = x
+        for b in range(self.num_blocks):
+            h = F.conv2d(h, params[f"conv{b}.weight"], params[f"conv{b}.bias"], padding=1)
+            bn = f"bn{b}"
+            eps = self._modules[bn].eps
+            if running is not None:
+                h, _ = per_step_batch_norm(
+                    h,
+                    params[f"{bn}.weight"],
+                    params[f"{bn}.bias"],
+                    step,
+                    running[f"{bn}.running_mean"],
+                    running[f"{bn}.running_var"],
+                    eps,
+                )
+            else:
+                h, batch = per_step_batch_norm(
+                    h, params[f"{bn}.weight"], params[f"{bn}.bias"], step, eps=eps
+                )
+                stats[bn] = batch
+            h = F.leaky_relu(h, 0.01)
+            h = F.max_pool2d(h, 2)
+        h = h.flatten(1)
+        return F.linear(h, params["head.weight"], params["head.bias"]), stats
+
+    def forward(self, x: Tensor, step: int | None = None) -> Tensor:
+        """Logits with the stored (unadapted) parameters and batch statistics, at ``step``
+        (default: the last inner step)."""
+        step = self.num_steps - 1 if step is None else step
+        logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
+        return logits
+
+
+def conv4_for(ways: int, in_channels: int, image_size: int, config, channels: int | None = None):
+    """A Conv4 shaped for a MetaConfig: its BN tables match the config's per-step switches."""
+    if channels is None:
+        channels = 64 if image_size <= 32 else 48
+    return Conv4(
+        ways,
+        in_channels=in_channels,
+        channels=channels,
+        image_size=image_size,
+        num_steps=config.num_inner_steps,
+        per_step_bn_stats=config.per_step_bn_stats,
+        per_step_bn_affine=config.per_step_bn_affine,
+    )
+
+
+__all__ = ["Backbone", "BatchStats", "Conv4", "conv4_for"]

@@ -1,0 +1,161 @@
+"""Meta-gradients: finite differences, first vs second order, batched vs loop, naive parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from core_helpers import clone_learner, grads_of, naive_inputs, tiny_learner, tiny_tasks
+from naive_maml import naive_meta_loss, naive_predict
+
+from mamlpp import MetaConfig
+
+ALL_ON_2_STEPS = MetaConfig(num_inner_steps=2, first_order_epochs=0)  # six techniques, 2nd order
+
+
+def _loss_and_grads(learner, batch, epoch=0, batched=None, update_bn_stats=False):
+    learner.zero_grad(set_to_none=True)
+    loss, metrics = learner.meta_loss(
+        *batch, epoch, batched=batched, update_bn_stats=update_bn_stats
+    )
+    loss.backward()
+    return loss.detach(), grads_of(learner), metrics
+
+
+def test_second_order_meta_gradient_matches_central_finite_differences():
+    learner = tiny_learner(ALL_ON_2_STEPS)
+    batch = tiny_tasks()
+    _, analytic, _ = _loss_and_grads(learner, batch)
+    named = dict(learner.backbone.named_parameters())
+    named["inner_lrs"] = learner.inner_lrs
+    g = torch.Generator().manual_seed(0)
+    # Backbone weights, learned inner learning rates and BN gamma/beta (per step).
+    chosen = [
+        "conv0.weight",
+        "conv1.bias",
+        "conv3.weight",
+        "head.weight",
+        "head.bias",
+        "inner_lrs",
+        "bn0.weight",
+        "bn1.bias",
+        "bn2.weight",
+        "bn3.bias",
+    ]
+    eps = 1e-6
+    fd_values, an_values = [], []
+    for name in chosen:
+        p = named[name]
+        flat = p.data.view(-1)
+        for idx in torch.randperm(flat.numel(), generator=g)[:4].tolist():
+            original = flat[idx].item()
+            with torch.no_grad():
+                flat[idx] = original + eps
+                plus = learner.meta_loss(*batch, 0, update_bn_stats=False)[0].item()
+                flat[idx] = original - eps
+                minus = learner.meta_loss(*batch, 0, update_bn_stats=False)[0].item()
+                flat[idx] = original
+            fd_values.append((plus - minus) / (2 * eps))
+            an_values.append(analytic[name].view(-1)[idx].item())
+    fd, an = torch.tensor(fd_values), torch.tensor(an_values)
+    assert an.abs().max() > 1e-4, "gradients too small for a meaningful check"
+    rel = (fd - an).norm() / an.norm()
+    assert rel < 1e-6, f"relative error {rel:.3e}"
+    # Per-entry check as well, so that one wrong small entry cannot hide in the norm.
+    assert torch.allclose(fd, an, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("msl", [True, False])
+def test_first_order_equals_detached_inner_gradients(msl):
+    config = ALL_ON_2_STEPS.replace(first_order_epochs=5, msl=msl)  # epoch 0: first order
+    learner = tiny_learner(config)
+    batch = tiny_tasks()
+    assert not learner.second_order_at(0)
+    _, first, _ = _loss_and_grads(learner, batch, epoch=0)
+
+    weights, bn, running, lrs = naive_inputs(learner)
+    tasks = list(zip(*batch, strict=True))
+    learner.zero_grad(set_to_none=True)
+    naive = naive_meta_loss(
+        weights, bn, running, lrs, tasks, 2, learner.msl_weights(0), second_order=False
+    )
+    naive.backward()
+    detached = grads_of(learner)
+    assert set(first) == set(detached)
+    for name in first:
+        torch.testing.assert_close(first[name], detached[name], rtol=1e-10, atol=1e-12)
+
+    # Learned learning rates still receive meta-gradient in first-order mode.
+    assert first["inner_lrs"].abs().min() > 0
+
+    # And first order really differs from second order.
+    _, second, _ = _loss_and_grads(learner, batch, epoch=5)
+    assert learner.second_order_at(5)
+    diff = max((first[n] - second[n]).abs().max().item() for n in first)
+    assert diff > 1e-6
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ALL_ON_2_STEPS,
+        ALL_ON_2_STEPS.replace(msl=False),
+        ALL_ON_2_STEPS.replace(first_order_epochs=3),  # first order at epoch 0
+        MetaConfig.maml(num_inner_steps=2),
+        MetaConfig(
+            num_inner_steps=3,
+            per_step_bn_affine=False,
+            adapt_bn_affine=True,
+            first_order_epochs=0,
+            task_reduction="sum",
+        ),
+    ],
+    ids=["maml++", "no-msl", "first-order", "maml", "adapt-bn-sum"],
+)
+def test_batched_equals_loop(config):
+    looped = tiny_learner(config)
+    batched = clone_learner(looped)
+    batch = tiny_tasks(tasks=3)
+    loss_l, grads_l, metrics_l = _loss_and_grads(looped, batch, batched=False, update_bn_stats=True)
+    loss_b, grads_b, metrics_b = _loss_and_grads(batched, batch, batched=True, update_bn_stats=True)
+    torch.testing.assert_close(loss_b, loss_l, rtol=0, atol=1e-10)
+    assert set(grads_l) == set(grads_b) and grads_l
+    for name in grads_l:
+        torch.testing.assert_close(grads_b[name], grads_l[name], rtol=0, atol=1e-10)
+    for key in metrics_l:
+        torch.testing.assert_close(metrics_b[key], metrics_l[key], rtol=0, atol=1e-10)
+    # The BNRS statistics after the update are the same as well.
+    buffers_l = dict(looped.backbone.named_buffers())
+    for name, value in batched.backbone.named_buffers():
+        torch.testing.assert_close(value, buffers_l[name], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bn_mode", ["transductive", "per_step"])
+@pytest.mark.parametrize("epoch", [0, 10])  # MSL on at epoch 0, off from msl_epochs=10
+def test_parity_with_naive_implementation(bn_mode, epoch):
+    config = MetaConfig(num_inner_steps=3, first_order_epochs=0, bn_mode=bn_mode)
+    learner = tiny_learner(config)
+    batch = tiny_tasks(tasks=2)
+    tasks = list(zip(*batch, strict=True))
+    weights, bn, running, lrs = naive_inputs(learner)
+
+    learner.zero_grad(set_to_none=True)
+    naive = naive_meta_loss(weights, bn, running, lrs, tasks, 3, learner.msl_weights(epoch))
+    naive.backward()
+    naive_grads = grads_of(learner)
+
+    loss, ours, _ = _loss_and_grads(learner, batch, epoch=epoch, update_bn_stats=True)
+    torch.testing.assert_close(loss, naive.detach(), rtol=1e-12, atol=1e-12)
+    for name in naive_grads:
+        torch.testing.assert_close(ours[name], naive_grads[name], rtol=1e-9, atol=1e-11)
+    # Running statistics: F.batch_norm's in-place updates vs our folded batch statistics.
+    for name, value in learner.backbone.named_buffers():
+        torch.testing.assert_close(value, running[name], rtol=1e-10, atol=1e-12)
+
+    # Evaluation: per_step uses the running statistics, transductive the batch's own.
+    logits = learner.adapt_and_predict(batch[0], batch[1], batch[2])
+    weights, bn, running, lrs = naive_inputs(learner)
+    for b, (sx, sy, qx, _) in enumerate(tasks):
+        expected = naive_predict(
+            weights, bn, running, lrs, sx, sy, qx, 3, use_running=bn_mode == "per_step"
+        )
+        torch.testing.assert_close(logits[b], expected, rtol=1e-9, atol=1e-11)
