@@ -1,0 +1,85 @@
+"""Where data lives, and writing files so that an interruption never leaves half a file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import DataError
+
+ENV_VAR = "MAMLPP_DATA"
+DEFAULT_DATA_DIR = Path("~/.cache/mamlpp")
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The data folder: ``--data-dir`` if given, else ``$MAMLPP_DATA``, else ``~/.cache/mamlpp``.
+
+    Nothing is created here; writers create the folders they need.
+    """
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_DATA_DIR.expanduser()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    The temp file sits in the same folder so ``os.replace`` is atomic; it is deleted on failure.
+    """
+    dest = Path(dest)
+    make_dirs(dest.parent)
+    # O_EXCL with mode 0o666 gives a fresh file with the usual umask permissions (mkstemp's
+    # 0600 would make a shared cache unreadable to other users).
+    tmp_path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as error:
+        raise DataError(f"cannot write in {dest.parent}: {error.strerror or error}") from None
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create folder {path}: {error.strerror or error}") from None
+
+
+def is_writable_dir(path: Path) -> bool:
+    """True if ``path`` is meant to be written and a file can really be created there.
+
+    A folder whose permission bits allow nobody to write (e.g. a shared read-only data folder) is
+    treated as read-only even for root, who could write anyway; os.access alone is also wrong on
+    some network mounts, hence the real test file.
+    """
+    if not path.is_dir() or not path.stat().st_mode & 0o222:
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mamlpp-write-test.", dir=path)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+def file_digest(path: Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,117 @@
+"""The two containers the data layer hands to the rest of the project.
+
+``FewShotSplit`` is one split (train/val/test) of a dataset held entirely in memory as uint8, and
+``TaskBatch`` is a batch of episodes already in the float32 layout ``MAMLpp.meta_loss`` takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+
+Device = torch.device | str | None
+
+
+@dataclass(frozen=True)
+class FewShotSplit:
+    """One split of a few-shot dataset, fully in memory.
+
+    Images stay uint8 (mini-ImageNet train would be 3.2 GB as float32); the sampler converts only
+    the images of a batch with ``(images / 255 - mean) / std``.
+    """
+
+    name: str  # "train", "val" or "test"
+    images: torch.Tensor  # uint8 [num_images, C, H, W]
+    class_images: torch.Tensor  # int64 [num_classes, max_per_class]; row c = image ids, padded -1
+    class_counts: torch.Tensor  # int64 [num_classes]; valid entries at the start of each row
+    class_names: list[str]
+    mean: tuple[float, ...]  # per channel, applied after scaling pixels to [0, 1]
+    std: tuple[float, ...]
+    rotate: bool = False  # per-class random k*90 degree rotation in episodes (Omniglot train)
+    meta: dict[str, str] = field(default_factory=dict, compare=False)  # dataset, source, cache
+
+    def __post_init__(self) -> None:
+        # Shapes are checked once here so the sampler's hot path can trust them.
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        num_classes = self.class_images.shape[0]
+        if self.class_counts.shape != (num_classes,) or len(self.class_names) != num_classes:
+            raise ValueError(
+                "class_images, class_counts and class_names disagree on the class count"
+            )
+        channels = self.images.shape[1]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean/std need {channels} values (one per channel)")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_images.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: Device) -> FewShotSplit:
+        """A copy whose tensors live on ``device`` (the same object if they already do)."""
+        device = torch.device(device) if device is not None else self.device
+        if device == self.device:
+            return self
+        return replace(
+            self,
+            images=self.images.to(device),
+            class_images=self.class_images.to(device),
+            class_counts=self.class_counts.to(device),
+        )
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        return (
+            f"{self.name}: {self.num_classes} classes, {self.num_images} images "
+            f"({c}x{h}x{w}){', rotated per class' if self.rotate else ''}"
+        )
+
+
+class TaskBatch(NamedTuple):
+    """B episodes of N-way, K-shot, T-target tasks (labels 0..N-1, class-major order)."""
+
+    support_x: torch.Tensor  # float32 [B, N*K, C, H, W]
+    support_y: torch.Tensor  # int64 [B, N*K]
+    query_x: torch.Tensor  # float32 [B, N*T, C, H, W]
+    query_y: torch.Tensor  # int64 [B, N*T]
+
+    def to(self, device: Device, non_blocking: bool = False) -> TaskBatch:
+        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def build_class_index(
+    image_classes: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a per-image class id [num_images] into (class_images [C, max], class_counts [C]).
+
+    Image ids within a class keep their ascending order; unused slots hold -1.
+    """
+    image_classes = image_classes.to(torch.int64)
+    counts = torch.bincount(image_classes, minlength=num_classes)
+    order = torch.argsort(image_classes, stable=True)  # image ids grouped by class
+    starts = torch.cumsum(counts, 0) - counts
+    # Position of each sorted image inside its class row.
+    sorted_classes = image_classes[order]
+    slot = torch.arange(order.numel()) - starts[sorted_classes]
+    width = int(counts.max()) if num_classes else 0
+    table = torch.full((num_classes, width), -1, dtype=torch.int64)
+    table[sorted_classes, slot] = order
+    return table, counts
