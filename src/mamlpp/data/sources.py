@@ -1,0 +1,108 @@
+"""Where the datasets come from, and the explicit download commands.
+
+Downloads happen only here (``mamlpp data download ...``); loaders never touch the network.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .download import download_file
+from .files import data_dir
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    urls: tuple[str, ...]  # tried in order
+    md5: str | None = None
+    size: int | None = None
+
+
+_OMNIGLOT_PREFIXES = (
+    "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/",  # torchvision
+    "https://github.com/brendenlake/omniglot/raw/master/python/",  # torchmeta
+)
+OMNIGLOT_FILES = (
+    RemoteFile(
+        "images_background.zip",
+        tuple(p + "images_background.zip" for p in _OMNIGLOT_PREFIXES),
+        md5="68d2efa1b9178cc56df9314c21c6e718",
+        size=9_464_212,
+    ),
+    RemoteFile(
+        "images_evaluation.zip",
+        tuple(p + "images_evaluation.zip" for p in _OMNIGLOT_PREFIXES),
+        md5="6b91aef0f799c5bb55b94e3f2daec811",
+        size=6_462_886,
+    ),
+)
+
+# learn2learn's public mirrors of the per-split pickles (no published checksum, so the loader's
+# structural checks are the verification).
+MINI_IMAGENET_FILES = tuple(
+    RemoteFile(
+        f"mini-imagenet-cache-{split}.pkl",
+        (
+            f"https://zenodo.org/record/7978538/files/mini-imagenet-cache-{split}.pkl",
+            f"https://www.dropbox.com/s/{box}/mini-imagenet-cache-{split}.pkl?dl=1",
+        ),
+    )
+    for split, box in (
+        ("train", "9g8c6w345s2ek03"),
+        ("validation", "ip1b7se3gij3r1b"),
+        ("test", "ye9jeb5tyz0x01b"),
+    )
+)
+
+MINI_IMAGENET_HELP = (
+    "mini-ImageNet could not be downloaded ({why}). Get the images yourself (ImageNet terms of "
+    "use apply) and put them in {folder} in one of these forms: "
+    "mini-imagenet-cache-{{train,val,test}}.pkl (e.g. from "
+    "https://zenodo.org/record/7978538), {{train,val,test}}/<wnid>/*.jpg, or images/*.jpg with "
+    "the Ravi CSVs; then run `mamlpp data info mini-imagenet`"
+)
+
+
+def _fetch(remote: RemoteFile, folder: Path, progress: bool) -> Path:
+    """Try each mirror in turn; report every mirror's failure if none works."""
+    errors = []
+    for url in remote.urls:
+        try:
+            return download_file(
+                url,
+                folder / remote.name,
+                md5=remote.md5,
+                expected_size=remote.size,
+                progress=progress,
+            )
+        except DataError as error:
+            errors.append(str(error))
+    raise DataError(errors[-1] if len(errors) == 1 else "; ".join(errors))
+
+
+def download_omniglot(root: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
+    """Fetch the two official zips into ``<data dir>/omniglot`` (md5-verified); return that folder.
+
+    The loader reads the zips directly, so nothing is extracted.
+    """
+    folder = data_dir(root) / "omniglot"
+    for remote in OMNIGLOT_FILES:
+        _fetch(remote, folder, progress)
+    return folder
+
+
+def download_mini_imagenet(
+    root: str | os.PathLike[str] | None = None, progress: bool = True
+) -> Path:
+    """Fetch the three mini-ImageNet pickles into ``<data dir>/miniimagenet``; return it."""
+    folder = data_dir(root) / "miniimagenet"
+    for remote in MINI_IMAGENET_FILES:
+        try:
+            _fetch(remote, folder, progress)
+        except DataError as error:
+            raise DataError(MINI_IMAGENET_HELP.format(why=error, folder=folder)) from None
+    return folder
