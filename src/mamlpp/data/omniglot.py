@@ -1,0 +1,358 @@
+"""Omniglot: official layout in, compact cache out, FewShotSplits for either standard split.
+
+Source layout (the official zips, or those zips extracted)::
+
+    <source>/images_background.zip | images_background/<Alphabet>/characterNN/XXXX_YY.png  (964)
+    <source>/images_evaluation.zip | images_evaluation/<Alphabet>/characterNN/XXXX_YY.png  (659)
+
+Preprocessing decodes the 32,460 PNGs once (straight from the zips), resizes them with the
+nearest-neighbour rule the reference gets from PIL for 1-bit images, and stores them bit-packed
+(about 3 MB for 28x28) in an ``.npz`` keyed by a fingerprint of the source, so a changed source is
+rebuilt. Later loads read only that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataError
+from .archive import member_parts, open_zip, read_member
+from .files import atomic_path, data_dir, is_writable_dir
+from .omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
+from .progress import Progress
+from .structures import FewShotSplit, build_class_index
+
+SUBSETS = {"images_background": 964, "images_evaluation": 659}  # characters per subset
+DRAWERS = 20
+CACHE_VERSION = 1
+OMNIGLOT_MEAN, OMNIGLOT_STD = (0.0,), (1.0,)  # pixels stay {0, 1}, background 1, as the reference
+
+
+@dataclass(frozen=True)
+class OmniglotArrays:
+    """All 1623 characters, sorted by name; image i belongs to class ``image_class[i]``."""
+
+    images: np.ndarray  # uint8 [32460, S, S], 0 = ink, 255 = background
+    image_class: np.ndarray  # int64 [32460], class-major, drawers in file-name order
+    class_names: list[str]  # sorted "Alphabet/characterNN"
+    cache_path: Path
+
+
+def find_omniglot(root: str | os.PathLike[str] | None = None) -> Path | None:
+    """The first folder among ``root``, ``root/omniglot``, ``root/omniglot-py`` holding both subsets
+    (as zips or folders); ``root`` defaults to :func:`data_dir`."""
+    base = data_dir(root)
+    for candidate in (base, base / "omniglot", base / "omniglot-py"):
+        if all(_subset_location(candidate, subset) for subset in SUBSETS):
+            return candidate
+    return None
+
+
+def _subset_location(source: Path, subset: str) -> Path | None:
+    folder, archive = source / subset, source / f"{subset}.zip"
+    if folder.is_dir():
+        return folder
+    if archive.is_file():
+        return archive
+    return None
+
+
+def _resolve_source(source: str | os.PathLike[str]) -> Path:
+    path = Path(source).expanduser()
+    if path.is_file() and path.name in {f"{s}.zip" for s in SUBSETS}:
+        path = path.parent
+    if not path.is_dir():
+        raise DataError(
+            f"Omniglot folder {path} does not exist (run `mamlpp data download "
+            "omniglot` or pass the folder holding images_background.zip)"
+        )
+    for subset in SUBSETS:
+        if _subset_location(path, subset) is None:
+            raise DataError(f"missing {subset}.zip (or the folder {subset}/) in {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- fingerprint / cache
+
+
+def source_fingerprint(source: Path) -> str:
+    """Hash of what the cache depends on: zip contents, or names, sizes and mtimes of the PNGs."""
+    digest = hashlib.sha256(f"omniglot-cache-v{CACHE_VERSION}".encode())
+    for subset in SUBSETS:
+        location = _subset_location(source, subset)
+        assert location is not None
+        if location.is_file():
+            digest.update(f"zip:{subset}:".encode())
+            with open(location, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+        else:
+            digest.update(f"dir:{subset}:".encode())
+            for path in sorted(location.rglob("*.png")):
+                stat = path.stat()
+                rel = path.relative_to(location).as_posix()
+                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def default_cache_dir(source: Path) -> Path:
+    """Beside the source when it is writable, else ``<data dir>/cache``."""
+    return source if is_writable_dir(source) else data_dir() / "cache"
+
+
+def prepare_omniglot(
+    source: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int = 28,
+    progress: bool = False,
+) -> OmniglotArrays:
+    """Load the preprocessed cache, building it first if it is missing, stale or unreadable."""
+    root = _resolve_source(source)
+    if image_size < 1:
+        raise DataError(f"image size must be positive, got {image_size}")
+    key = source_fingerprint(root)[:16]
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(root)
+    cache_path = folder / f"omniglot-{image_size}px-{key}.npz"
+    cached = _read_cache(cache_path, image_size)
+    if cached is not None:
+        return cached
+    images, image_class, class_names = _decode_all(root, image_size, progress)
+    with atomic_path(cache_path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                packed=np.packbits(images > 127),  # 1 bit per pixel: 1 = background
+                image_class=image_class.astype(np.int16),
+                class_names=np.array(class_names),
+                meta=np.array(
+                    json.dumps(
+                        {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
+                    )
+                ),
+            )
+    return OmniglotArrays(images, image_class, class_names, cache_path)
+
+
+def _read_cache(path: Path, image_size: int) -> OmniglotArrays | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            class_names = [str(name) for name in data["class_names"]]
+            image_class = data["image_class"].astype(np.int64)
+            count = image_class.shape[0]
+            bits = np.unpackbits(data["packed"], count=count * image_size * image_size)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None  # unreadable cache (e.g. an old crash or a disk error): rebuild it
+    if meta.get("version") != CACHE_VERSION or meta.get("image_size") != image_size:
+        return None
+    images = (bits.reshape(count, image_size, image_size) * np.uint8(255)).astype(np.uint8)
+    return OmniglotArrays(images, image_class, class_names, path)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _nearest_indices(source_size: int, target_size: int) -> np.ndarray:
+    """PIL's nearest-neighbour rule: target pixel x samples source floor((x + 0.5) * in / out)."""
+    return ((np.arange(target_size) + 0.5) * source_size / target_size).astype(np.int64)
+
+
+def _decode_png(data: bytes, name: str, image_size: int) -> np.ndarray:
+    """PNG bytes -> uint8 [S, S] with 0 = ink and 255 = background (1-bit semantics kept)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("L"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"corrupt image {name}: {error}") from None
+    h, w = pixels.shape
+    rows, cols = _nearest_indices(h, image_size), _nearest_indices(w, image_size)
+    return np.where(pixels[np.ix_(rows, cols)] > 127, 255, 0).astype(np.uint8)
+
+
+def _list_pngs(
+    location: Path, subset: str, stack: contextlib.ExitStack
+) -> list[tuple[str, str, object]]:
+    """(class name, file name, handle) for each PNG of a subset; handle reads the bytes."""
+    entries = []
+    if location.is_file():
+        archive = stack.enter_context(open_zip(location))
+        for info in archive.infolist():
+            parts = member_parts(info.filename, location)
+            if info.is_dir() or not parts or not parts[-1].lower().endswith(".png"):
+                continue
+            if len(parts) != 4 or parts[0] != subset:
+                raise DataError(
+                    f"unexpected entry {info.filename!r} in {location}: expected "
+                    f"{subset}/<Alphabet>/<character>/<image>.png"
+                )
+            entries.append((f"{parts[1]}/{parts[2]}", parts[3], (archive, info)))
+    else:
+        for path in location.glob("*/*/*"):
+            if path.suffix.lower() == ".png" and path.is_file():
+                entries.append((f"{path.parent.parent.name}/{path.parent.name}", path.name, path))
+    return entries
+
+
+def _read_bytes(handle: object) -> bytes:
+    if isinstance(handle, Path):
+        try:
+            return handle.read_bytes()
+        except OSError as error:
+            raise DataError(f"cannot read {handle}: {error.strerror or error}") from None
+    archive, info = handle  # type: ignore[misc]
+    return read_member(archive, info)
+
+
+def _decode_all(root: Path, image_size: int, progress: bool):
+    with contextlib.ExitStack() as stack:  # closes the zips
+        return _decode_all_open(root, image_size, progress, stack)
+
+
+def _decode_all_open(root: Path, image_size: int, progress: bool, stack: contextlib.ExitStack):
+    entries: list[tuple[str, str, object]] = []
+    for subset, expected in SUBSETS.items():
+        location = _subset_location(root, subset)
+        assert location is not None
+        found = _list_pngs(location, subset, stack)
+        per_class: dict[str, int] = {}
+        for class_name, _, _ in found:
+            per_class[class_name] = per_class.get(class_name, 0) + 1
+        if len(per_class) != expected:
+            raise DataError(
+                f"{location} has {len(per_class)} characters, expected {expected} "
+                "(incomplete or wrong archive)"
+            )
+        short = {name: n for name, n in per_class.items() if n != DRAWERS}
+        if short:
+            name, n = sorted(short.items())[0]
+            raise DataError(
+                f"{location}: character {name} has {n} images, expected {DRAWERS} "
+                f"({len(short)} characters affected)"
+            )
+        entries.extend(found)
+    class_names = sorted({class_name for class_name, _, _ in entries})
+    if len(class_names) != sum(SUBSETS.values()):
+        raise DataError(f"{root}: character names repeat across subsets")
+    index = {name: i for i, name in enumerate(class_names)}
+    # Class-major order, drawers sorted by file name (XXXX_01 .. XXXX_20).
+    entries.sort(key=lambda entry: (index[entry[0]], entry[1]))
+    images = np.empty((len(entries), image_size, image_size), dtype=np.uint8)
+    bar = Progress(len(entries), desc="preprocessing Omniglot", unit="img", enabled=progress)
+    try:
+        for i, (class_name, file_name, handle) in enumerate(entries):
+            images[i] = _decode_png(_read_bytes(handle), f"{class_name}/{file_name}", image_size)
+            if i % 512 == 511:
+                bar.update(512)
+    finally:
+        bar.close()
+    image_class = np.array([index[entry[0]] for entry in entries], dtype=np.int64)
+    return images, image_class, class_names
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def load_omniglot(
+    source: str | os.PathLike[str],
+    split: str = "mamlpp",
+    cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int = 28,
+    *,
+    split_seed: int = REFERENCE_SEED,
+    progress: bool = False,
+) -> dict[str, FewShotSplit]:
+    """Omniglot as ``{"train", "val", "test"}`` FewShotSplits.
+
+    ``split="mamlpp"``: the MAML++ reference split of characters (1150/50/423, seed0 files;
+    ``split_seed=985773`` gives the split the reference code actually draws), train episodes
+    rotated per class. ``split="vinyals"``: 1028/172/423 characters x 4 rotations as classes.
+    """
+    arrays = prepare_omniglot(source, cache_dir, image_size, progress)
+    images = torch.from_numpy(arrays.images).unsqueeze(1)  # uint8 [M, 1, S, S]
+    table, counts = build_class_index(torch.from_numpy(arrays.image_class), len(arrays.class_names))
+    if int(counts.min()) != DRAWERS or int(counts.max()) != DRAWERS:
+        raise DataError(f"Omniglot cache {arrays.cache_path} is inconsistent; delete it")
+    index = {name: i for i, name in enumerate(arrays.class_names)}
+    meta = {
+        "dataset": f"omniglot ({split} split)",
+        "source": str(Path(source)),
+        "cache": str(arrays.cache_path),
+    }
+
+    if split == "mamlpp":
+        names = reference_split(arrays.class_names, seed=split_seed)
+        return {
+            name: _make_split(
+                name,
+                images,
+                table,
+                [(index[c], 0) for c in names[name]],
+                names[name],
+                rotate=(name == "train"),
+                meta=meta,
+            )
+            for name in SPLIT_NAMES
+        }
+    if split == "vinyals":
+        result = {}
+        for name, entries in vinyals_split().items():
+            missing = [c for c, _ in entries if c not in index]
+            if missing:
+                raise DataError(
+                    f"Vinyals {name} split names {missing[0]}, which is not in "
+                    f"the Omniglot source ({len(missing)} missing)"
+                )
+            classes = [(index[c], rot // 90) for c, rot in entries]
+            labels = [f"{c}/rot{rot:03d}" for c, rot in entries]
+            result[name] = _make_split(
+                name, images, table, classes, labels, rotate=False, meta=meta
+            )
+        return result
+    raise DataError(f"unknown Omniglot split {split!r} (choose 'mamlpp' or 'vinyals')")
+
+
+def _make_split(
+    name: str,
+    images: torch.Tensor,
+    table: torch.Tensor,
+    classes: list[tuple[int, int]],
+    class_names: list[str],
+    rotate: bool,
+    meta: dict[str, str],
+) -> FewShotSplit:
+    """Gather the images of ``classes`` = [(character, quarter turns)] into one contiguous block."""
+    characters = torch.tensor([c for c, _ in classes], dtype=torch.int64)
+    turns = torch.tensor([k for _, k in classes], dtype=torch.int64)
+    rows = table[characters]  # [n, 20] image ids in the full set
+    out = images[rows.reshape(-1)]  # [n*20, 1, S, S]
+    # Rotation classes (Vinyals) are materialised: 4x the images, still only ~65 MB at 28x28.
+    per_image_turns = turns.repeat_interleave(rows.shape[1])
+    for k in (1, 2, 3):
+        mask = per_image_turns == k
+        if mask.any():
+            out[mask] = torch.rot90(out[mask], k, dims=(-2, -1))
+    n, width = rows.shape
+    return FewShotSplit(
+        name=name,
+        images=out.contiguous(),
+        class_images=torch.arange(n * width, dtype=torch.int64).view(n, width),
+        class_counts=torch.full((n,), width, dtype=torch.int64),
+        class_names=list(class_names),
+        mean=OMNIGLOT_MEAN,
+        std=OMNIGLOT_STD,
+        rotate=rotate,
+        meta=dict(meta),
+    )
