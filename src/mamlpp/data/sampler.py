@@ -1,0 +1,214 @@
+"""Episode sampler: task j of a split is a pure function of (split, j, seed), built by tensor ops.
+
+Randomness comes from a counter-based hash rather than a stateful generator: every random number
+of task j is ``hash(seed, j, stream, counter)``. So a task never depends on which other tasks share
+its batch, on the batch order, or on the device's RNG state, and a whole batch of tasks is drawn
+with a handful of vectorised ops on the target device (no per-task Python, no workers).
+
+Per task (N ways, K shots, T targets):
+  classes   = the N classes with the largest hash keys (a uniform random ordered N-subset;
+              episode label n = position n)
+  images    = per class, the K+T images with the largest keys: first K support, last T target
+              (distinct, hence disjoint)
+  rotation  = per class k*90 degrees, k = key & 3, only when ``split.rotate`` (reference train)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ..errors import DataError
+from .structures import Device, FewShotSplit, TaskBatch
+
+_MASK32 = 0xFFFFFFFF
+# Odd multipliers below 2**31, so a 32-bit value times one never overflows int64 (no reliance on
+# wrap-around). Each mixing round is a bijection on 32-bit integers.
+_MUL_A = 0x7FEB352D
+_MUL_B = 0x5851F42D
+_WEYL = 0x61C88647  # 2**32 - golden ratio constant: spreads consecutive counters apart
+_STREAM_CLASSES, _STREAM_IMAGES, _STREAM_ROTATIONS = 0x1B873593, 0x2C1B3C6D, 0x3A8F05C5
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Avalanche-mix int64 tensors holding 32-bit values (xor-shift / multiply rounds)."""
+    x = x ^ (x >> 16)
+    x = (x * _MUL_A) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * _MUL_B) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * _MUL_A) & _MASK32
+    return x ^ (x >> 15)
+
+
+def _mix32_int(x: int) -> int:
+    return int(_mix32(torch.tensor([x & _MASK32], dtype=torch.int64))[0])
+
+
+def task_keys(seed: int, task_ids: torch.Tensor) -> torch.Tensor:
+    """One 32-bit key per task [B]; distinct task ids below 2**32 give distinct keys."""
+    seed &= (1 << 64) - 1
+    base = _mix32_int(_mix32_int(seed & _MASK32) ^ (seed >> 32))
+    low, high = task_ids & _MASK32, task_ids >> 32
+    return _mix32(_mix32(low ^ base) ^ high)
+
+
+def _random32(keys: torch.Tensor, stream: int, counters: torch.Tensor) -> torch.Tensor:
+    """Uniform 32-bit values for every (task, counter): keys [B] x counters [...] -> [B, ...]."""
+    stream_keys = _mix32(keys ^ stream).view(-1, *([1] * counters.dim()))
+    return _mix32((stream_keys + counters * _WEYL) & _MASK32)
+
+
+def _top_positions(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` largest values along the last dim, ties impossible.
+
+    ``values * width + position`` makes every key unique, so the choice (and its order) is well
+    defined on every device and for every topk algorithm.
+    """
+    width = values.shape[-1]
+    position = torch.arange(width, device=values.device)
+    return torch.topk(values * width + position, count, dim=-1, sorted=True).indices
+
+
+class Episodes(NamedTuple):
+    """Which data a batch of tasks uses (before any pixels are touched)."""
+
+    classes: torch.Tensor  # int64 [B, N] class ids of the split; episode label n = column n
+    images: torch.Tensor  # int64 [B, N, K+T] image ids; [..., :K] support, [..., K:] target
+    rotations: torch.Tensor  # int64 [B, N] quarter turns per class (all 0 unless rotating)
+
+
+class EpisodeSampler:
+    """N-way, K-shot episodes with T targets per class from one :class:`FewShotSplit`.
+
+    ``sample(task_ids)`` returns a :class:`TaskBatch` on ``device`` (default: the split's).
+    The trainer draws ids ``iteration * B + b`` with its training seed; evaluation uses fixed ids
+    ``0..599`` with a fixed seed, so every evaluation sees the same tasks.
+    """
+
+    def __init__(
+        self,
+        split: FewShotSplit,
+        ways: int,
+        shots: int,
+        targets: int,
+        seed: int = 0,
+        device: Device = None,
+        rotate: bool | None = None,
+    ) -> None:
+        for label, value in (("ways", ways), ("shots", shots), ("targets", targets)):
+            if int(value) != value or value < 1:
+                raise DataError(f"{label} must be a positive integer, got {value!r}")
+        if ways > split.num_classes:
+            raise DataError(
+                f"{ways}-way tasks need {ways} classes but the {split.name} split "
+                f"has only {split.num_classes}"
+            )
+        smallest = int(torch.argmin(split.class_counts))
+        if shots + targets > int(split.class_counts[smallest]):
+            raise DataError(
+                f"{shots} shots + {targets} targets need {shots + targets} images "
+                f"per class but class {split.class_names[smallest]!r} of the "
+                f"{split.name} split has only {int(split.class_counts[smallest])}"
+            )
+        self.split = split
+        self.ways, self.shots, self.targets, self.seed = int(ways), int(shots), int(targets), seed
+        self.rotate = split.rotate if rotate is None else rotate
+        self.device = torch.device(device) if device is not None else split.device
+        on_device = split.to(self.device)
+        channels, height, width = split.image_shape
+        if self.rotate and height != width:
+            raise DataError(
+                f"rotation needs square images, the {split.name} split has {height}x{width}"
+            )
+        images = on_device.images
+        if self.rotate:
+            # All four orientations precomputed once: a rotation is then just a row offset,
+            # so an episode stays a single gather. [4 * M, C, H, W] uint8.
+            images = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+        self._bank = images.reshape(images.shape[0], channels, height * width)  # [R, C, H*W]
+        self._num_images = split.num_images
+        self._class_images = on_device.class_images.clamp(min=0)  # padding never selected
+        self._class_counts = on_device.class_counts
+        self._width = split.class_images.shape[1]
+        self._ragged = bool((split.class_counts != self._width).any())
+        # (u8 / 255 - mean) / std  ==  u8 * scale + shift, one fused op per batch.
+        std = torch.tensor(split.std, dtype=torch.float32)
+        mean = torch.tensor(split.mean, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std)).view(channels, 1).to(self.device)
+        self._shift = (-mean / std).view(channels, 1).to(self.device)
+        self._image_shape = (channels, height, width)
+        labels = torch.arange(self.ways, device=self.device)
+        self._support_y = labels.repeat_interleave(self.shots)  # [N*K]
+        self._query_y = labels.repeat_interleave(self.targets)  # [N*T]
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeSampler({self.split.name}, {self.ways}-way {self.shots}-shot, "
+            f"{self.targets} targets, seed={self.seed}, rotate={self.rotate}, "
+            f"device={self.device})"
+        )
+
+    def _ids(self, task_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        ids = torch.as_tensor(task_ids, dtype=torch.int64, device=self.device).reshape(-1)
+        if ids.numel() and int(ids.min()) < 0:
+            raise DataError("task ids must be non-negative")
+        return ids
+
+    def sample_indices(self, task_ids: Sequence[int] | torch.Tensor) -> Episodes:
+        """Classes, image ids and rotations of each task; a pure function of (split, id, seed)."""
+        ids = self._ids(task_ids)
+        keys = task_keys(self.seed, ids)  # [B]
+        num_classes, n, picks = self.split.num_classes, self.ways, self.shots + self.targets
+        class_counter = torch.arange(num_classes, device=self.device)
+        classes = _top_positions(_random32(keys, _STREAM_CLASSES, class_counter), n)  # [B, N]
+
+        # Keys per (class slot, image position); positions past a class's count never win.
+        slot_counter = torch.arange(n * self._width, device=self.device).view(n, self._width)
+        image_keys = _random32(keys, _STREAM_IMAGES, slot_counter)  # [B, N, P]
+        if self._ragged:
+            valid = (
+                torch.arange(self._width, device=self.device) < self._class_counts[classes, None]
+            )
+            image_keys = torch.where(valid, image_keys, -1)
+        positions = _top_positions(image_keys, picks)  # [B, N, K+T]
+        images = self._class_images[classes.unsqueeze(-1), positions]  # [B, N, K+T]
+
+        if self.rotate:
+            slots = torch.arange(n, device=self.device)
+            rotations = _random32(keys, _STREAM_ROTATIONS, slots) & 3  # [B, N]
+        else:
+            rotations = torch.zeros_like(classes)
+        return Episodes(classes, images, rotations)
+
+    def sample(self, task_ids: Sequence[int] | torch.Tensor) -> TaskBatch:
+        """The float32 batch for ``task_ids`` (shapes in :class:`TaskBatch`)."""
+        episodes = self.sample_indices(task_ids)
+        rows = episodes.images
+        if self.rotate:
+            rows = rows + episodes.rotations.unsqueeze(-1) * self._num_images  # bank offset
+        batch = rows.shape[0]
+        support = self._pixels(rows[:, :, : self.shots], batch)
+        query = self._pixels(rows[:, :, self.shots :], batch)
+        return TaskBatch(
+            support_x=support,
+            support_y=self._support_y.expand(batch, -1).clone(),
+            query_x=query,
+            query_y=self._query_y.expand(batch, -1).clone(),
+        )
+
+    def _pixels(self, rows: torch.Tensor, batch: int) -> torch.Tensor:
+        """Gather uint8 rows [B, N, k] of the bank and normalise: float32 [B, N*k, C, H, W]."""
+        picked = self._bank.index_select(0, rows.reshape(-1))  # [B*N*k, C, H*W] uint8
+        out = torch.addcmul(self._shift, picked, self._scale)  # shift + u8 * scale, fused
+        return out.view(batch, -1, *self._image_shape)
+
+    def batches(
+        self, task_ids: Iterable[int] | torch.Tensor, batch_size: int
+    ) -> Iterator[TaskBatch]:
+        """Consecutive batches over ``task_ids`` (e.g. ``range(600)`` for evaluation)."""
+        ids = self._ids(list(task_ids) if not isinstance(task_ids, torch.Tensor) else task_ids)
+        for start in range(0, ids.numel(), batch_size):
+            yield self.sample(ids[start : start + batch_size])
