@@ -1,0 +1,51 @@
+"""Few-shot datasets held in memory, an on-device episode sampler, and verified downloads.
+
+Typical use::
+
+    from mamlpp.data import load_dataset, EpisodeSampler
+    splits = load_dataset("omniglot", data_dir)            # {"train", "val", "test"}
+    train = EpisodeSampler(splits["train"], ways=20, shots=1, targets=1, seed=0, device="cuda")
+    batch = train.sample(range(it * 8, it * 8 + 8))        # TaskBatch of 8 tasks
+"""
+
+from __future__ import annotations
+
+from .archive import extract_zip
+from .download import ChecksumError, download_file
+from .files import data_dir
+from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, find_mini_imagenet, load_mini_imagenet
+from .omniglot import find_omniglot, load_omniglot, prepare_omniglot
+from .omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
+from .progress import Progress
+from .registry import DATASETS, load_dataset
+from .sampler import Episodes, EpisodeSampler
+from .sources import download_mini_imagenet, download_omniglot
+from .structures import FewShotSplit, TaskBatch
+from .synthetic import make_synthetic
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "REFERENCE_CODE_SEED",
+    "ChecksumError",
+    "EpisodeSampler",
+    "Episodes",
+    "FewShotSplit",
+    "Progress",
+    "TaskBatch",
+    "data_dir",
+    "download_file",
+    "download_mini_imagenet",
+    "download_omniglot",
+    "extract_zip",
+    "find_mini_imagenet",
+    "find_omniglot",
+    "load_dataset",
+    "load_mini_imagenet",
+    "load_omniglot",
+    "make_synthetic",
+    "prepare_omniglot",
+    "reference_split",
+    "vinyals_split",
+]

@@ -1,10 +1,71 @@
-"""``mamlpp data ...`` sub-commands (filled in by the data module)."""
+"""``mamlpp data download NAME`` and ``mamlpp data info NAME``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+from .files import ENV_VAR
+
+DOWNLOADABLE = ("omniglot", "mini-imagenet")
+DATA_DIR_HELP = f"data folder (default: ${ENV_VAR}, else ~/.cache/mamlpp)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="download and prepare datasets")
-    parser.set_defaults(handler=None)
+    parser = subparsers.add_parser(
+        "data", help="download and inspect datasets", description="Download and inspect datasets."
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    parser.set_defaults(handler=lambda args: _usage(parser))
+
+    download = commands.add_parser(
+        "download",
+        help="fetch a dataset into the data folder (md5-verified, resumable)",
+        description="Fetch a dataset into the data folder. Interrupted downloads resume.",
+    )
+    download.add_argument("name", choices=DOWNLOADABLE)
+    download.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    download.set_defaults(handler=run_download)
+
+    from .registry import DATASETS
+
+    info = commands.add_parser(
+        "info",
+        help="load a dataset (preprocessing it once) and show its splits",
+        description="Load a dataset, building its cache if needed, and print its splits.",
+    )
+    info.add_argument("name", choices=DATASETS)
+    info.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    info.set_defaults(handler=run_info)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from .sources import download_mini_imagenet, download_omniglot
+
+    fetch = download_omniglot if args.name == "omniglot" else download_mini_imagenet
+    folder = fetch(args.data_dir, progress=True)
+    print(f"{args.name} is ready in {folder}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .registry import load_dataset
+
+    opts = {} if args.name == "synthetic" else {"progress": True}
+    start = time.perf_counter()
+    splits = load_dataset(args.name, args.data_dir, **opts)
+    seconds = time.perf_counter() - start
+    first = next(iter(splits.values()))
+    print(f"dataset: {first.meta.get('dataset', args.name)}")
+    print(f"source:  {first.meta.get('source', '?')}")
+    print(f"cache:   {first.meta.get('cache', '?')}")
+    for split in splits.values():
+        print(f"  {split.describe()}")
+    print(f"loaded in {seconds:.2f} s")
+    return 0

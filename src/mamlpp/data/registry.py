@@ -1,0 +1,62 @@
+"""Datasets by name, so a trainer or the CLI can select one with a string."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import DataError
+from .files import data_dir as resolve_data_dir
+from .miniimagenet import find_mini_imagenet, load_mini_imagenet
+from .omniglot import find_omniglot, load_omniglot
+from .structures import FewShotSplit
+from .synthetic import make_synthetic
+
+DATASETS = ("omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic")
+_ALIASES = {
+    "omniglot-mamlpp": "omniglot",
+    "miniimagenet": "mini-imagenet",
+    "mini_imagenet": "mini-imagenet",
+}
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    return key
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, **opts: Any
+) -> dict[str, FewShotSplit]:
+    """``{"train", "val", "test"}`` splits of dataset ``name``.
+
+    ``data_dir`` is the folder given by ``--data-dir`` (else ``$MAMLPP_DATA`` or
+    ``~/.cache/mamlpp``); the dataset is looked up in it and in its usual sub-folders
+    (``omniglot/``, ``miniimagenet/``). ``opts`` go to the loader (e.g. ``cache_dir``,
+    ``image_size``, ``progress``; for synthetic ``classes``, ``seed`` ...).
+    """
+    key = canonical_name(name)
+    if key == "synthetic":
+        return make_synthetic(**opts)
+    root = resolve_data_dir(data_dir)
+    if key in ("omniglot", "omniglot-vinyals"):
+        source = find_omniglot(root)
+        if source is None:
+            raise DataError(
+                f"Omniglot not found in {root} (looked for images_background.zip and "
+                "images_evaluation.zip or their folders); run `mamlpp data download "
+                f"omniglot --data-dir {root}`"
+            )
+        return load_omniglot(
+            source, split="vinyals" if key == "omniglot-vinyals" else "mamlpp", **opts
+        )
+    source = find_mini_imagenet(root)
+    if source is None:
+        raise DataError(
+            f"mini-ImageNet not found in {root} or {root / 'miniimagenet'}; run "
+            "`mamlpp data download mini-imagenet` or see docs/data.md"
+        )
+    return load_mini_imagenet(source, **opts)
