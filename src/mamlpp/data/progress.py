@@ -62,13 +62,15 @@ class Progress:
         self._clock = clock
         self._start = clock()
         self._start_count = initial  # rate counts only this session's progress (resumed downloads)
-        self._last_draw = float("-inf")
         self._closed = False
         if interactive is None:
             isatty = getattr(self.file, "isatty", None)
             interactive = bool(isatty and isatty())
         self.interactive = interactive
         self._min_interval = 0.1 if interactive else log_every
+        # A terminal shows the bar at once; a log gets its first line after log_every seconds,
+        # so short tasks write just the final line.
+        self._last_draw = float("-inf") if interactive else self._start
 
     def __enter__(self) -> Progress:
         return self
