@@ -1,0 +1,121 @@
+"""Evaluation on fixed tasks: mean accuracy, a 95% confidence interval over tasks, ensembles.
+
+Task ``j`` of an evaluation is a pure function of (split, j, seed) (see
+:class:`~mamlpp.data.EpisodeSampler`), and evaluation always uses ids ``0..tasks-1``, so every
+call sees the same tasks. An ensemble averages the logits of several models on those same tasks
+(the paper averaged the top-3 or top-5 validation checkpoints). Models are only read: each
+ensemble member is a copy of a template learner with a checkpoint's state loaded into it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, top_k_epochs
+from .data import EpisodeSampler
+from .errors import MamlppError
+from .learner import MAMLpp
+from .runs import RunDir
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # mean over tasks of the per-task query accuracy
+    ci95: float  # 1.96 * sample std over tasks / sqrt(tasks)
+    loss: float  # mean query cross-entropy of the (averaged) logits
+    per_task_accuracies: list[float]
+    num_tasks: int
+    ensemble_size: int
+
+    def describe(self) -> str:
+        members = f", ensemble of {self.ensemble_size}" if self.ensemble_size > 1 else ""
+        return (
+            f"{100 * self.accuracy:.2f}% +- {100 * self.ci95:.2f}% "
+            f"(95% CI over {self.num_tasks} tasks{members})"
+        )
+
+
+def confidence_interval95(per_task: torch.Tensor) -> float:
+    """Half-width of the normal 95% interval of the mean: 1.96 * std(ddof=1) / sqrt(n)."""
+    n = per_task.numel()
+    if n < 2:
+        return float("nan")
+    return 1.96 * float(per_task.double().std(unbiased=True)) / math.sqrt(n)
+
+
+def evaluate(
+    models: MAMLpp | Sequence[MAMLpp],
+    sampler: EpisodeSampler,
+    tasks: int = 600,
+    batch_size: int = 50,
+) -> EvalResult:
+    """Adapt every model to tasks ``0..tasks-1`` of ``sampler`` and score the averaged logits.
+
+    One model is an ensemble of one: its logits are used as they are.
+    """
+    members = [models] if isinstance(models, MAMLpp) else list(models)
+    if not members:
+        raise MamlppError("evaluation needs at least one model")
+    if tasks < 1 or batch_size < 1:
+        raise MamlppError(f"tasks and batch size must be >= 1, got {tasks} and {batch_size}")
+    accuracies, losses = [], []
+    for batch in sampler.batches(range(tasks), batch_size):
+        sx, sy, qx, qy = batch
+        logits = members[0].adapt_and_predict(sx, sy, qx)  # [B, N*T, ways]
+        for model in members[1:]:
+            logits = logits + model.adapt_and_predict(sx, sy, qx)
+        if len(members) > 1:
+            logits = logits / len(members)
+        accuracies.append((logits.argmax(-1) == qy).float().mean(-1))  # [B]
+        loss = F.cross_entropy(logits.flatten(0, 1), qy.flatten(), reduction="none")
+        losses.append(loss.view(qy.shape).mean(-1))
+    per_task = torch.cat(accuracies).cpu()
+    return EvalResult(
+        accuracy=float(per_task.double().mean()),
+        ci95=confidence_interval95(per_task),
+        loss=float(torch.cat(losses).double().mean()),
+        per_task_accuracies=per_task.tolist(),
+        num_tasks=per_task.numel(),
+        ensemble_size=len(members),
+    )
+
+
+def load_member(template: MAMLpp, path: Path, device: torch.device | str | None = None) -> MAMLpp:
+    """A copy of ``template`` holding the model state of checkpoint ``path``."""
+    state = load_checkpoint(path)
+    member = copy.deepcopy(template)
+    try:
+        member.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as error:
+        first = str(error).splitlines()[0]
+        raise MamlppError(f"checkpoint {path} does not fit this model: {first}") from None
+    if device is not None:
+        member.to(device)
+    return member
+
+
+def ensemble_paths(run: RunDir, k: int) -> list[Path]:
+    """The top-``k`` kept epoch checkpoints by validation accuracy (best first).
+
+    The ranking comes from the latest checkpoint's validation history; with no epoch
+    checkpoints yet, the latest checkpoint alone.
+    """
+    kept = run.epoch_checkpoints()
+    if run.latest.is_file():
+        history = load_checkpoint(run.latest).get("history", [])
+        ranked = [e for e in top_k_epochs(history, len(history)) if e in kept]
+    else:
+        ranked = sorted(kept)
+    paths = [kept[e] for e in ranked[:k]]
+    if not paths and run.latest.is_file():
+        paths = [run.latest]
+    if not paths:
+        raise MamlppError(f"no checkpoints in {run.checkpoints}")
+    return paths

@@ -1,0 +1,165 @@
+"""The run folder: where a training run keeps its config, metrics, checkpoints and summary.
+
+::
+
+    RUN_DIR/
+      config.toml          the resolved configuration (preset + file + --set)
+      metrics.jsonl        one JSON object per line: "train" lines and one "val" line per epoch
+      checkpoints/
+        latest.pt          the newest state (exact resume starts here)
+        epoch-NNNN.pt      the top-k epochs by validation accuracy (the test ensemble)
+      summary.json         test accuracy, 95% CI, tasks, ensemble size, wall time, it/s
+      tensorboard/         only when the optional extra is installed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import epoch_checkpoint_name, epoch_of, fsync_dir
+from .errors import MamlppError
+from .experiment import ExperimentConfig, build_config, read_toml
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / epoch_checkpoint_name(epoch)
+
+    def epoch_checkpoints(self) -> dict[int, Path]:
+        """``{epoch: path}`` of the kept per-epoch checkpoints."""
+        found = {}
+        if self.checkpoints.is_dir():
+            for path in self.checkpoints.glob("epoch-*.pt"):
+                epoch = epoch_of(path)
+                if epoch is not None:
+                    found[epoch] = path
+        return dict(sorted(found.items()))
+
+    def has_training_state(self) -> bool:
+        return self.latest.is_file()
+
+
+def default_run_dir(preset: str, base: Path = Path("runs"), now: float | None = None) -> Path:
+    """``runs/<preset>-<YYYYmmdd-HHMMSS>``: MAML and MAML++ runs never share a folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    candidate = base / f"{preset}-{stamp}"
+    suffix = 2
+    while candidate.exists():
+        candidate = base / f"{preset}-{stamp}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+def require_run_dir(path: str | Path) -> RunDir:
+    run = RunDir(Path(path))
+    if not run.config.is_file():
+        raise MamlppError(f"{run.root} is not a mamlpp run folder (no config.toml)")
+    return run
+
+
+def read_run_config(run: RunDir) -> ExperimentConfig:
+    """The run's resolved config.toml (complete, so no preset lookup is needed)."""
+    return build_config(read_toml(run.config))
+
+
+# ------------------------------------------------------------------------------ metrics.jsonl
+
+
+class MetricsLog:
+    """Append-only JSON lines; each line is flushed so a killed run loses at most one line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self._handle.flush()
+
+    def sync(self) -> None:
+        """Flush to disk (called before a checkpoint that refers to these lines)."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete lines (a torn last line from a kill is skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the lines up to iteration ``step`` (those the resumed checkpoint had seen):
+    the resumed run writes the rest again, so nothing is duplicated."""
+    kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for record in kept:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (summary.json is read by `report` while runs may still be writing)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,447 @@
+"""The training loop: epochs x iterations, schedules per epoch, validation, checkpoints, test.
+
+The training stream is a pure function of (seed, global iteration): iteration ``g`` trains on
+tasks ``g*B .. g*B+B-1`` of the training sampler, and the schedules (MSL weights, derivative
+order, outer lr) are pure functions of the epoch. So a checkpoint with the model, Adam's state
+and the position is all an exact resume needs; the RNG states are stored as well, for anything
+that might draw from them.
+
+Order of one epoch ``e`` (0-based; files and messages count epochs from 1)::
+
+    outer lr <- lr(e); for each iteration: sample tasks, meta-loss, finite check, backward,
+    clamp, Adam step; a metrics line every ``log_every`` iterations (and an optional mid-epoch
+    checkpoint); validation on fixed tasks -> "val" line; checkpoint: epoch file if in the top-k,
+    then latest.pt, then prune epoch files that left the top-k.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from .checkpoint import (
+    FORMAT_VERSION,
+    atomic_save,
+    capture_rng,
+    epoch_of,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    top_k_epochs,
+)
+from .data import EpisodeSampler, FewShotSplit, Progress
+from .errors import ConfigError, MamlppError
+from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
+from .experiment import ExperimentConfig, check_resumable, to_toml
+from .learner import MAMLpp
+from .nn.backbones import conv4_for
+from .runs import MetricsLog, RunDir, truncate_metrics, write_json
+
+
+class NonFiniteLoss(MamlppError):
+    """The meta-loss became NaN or infinite; training stops, the last good checkpoint stays."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no CUDA device (use --device cpu)")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def build_learner(
+    config: ExperimentConfig, in_channels: int, device: torch.device | str = "cpu"
+) -> MAMLpp:
+    """The conv4 MAML++ learner of ``config``, initialised from ``train.seed``."""
+    torch.manual_seed(config.train.seed)
+    backbone = conv4_for(
+        config.data.ways,
+        in_channels,
+        config.data.image_size,
+        config.meta,
+        channels=config.model.channels,
+    )
+    return MAMLpp(backbone, config.meta).to(device)
+
+
+@dataclass
+class _Window:
+    """Detached per-iteration metrics since the last metrics line (summed at log time, so the
+    device is synchronised once per line, not once per iteration)."""
+
+    values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def add(self, metrics: dict[str, torch.Tensor], seconds: float) -> None:
+        for key in ("loss", "accuracy", "step_losses", "step_accuracies", "support_losses"):
+            self.values.setdefault(key, []).append(metrics[key])
+        self.seconds += seconds
+
+    def __len__(self) -> int:
+        return len(self.values.get("loss", []))
+
+    def means(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, items in self.values.items():
+            mean = torch.stack(items).double().mean(0)
+            out[key] = float(mean) if mean.dim() == 0 else mean.tolist()
+        return out
+
+
+class Trainer:
+    """Owns one run: learner, optimiser, samplers, run folder. ``fit()`` then ``test()``."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run: RunDir,
+        splits: dict[str, FewShotSplit],
+        device: torch.device,
+        *,
+        out: TextIO | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.run = run
+        self.device = device
+        self.out = out if out is not None else sys.stdout
+        self.show_progress = progress
+        d, e = config.data, config.eval
+        in_channels = splits["train"].image_shape[0]
+        self.shape = list(splits["train"].image_shape)
+        if self.shape[1:] != [d.image_size, d.image_size]:
+            raise ConfigError(
+                f"data.image_size={d.image_size}, but the {d.dataset} images are "
+                f"{self.shape[1]}x{self.shape[2]}"
+            )
+        self.learner = build_learner(config, in_channels, device)
+        self.optimizer = self.learner.make_optimizer()
+        seed = config.train.seed
+        self.samplers = {
+            "train": EpisodeSampler(splits["train"], d.ways, d.shots, d.targets, seed, device),
+            "val": EpisodeSampler(splits["val"], d.ways, d.shots, d.targets, e.val_seed, device),
+            "test": EpisodeSampler(splits["test"], d.ways, d.shots, d.targets, e.test_seed, device),
+        }
+        # Position: the epoch in progress (0-based) and the next iteration within it.
+        self.epoch = 0
+        self.iteration = 0
+        self.history: list[list[float]] = []  # [[epoch (1-based), val accuracy], ...]
+        self.train_seconds = 0.0  # time in training iterations, over all sessions
+        self.wall_seconds = 0.0  # time in training and validation, over all sessions
+        self._session_start = time.perf_counter()
+        self._wall_at_start = 0.0
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """Iterations done in the whole run."""
+        return self.epoch * self.config.train.iterations_per_epoch + self.iteration
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.train.epochs
+
+    def state(self) -> dict[str, Any]:
+        epoch_for_schedule = min(self.epoch, self.config.train.epochs - 1)
+        weights = self.learner.msl_weights(epoch_for_schedule)
+        return {
+            "format": FORMAT_VERSION,
+            "model": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {
+                "epoch": epoch_for_schedule,
+                "outer_lr": self.learner.outer_lr(epoch_for_schedule),
+                "second_order": self.learner.second_order_at(epoch_for_schedule),
+                "msl_weights": weights,
+            },
+            "rng": capture_rng(),
+            "progress": {"epoch": self.epoch, "iteration": self.iteration, "step": self.step},
+            "config": self.config.to_dict(),
+            "history": [list(item) for item in self.history],
+            "timing": {"train_seconds": self.train_seconds, "wall_seconds": self._wall_now()},
+            "shape": list(self.shape),
+            "adapted_names": list(self.learner.adapted_names),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        check_resumable(state["config"], self.config.to_dict())
+        self.learner.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        self.epoch = int(state["progress"]["epoch"])
+        self.iteration = int(state["progress"]["iteration"])
+        self.history = [[int(e), float(a)] for e, a in state["history"]]
+        self.train_seconds = float(state["timing"]["train_seconds"])
+        self._wall_at_start = float(state["timing"]["wall_seconds"])
+        self._session_start = time.perf_counter()
+
+    def _wall_now(self) -> float:
+        return self._wall_at_start + time.perf_counter() - self._session_start
+
+    def _save(self, epoch_file: bool) -> None:
+        """Checkpoint now: the epoch file first (if this epoch is in the top-k), then latest.pt,
+        then prune; a kill between any two steps leaves a state that resume reconciles."""
+        self.metrics.sync()
+        state = self.state()
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        keep = set(top_k_epochs(self.history, self.config.eval.top_k))
+        if epoch_file and self.epoch in keep:
+            atomic_save(state, self.run.epoch_checkpoint(self.epoch))
+        atomic_save(state, self.run.latest)
+        self._prune(keep, upto=self.epoch)
+
+    def _prune(self, keep: set[int], upto: int) -> None:
+        for epoch, path in self.run.epoch_checkpoints().items():
+            if epoch not in keep or epoch > upto:
+                path.unlink(missing_ok=True)
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self) -> None:
+        t = self.config.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.metrics = MetricsLog(self.run.metrics)
+        self.writer = _tensorboard_writer(self.run, t.tensorboard, self.step)
+        total = t.epochs * t.iterations_per_epoch
+        self.bar = Progress(total, desc="train", initial=self.step, enabled=self.show_progress)
+        try:
+            while not self.done:
+                self._train_epoch()
+                self._end_epoch()
+        finally:
+            self.bar.close()
+            self.metrics.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _train_epoch(self) -> None:
+        t = self.config.train
+        epoch, batch = self.epoch, t.tasks_per_batch
+        lr = self.learner.outer_lr(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        check_every_step = self.device.type == "cpu"  # a sync per iteration is free on the CPU
+        window = _Window()
+        while self.iteration < t.iterations_per_epoch:
+            start = time.perf_counter()
+            first = self.step * batch
+            tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
+            loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
+            if check_every_step and not torch.isfinite(loss):
+                self._non_finite(float(loss), self.iteration)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.learner.clip_gradients_()
+            self.optimizer.step()
+            self.iteration += 1
+            window.add(metrics, time.perf_counter() - start)
+            self.train_seconds += time.perf_counter() - start
+            self.bar.update(1)
+            end_of_epoch = self.iteration == t.iterations_per_epoch
+            if self.iteration % t.log_every == 0 or end_of_epoch:
+                self._log_window(window)
+                window = _Window()
+                mid_checkpoint = t.checkpoint_every and self.iteration % t.checkpoint_every == 0
+                if mid_checkpoint and not end_of_epoch:
+                    self._save(epoch_file=False)
+
+    def _log_window(self, window: _Window) -> None:
+        losses = torch.stack(window.values["loss"])
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):  # only reachable off the CPU (the CPU checks every step)
+            first_bad = int((~finite).nonzero()[0, 0])
+            self._non_finite(float(losses[first_bad]), self.iteration - len(window) + first_bad)
+        means = window.means()
+        epoch = self.epoch
+        record = {
+            "kind": "train",
+            "epoch": epoch + 1,
+            "iteration": self.iteration,
+            "step": self.step,
+            **means,
+            "outer_lr": self.learner.outer_lr(epoch),
+            "second_order": self.learner.second_order_at(epoch),
+            "msl_weights": self.learner.msl_weights(epoch),
+            "it_per_s": len(window) / max(window.seconds, 1e-9),
+        }
+        self.metrics.write(record)
+        self.bar.update(0, loss=means["loss"], acc=means["accuracy"])
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", means["loss"], self.step)
+            self.writer.add_scalar("train/accuracy", means["accuracy"], self.step)
+            self.writer.add_scalar("train/outer_lr", record["outer_lr"], self.step)
+
+    def _non_finite(self, value: float, iteration: int) -> None:
+        t = self.config.train
+        kept = self.run.latest if self.run.latest.is_file() else None
+        where = f"epoch {self.epoch + 1}, iteration {iteration + 1}"
+        step = self.epoch * t.iterations_per_epoch + iteration + 1
+        keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint yet"
+        raise NonFiniteLoss(
+            f"non-finite meta-loss ({value}) at {where} (global iteration {step}); training "
+            f"stopped, {keep} (try a smaller meta.meta_lr or meta.inner_lr, or meta.grad_clip)"
+        )
+
+    def _end_epoch(self) -> None:
+        result = self.validate()
+        epoch_number = self.epoch + 1
+        self.metrics.write(
+            {
+                "kind": "val",
+                "epoch": epoch_number,
+                "step": self.step,
+                "accuracy": result.accuracy,
+                "ci95": result.ci95,
+                "loss": result.loss,
+                "tasks": result.num_tasks,
+            }
+        )
+        if self.writer is not None:
+            self.writer.add_scalar("val/accuracy", result.accuracy, self.step)
+            self.writer.add_scalar("val/loss", result.loss, self.step)
+        self.history.append([epoch_number, result.accuracy])
+        lr = self.learner.outer_lr(self.epoch)
+        order = "2nd order" if self.learner.second_order_at(self.epoch) else "1st order"
+        self.epoch += 1
+        self.iteration = 0
+        self._save(epoch_file=True)
+        self._say(
+            f"epoch {epoch_number}/{self.config.train.epochs}: val {result.describe()} | "
+            f"loss {result.loss:.3f} | lr {lr:.2e}, {order} | {self._wall_now():.0f} s"
+        )
+
+    def validate(self) -> EvalResult:
+        e = self.config.eval
+        return evaluate(self.learner, self.samplers["val"], e.val_tasks, e.batch_size)
+
+    def _say(self, text: str) -> None:
+        bar = getattr(self, "bar", None)
+        if bar is not None and bar.enabled and bar.interactive:
+            bar.file.write("\r\033[K")  # clear the bar's line; it redraws on its next update
+            bar.file.flush()
+        print(text, file=self.out, flush=True)
+
+    # -- test ----------------------------------------------------------------------------------
+    def test(self, top_k: int | None = None, tasks: int | None = None) -> tuple[EvalResult, list]:
+        """The ensemble of the top-k validation checkpoints on the fixed test tasks; returns
+        the result and the ensemble's checkpoint paths."""
+        e = self.config.eval
+        paths = ensemble_paths(self.run, e.top_k if top_k is None else top_k)
+        members = [load_member(self.learner, p, self.device) for p in paths]
+        tasks = e.test_tasks if tasks is None else tasks
+        return evaluate(members, self.samplers["test"], tasks, e.batch_size), paths
+
+
+def _tensorboard_writer(run: RunDir, enabled: bool, step: int):
+    """A SummaryWriter when ``tensorboard`` is installed (events after ``step`` are purged on
+    resume), else None."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra is not installed
+        return None
+    return SummaryWriter(str(run.tensorboard), purge_step=step if step else None)
+
+
+def check_run_folder(run: RunDir, resume: bool) -> None:
+    """Refuse a folder that already holds a run unless resuming (cheap: call it early)."""
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"--out {run.root} exists and is not a folder")
+    started = run.has_training_state() or run.metrics.is_file()
+    if started and not resume:
+        raise ConfigError(
+            f"{run.root} already holds a run; continue it with --resume or choose another --out"
+        )
+
+
+def prepare_run(config: ExperimentConfig, run: RunDir, resume: bool) -> dict[str, Any] | None:
+    """Check the folder against ``resume``; return the checkpoint to resume from (or None).
+
+    A folder that already holds training state is never reused without ``--resume``, so two
+    runs (say MAML and MAML++) cannot write into one folder by accident.
+    """
+    check_run_folder(run, resume)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run.checkpoints)
+    state = load_checkpoint(run.latest) if resume and run.latest.is_file() else None
+    if state is not None:
+        check_resumable(state["config"], config.to_dict())
+        truncate_metrics(run.metrics, int(state["progress"]["step"]))
+        # Reconcile the epoch files with the checkpoint (a kill may have come mid-way).
+        keep = set(top_k_epochs(state["history"], config.eval.top_k))
+        for epoch, path in run.epoch_checkpoints().items():
+            if epoch not in keep or epoch > int(state["progress"]["epoch"]):
+                path.unlink(missing_ok=True)
+    elif run.metrics.is_file():
+        truncate_metrics(run.metrics, 0)  # killed before the first checkpoint: start over
+    header = "mamlpp run configuration (preset, then --config file, then --set overrides)"
+    run.config.write_text(to_toml(config, header), encoding="utf-8")
+    return state
+
+
+def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dict[str, Any]:
+    """The fields of summary.json."""
+    config, t = trainer.config, trainer.config.train
+    iterations = t.epochs * t.iterations_per_epoch
+    accuracy_of = {int(e): a for e, a in trainer.history}
+    best = top_k_epochs(trainer.history, 1)
+    return {
+        "preset": config.preset,
+        "dataset": config.data.dataset,
+        "ways": config.data.ways,
+        "shots": config.data.shots,
+        "techniques": config.techniques,
+        "test_accuracy": result.accuracy,
+        "test_ci95": result.ci95,
+        "test_loss": result.loss,
+        "test_tasks": result.num_tasks,
+        "ensemble_size": result.ensemble_size,
+        "ensemble_epochs": [epoch_of(p) for p in ensemble if epoch_of(p) is not None],
+        "best_val_epoch": best[0] if best else None,
+        "best_val_accuracy": accuracy_of[best[0]] if best else None,
+        "epochs": t.epochs,
+        "iterations": iterations,
+        "train_time_s": trainer.train_seconds,
+        # Training, validation, checkpoints and the test over all sessions (not data loading).
+        "wall_time_s": trainer._wall_now(),
+        "iterations_per_second": iterations / max(trainer.train_seconds, 1e-9),
+        "device": str(trainer.device),
+    }
+
+
+def run_training(
+    config: ExperimentConfig,
+    run: RunDir,
+    splits: dict[str, FewShotSplit],
+    device: torch.device,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    out: TextIO | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or continue) the run in ``run``, then evaluate the test ensemble in the same
+    process and write ``summary.json``. Returns the summary."""
+    state = prepare_run(config, run, resume)
+    trainer = Trainer(config, run, splits, device, out=out, progress=progress)
+    if state is not None:
+        trainer.restore(state)
+    if on_start is not None:
+        on_start(trainer)
+    trainer.fit()
+    result, ensemble = trainer.test()
+    summary = summarise(trainer, result, ensemble)
+    write_json(run.summary, summary)
+    trainer._say(f"test: {result.describe()}; summary in {run.summary}")
+    return summary
