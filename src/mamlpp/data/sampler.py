@@ -30,17 +30,22 @@ _MUL_A = 0x7FEB352D
 _MUL_B = 0x5851F42D
 _WEYL = 0x61C88647  # 2**32 - golden ratio constant: spreads consecutive counters apart
 _STREAM_CLASSES, _STREAM_IMAGES, _STREAM_ROTATIONS = 0x1B873593, 0x2C1B3C6D, 0x3A8F05C5
+_CPU_CHUNK = 32  # tasks per internal step on CPU (see EpisodeSampler.sample)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """Avalanche-mix int64 tensors holding 32-bit values (xor-shift / multiply rounds)."""
+    """Avalanche-mix int64 tensors holding 32-bit values (xor-shift / multiply rounds).
+
+    The input is left alone; after the first op everything is in place, because on CPU the
+    cost of large batches is dominated by allocating (and page-faulting) temporaries.
+    """
     x = x ^ (x >> 16)
-    x = (x * _MUL_A) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * _MUL_B) & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * _MUL_A) & _MASK32
-    return x ^ (x >> 15)
+    x.mul_(_MUL_A).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 15)
+    x.mul_(_MUL_B).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 16)
+    x.mul_(_MUL_A).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 15)
 
 
 def _mix32_int(x: int) -> int:
@@ -58,18 +63,19 @@ def task_keys(seed: int, task_ids: torch.Tensor) -> torch.Tensor:
 def _random32(keys: torch.Tensor, stream: int, counters: torch.Tensor) -> torch.Tensor:
     """Uniform 32-bit values for every (task, counter): keys [B] x counters [...] -> [B, ...]."""
     stream_keys = _mix32(keys ^ stream).view(-1, *([1] * counters.dim()))
-    return _mix32((stream_keys + counters * _WEYL) & _MASK32)
+    return _mix32((stream_keys + counters * _WEYL).bitwise_and_(_MASK32))
 
 
 def _top_positions(values: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the ``count`` largest values along the last dim, ties impossible.
 
     ``values * width + position`` makes every key unique, so the choice (and its order) is well
-    defined on every device and for every topk algorithm.
+    defined on every device and for every topk algorithm. Overwrites ``values`` (a temporary).
     """
     width = values.shape[-1]
     position = torch.arange(width, device=values.device)
-    return torch.topk(values * width + position, count, dim=-1, sorted=True).indices
+    keys = values.mul_(width).add_(position)
+    return torch.topk(keys, count, dim=-1, sorted=True).indices
 
 
 class Episodes(NamedTuple):
@@ -185,13 +191,30 @@ class EpisodeSampler:
 
     def sample(self, task_ids: Sequence[int] | torch.Tensor) -> TaskBatch:
         """The float32 batch for ``task_ids`` (shapes in :class:`TaskBatch`)."""
-        episodes = self.sample_indices(task_ids)
-        rows = episodes.images
-        if self.rotate:
-            rows = rows + episodes.rotations.unsqueeze(-1) * self._num_images  # bank offset
-        batch = rows.shape[0]
-        support = self._pixels(rows[:, :, : self.shots], batch)
-        query = self._pixels(rows[:, :, self.shots :], batch)
+        ids = self._ids(task_ids)
+        batch, (channels, height, width) = ids.numel(), self._image_shape
+        support = torch.empty(
+            (batch, self.ways * self.shots, channels, height, width),
+            dtype=torch.float32,
+            device=self.device,
+        )
+        query = torch.empty(
+            (batch, self.ways * self.targets, channels, height, width),
+            dtype=torch.float32,
+            device=self.device,
+        )
+        # On CPU, large batches are built in chunks written straight into the outputs: the
+        # temporaries then stay small enough to be reused by malloc instead of being mapped
+        # and page-faulted afresh on every call (3x slower at 256 tasks per call).
+        chunk = batch if self.device.type != "cpu" else _CPU_CHUNK
+        for start in range(0, batch, max(chunk, 1)):
+            part = slice(start, start + chunk)
+            episodes = self.sample_indices(ids[part])
+            rows = episodes.images  # [b, N, K+T]
+            if self.rotate:
+                rows = rows + episodes.rotations.unsqueeze(-1) * self._num_images  # bank offset
+            self._pixels_into(rows[:, :, : self.shots], support[part])
+            self._pixels_into(rows[:, :, self.shots :], query[part])
         return TaskBatch(
             support_x=support,
             support_y=self._support_y.expand(batch, -1).clone(),
@@ -199,11 +222,11 @@ class EpisodeSampler:
             query_y=self._query_y.expand(batch, -1).clone(),
         )
 
-    def _pixels(self, rows: torch.Tensor, batch: int) -> torch.Tensor:
-        """Gather uint8 rows [B, N, k] of the bank and normalise: float32 [B, N*k, C, H, W]."""
-        picked = self._bank.index_select(0, rows.reshape(-1))  # [B*N*k, C, H*W] uint8
-        out = torch.addcmul(self._shift, picked, self._scale)  # shift + u8 * scale, fused
-        return out.view(batch, -1, *self._image_shape)
+    def _pixels_into(self, rows: torch.Tensor, out: torch.Tensor) -> None:
+        """Gather uint8 rows [b, N, k] of the bank; normalise into float32 out [b, N*k, C, H, W]."""
+        picked = self._bank.index_select(0, rows.reshape(-1))  # [b*N*k, C, H*W] uint8
+        # shift + u8 * scale in one fused op, written in place.
+        torch.addcmul(self._shift, picked, self._scale, out=out.view(picked.shape))
 
     def batches(
         self, task_ids: Iterable[int] | torch.Tensor, batch_size: int
