@@ -15,7 +15,7 @@ def tiny_learner(
     channels: int = 3,
     image_size: int = 16,
     seed: int = 0,
-    batched: bool = True,
+    execution: str = "batched",
 ) -> MAMLpp:
     torch.manual_seed(seed)
     backbone = Conv4(
@@ -27,7 +27,7 @@ def tiny_learner(
         per_step_bn_stats=config.per_step_bn_stats,
         per_step_bn_affine=config.per_step_bn_affine,
     )
-    learner = MAMLpp(backbone, config, batched=batched).double()
+    learner = MAMLpp(backbone, config, execution=execution).double()
     # Non-trivial BN affine rows and running statistics, so that a wrong row is visible.
     with torch.no_grad():
         for layer in backbone.bn_layers().values():

@@ -12,10 +12,10 @@ from mamlpp import MetaConfig
 ALL_ON_2_STEPS = MetaConfig(num_inner_steps=2, first_order_epochs=0)  # six techniques, 2nd order
 
 
-def _loss_and_grads(learner, batch, epoch=0, batched=None, update_bn_stats=False):
+def _loss_and_grads(learner, batch, epoch=0, execution=None, update_bn_stats=False):
     learner.zero_grad(set_to_none=True)
     loss, metrics = learner.meta_loss(
-        *batch, epoch, batched=batched, update_bn_stats=update_bn_stats
+        *batch, epoch, execution=execution, update_bn_stats=update_bn_stats
     )
     loss.backward()
     return loss.detach(), grads_of(learner), metrics
@@ -111,12 +111,17 @@ def test_first_order_equals_detached_inner_gradients(msl):
     ],
     ids=["maml++", "no-msl", "first-order", "maml", "adapt-bn-sum"],
 )
-def test_batched_equals_loop(config):
+@pytest.mark.parametrize("execution", ["batched", "vmap"])
+def test_batched_equals_loop(config, execution):
     looped = tiny_learner(config)
     batched = clone_learner(looped)
     batch = tiny_tasks(tasks=3)
-    loss_l, grads_l, metrics_l = _loss_and_grads(looped, batch, batched=False, update_bn_stats=True)
-    loss_b, grads_b, metrics_b = _loss_and_grads(batched, batch, batched=True, update_bn_stats=True)
+    loss_l, grads_l, metrics_l = _loss_and_grads(
+        looped, batch, execution="loop", update_bn_stats=True
+    )
+    loss_b, grads_b, metrics_b = _loss_and_grads(
+        batched, batch, execution=execution, update_bn_stats=True
+    )
     torch.testing.assert_close(loss_b, loss_l, rtol=0, atol=1e-10)
     assert set(grads_l) == set(grads_b) and grads_l
     for name in grads_l:
@@ -129,11 +134,12 @@ def test_batched_equals_loop(config):
         torch.testing.assert_close(value, buffers_l[name], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("execution", ["batched", "loop"])
 @pytest.mark.parametrize("bn_mode", ["transductive", "per_step"])
 @pytest.mark.parametrize("epoch", [0, 10])  # MSL on at epoch 0, off from msl_epochs=10
-def test_parity_with_naive_implementation(bn_mode, epoch):
+def test_parity_with_naive_implementation(bn_mode, epoch, execution):
     config = MetaConfig(num_inner_steps=3, first_order_epochs=0, bn_mode=bn_mode)
-    learner = tiny_learner(config)
+    learner = tiny_learner(config, execution=execution)
     batch = tiny_tasks(tasks=2)
     tasks = list(zip(*batch, strict=True))
     weights, bn, running, lrs = naive_inputs(learner)
@@ -159,3 +165,23 @@ def test_parity_with_naive_implementation(bn_mode, epoch):
             weights, bn, running, lrs, sx, sy, qx, 3, use_running=bn_mode == "per_step"
         )
         torch.testing.assert_close(logits[b], expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("first_order_epochs", [0, 5])  # second / first order at epoch 0
+@pytest.mark.parametrize("msl", [True, False])
+def test_checkpointed_inner_steps_give_the_same_meta_gradients(first_order_epochs, msl):
+    config = MetaConfig(num_inner_steps=3, first_order_epochs=first_order_epochs, msl=msl)
+    plain = tiny_learner(config)
+    checkpointed = clone_learner(plain)
+    checkpointed.checkpoint_steps = True
+    batch = tiny_tasks(tasks=3)
+    loss_p, grads_p, _ = _loss_and_grads(plain, batch, update_bn_stats=True)
+    loss_c, grads_c, _ = _loss_and_grads(checkpointed, batch, update_bn_stats=True)
+    torch.testing.assert_close(loss_c, loss_p, rtol=0, atol=1e-12)
+    assert set(grads_c) == set(grads_p)
+    for name in grads_p:
+        torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-10, atol=1e-12)
+    for (name, a), b in zip(
+        plain.backbone.named_buffers(), checkpointed.backbone.buffers(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12, msg=name)

@@ -16,21 +16,25 @@ class StepRecorder:
 
     def __init__(self, learner: MAMLpp, support_n: int):
         self.calls: list[tuple[str, int, bool]] = []
-        original = learner.backbone.functional_forward
         self.support_n = support_n
+        backbone = learner.backbone
+        for method in ("functional_forward", "task_batched_forward"):
+            setattr(backbone, method, self._wrap(getattr(backbone, method)))
 
+    def _wrap(self, original):
         def recording(params, x, step, running=None):
-            kind = "support" if x.shape[0] == self.support_n else "target"
+            # x: [n, C, H, W] per task or [B, n, C, H, W] batched; n tells the pass apart.
+            kind = "support" if x.shape[-4] == self.support_n else "target"
             self.calls.append((kind, step, running is not None))
             return original(params, x, step, running)
 
-        learner.backbone.functional_forward = recording
+        return recording
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_bn_rows_used_by_each_pass(batched):
+@pytest.mark.parametrize("execution", ["batched", "vmap", "loop"])
+def test_bn_rows_used_by_each_pass(execution):
     config = MetaConfig(num_inner_steps=3, first_order_epochs=0, bn_mode="per_step")
-    learner = tiny_learner(config, batched=batched)
+    learner = tiny_learner(config, execution=execution)
     sx, sy, qx, qy = tiny_tasks(tasks=1, shots=1, targets=2)  # support 3 images, target 6
     recorder = StepRecorder(learner, support_n=3)
 
@@ -138,7 +142,8 @@ def test_adapt_then_predict_equals_adapt_and_predict():
         learner.predict(learner.adapt(sx, sy), qx), learner.adapt_and_predict(sx, sy, qx)
     )
     torch.testing.assert_close(
-        learner.adapt_and_predict(sx, sy, qx, batched=False), learner.adapt_and_predict(sx, sy, qx)
+        learner.adapt_and_predict(sx, sy, qx, execution="loop"),
+        learner.adapt_and_predict(sx, sy, qx),
     )
 
 

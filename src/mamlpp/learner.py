@@ -2,8 +2,12 @@
 
 No optimiser, device policy or I/O lives here (see :mod:`mamlpp.train`). The learner owns the
 backbone and the learned inner learning rates (LSLR) and turns a meta-batch of tasks into a loss
-ready for ``.backward()``. Tasks run batched under ``torch.func.vmap`` by default; a plain
-per-task loop (``batched=False``) computes the same thing and is kept as the reference path.
+ready for ``.backward()``. Three execution paths compute the same thing:
+
+* ``"batched"`` (default): the whole meta-batch as one computation, tasks as channel groups
+  (:mod:`mamlpp.task_batched`); supports activation checkpointing of inner steps.
+* ``"vmap"``: the per-task function of :mod:`mamlpp.inner_loop` under ``torch.func.vmap``.
+* ``"loop"``: the same per-task function in a plain Python loop over tasks (the reference path).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from .errors import ConfigError
 from .inner_loop import InnerLoopPlan, task_meta_loss, task_predict
 from .nn.backbones import Backbone
 from .nn.per_step_bn import fold_running_stats
+from .task_batched import batched_adapt, batched_meta_loss, batched_predict
+
+EXECUTIONS = ("batched", "vmap", "loop")
 
 
 class MAMLpp(nn.Module):
@@ -29,13 +36,22 @@ class MAMLpp(nn.Module):
     ``[len(adapted_names), S]``: one scalar per adapted tensor per inner step.
     """
 
-    def __init__(self, backbone: Backbone, config: MetaConfig | None = None, batched: bool = True):
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: MetaConfig | None = None,
+        execution: str = "batched",
+        checkpoint_steps: bool = False,
+    ):
         super().__init__()
         config = MetaConfig() if config is None else config
         self._check_backbone(backbone, config)
         self.backbone = backbone
         self.config = config
-        self.batched = batched
+        self.execution = self._check_execution(execution)
+        # Recompute each inner step's activations in the outer backward instead of storing them
+        # (only the "batched" path; trades compute for memory).
+        self.checkpoint_steps = checkpoint_steps
         names = list(backbone.adaptable_names())
         if config.adapt_bn_affine:
             names += [f"{bn}.{p}" for bn in backbone.bn_layers() for p in ("weight", "bias")]
@@ -45,6 +61,12 @@ class MAMLpp(nn.Module):
             self.inner_lrs = nn.Parameter(table)
         else:
             self.register_buffer("inner_lrs", table)
+
+    @staticmethod
+    def _check_execution(execution: str) -> str:
+        if execution not in EXECUTIONS:
+            raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+        return execution
 
     @staticmethod
     def _check_backbone(backbone: Backbone, config: MetaConfig) -> None:
@@ -149,7 +171,7 @@ class MAMLpp(nn.Module):
         query_y: Tensor,
         epoch: int = 0,
         *,
-        batched: bool | None = None,
+        execution: str | None = None,
         update_bn_stats: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Outer loss of a meta-batch at ``epoch`` (MSL weights and derivative order from the
@@ -179,8 +201,21 @@ class MAMLpp(nn.Module):
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
             return task_meta_loss(forward, params, self.inner_lrs, sx, sy, qx, qy, plan, bn_names)
 
-        use_vmap = self.batched if batched is None else batched
-        if use_vmap:
+        execution = self._check_execution(execution or self.execution)
+        if execution == "batched":
+            losses, metrics, stats = batched_meta_loss(
+                self.backbone.task_batched_forward,
+                params,
+                self.inner_lrs,
+                support_x,
+                support_y,
+                query_x,
+                query_y,
+                plan,
+                bn_names,
+                checkpoint_steps=self.checkpoint_steps,
+            )
+        elif execution == "vmap":
             losses, metrics, stats = torch.func.vmap(one_task)(
                 support_x, support_y, query_x, query_y
             )
@@ -256,40 +291,57 @@ class MAMLpp(nn.Module):
         # Only reachable without per-step parameters: a constant inner learning rate.
         return self.inner_lrs[:, :1].expand(-1, steps)
 
-    def adapt_and_predict(
-        self,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        num_steps: int | None = None,
-        batched: bool | None = None,
-    ) -> Tensor:
-        """Evaluation: adapt to each task's support set (first order), then logits of its
-        query set from theta_S at BN step S-1.
-
-        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*T, ways]``) or one task
-        (``[N*K, C, H, W]`` -> ``[N*T, ways]``). Nothing stored in the model changes: in
-        ``bn_mode="per_step"`` the running statistics are read, never written.
-        """
-        single = support_x.dim() == 4
-        if single:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-        self._check_batch(support_x, support_y, query_x)
+    def _eval_inputs(self, num_steps: int | None):
+        """Plan, detached parameters, learning rates and (copied) running statistics."""
         plan = self._eval_plan(num_steps)
         params = {n: p.detach() for n, p in self._params().items()}
         lrs = self._lrs_for(plan.num_steps).detach()
         running = (
             {n: t.clone() for n, t in self._running().items()} if plan.use_running_stats else None
         )
+        return plan, params, lrs, running
+
+    def adapt_and_predict(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        num_steps: int | None = None,
+        execution: str | None = None,
+    ) -> Tensor:
+        """Evaluation: adapt to each task's support set (first order), then logits of its
+        query set from theta_S at BN step S-1.
+
+        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*T, ways]``) or one task
+        (``[N*K, C, H, W]`` -> ``[N*T, ways]``). Nothing stored in the model changes: in
+        ``bn_mode="per_step"`` the running statistics are read, never written. No outer graph
+        is built (inner gradients are taken on detached copies).
+        """
+        single = support_x.dim() == 4
+        if single:
+            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        self._check_batch(support_x, support_y, query_x)
+        plan, params, lrs, running = self._eval_inputs(num_steps)
+        execution = self._check_execution(execution or self.execution)
         forward = self.backbone.functional_forward
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
             return task_predict(forward, params, lrs, sx, sy, qx, plan, running)
 
-        # torch.func.grad computes the inner gradients even under no_grad; the outer graph is
-        # not needed at evaluation.
         with torch.no_grad():
-            if self.batched if batched is None else batched:
+            if execution == "batched":
+                logits = batched_predict(
+                    self.backbone.task_batched_forward,
+                    params,
+                    lrs,
+                    support_x,
+                    support_y,
+                    query_x,
+                    plan,
+                    running,
+                )
+            elif execution == "vmap":
+                # torch.func.grad computes inner gradients even under no_grad.
                 logits = torch.func.vmap(one_task)(support_x, support_y, query_x)
             else:
                 logits = torch.stack(
@@ -306,33 +358,27 @@ class MAMLpp(nn.Module):
         """Fast weights theta_S for each task of ``support_x [B, N*K, C, H, W]`` (first order,
         nothing stored changes). Returns ``{name: [B, ...]}`` for the adapted tensors."""
         self._check_batch(support_x, support_y)
-        plan = self._eval_plan(num_steps)
-        params = {n: p.detach() for n, p in self._params().items()}
-        lrs = self._lrs_for(plan.num_steps).detach()
-        running = (
-            {n: t.clone() for n, t in self._running().items()} if plan.use_running_stats else None
-        )
-        forward = self.backbone.functional_forward
-        from .inner_loop import adapt_task
-
-        def one_task(sx: Tensor, sy: Tensor) -> dict[str, Tensor]:
-            fast, _, _ = adapt_task(forward, params, lrs, sx, sy, plan, running=running)
-            return fast
-
+        plan, params, lrs, running = self._eval_inputs(num_steps)
         with torch.no_grad():
-            return torch.func.vmap(one_task)(support_x, support_y)
+            fast, _, _ = batched_adapt(
+                self.backbone.task_batched_forward,
+                params,
+                lrs,
+                support_x,
+                support_y,
+                plan,
+                running,
+            )
+        return fast
 
     def predict(self, fast_weights: dict[str, Tensor], query_x: Tensor) -> Tensor:
         """Logits ``[B, N*T, ways]`` of ``query_x [B, N*T, C, H, W]`` with per-task fast
         weights from :meth:`adapt`, at BN step S-1."""
-        plan = self._eval_plan(None)
-        params = {n: p.detach() for n, p in self._params().items()}
-        running = self._running() if plan.use_running_stats else None
-        forward = self.backbone.functional_forward
-        step = plan.num_steps - 1
-
-        def one_task(fast: dict[str, Tensor], qx: Tensor) -> Tensor:
-            return forward({**params, **fast}, qx, step, running)[0]
-
+        plan, params, _, running = self._eval_inputs(None)
+        num_tasks = query_x.shape[0]
+        shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
         with torch.no_grad():
-            return torch.func.vmap(one_task)(fast_weights, query_x)
+            logits, _ = self.backbone.task_batched_forward(
+                {**shared, **fast_weights}, query_x, plan.num_steps - 1, running
+            )
+        return logits

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -133,6 +134,74 @@ class Conv4(nn.Module):
             h = F.max_pool2d(h, 2)
         h = h.flatten(1)
         return F.linear(h, params["head.weight"], params["head.bias"]), stats
+
+    def task_batched_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """All tasks of a meta-batch at once: every parameter carries a leading task dimension.
+
+        ``params[name]``: ``[B, *shape]`` (shared tensors expanded by the caller); ``x``:
+        ``[B, n, C, H, W]``. Returns logits ``[B, n, ways]`` and per-layer batch statistics
+        ``(mean [B, C], var [B, C])``; ``running`` holds per-step tables without a task dim.
+
+        Layout: tasks become channel groups. Activations live as ``[n, B*C, H, W]``, so one
+        grouped convolution (``groups=B``) applies each task's own weights, and batch norm over
+        the B*C channels is exactly per-task, per-channel batch norm (native fused kernel).
+        """
+        num_tasks, n = x.shape[:2]
+        h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])  # [n, B*C_in, H, W]
+        stats: BatchStats = {}
+        for b in range(self.num_blocks):
+            weight = params[f"conv{b}.weight"]  # [B, O, C, 3, 3]
+            h = F.conv2d(
+                h,
+                weight.reshape(-1, *weight.shape[2:]),
+                params[f"conv{b}.bias"].reshape(-1),
+                padding=1,
+                groups=num_tasks,
+            )  # [n, B*O, H, W]
+            bn = f"bn{b}"
+            layer = self._modules[bn]
+            gamma, beta = params[f"{bn}.weight"], params[f"{bn}.bias"]  # [B, S, C] or [B, C]
+            if gamma.dim() == 3:
+                gamma, beta = gamma[:, step], beta[:, step]
+            if running is not None:
+                mean = running[f"{bn}.running_mean"]
+                var = running[f"{bn}.running_var"]
+                if mean.dim() == 2:
+                    mean, var = mean[step], var[step]
+                h = F.batch_norm(
+                    h,
+                    mean.repeat(num_tasks),
+                    var.repeat(num_tasks),
+                    gamma.reshape(-1),
+                    beta.reshape(-1),
+                    training=False,
+                    eps=layer.eps,
+                )
+            else:
+                with torch.no_grad():
+                    var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=1)  # [B*O]
+                stats[bn] = (mean.view(num_tasks, -1), var.view(num_tasks, -1))
+                h = F.batch_norm(
+                    h,
+                    None,
+                    None,
+                    gamma.reshape(-1),
+                    beta.reshape(-1),
+                    training=True,
+                    eps=layer.eps,
+                )
+            h = F.leaky_relu(h, 0.01)
+            h = F.max_pool2d(h, 2)
+        features = h.reshape(n, num_tasks, -1).transpose(0, 1)  # [B, n, O*h*w]
+        weight, bias = params["head.weight"], params["head.bias"]  # [B, ways, F], [B, ways]
+        logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))
+        return logits, stats
 
     def forward(self, x: Tensor, step: int | None = None) -> Tensor:
         """Logits with the stored (unadapted) parameters and batch statistics, at ``step``
