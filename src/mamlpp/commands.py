@@ -115,6 +115,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from .data import EpisodeSampler
     from .datasource import load_splits
     from .evaluate import ensemble_paths, evaluate, load_member
@@ -140,7 +142,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     sampler = EpisodeSampler(split, d.ways, d.shots, d.targets, seed, device)
     template = build_learner(config, split.image_shape[0], device)
     members = [load_member(template, p, device) for p in paths]
-    result = evaluate(members, sampler, tasks, e.batch_size)
+    threads = torch.get_num_threads()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        result = evaluate(members, sampler, tasks, e.batch_size)
+    finally:
+        torch.set_num_threads(threads)
     names = ", ".join(p.name for p in paths)
     if len(paths) < top_k:
         print(f"note: only {len(paths)} checkpoints are kept in {run.checkpoints}")

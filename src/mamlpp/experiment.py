@@ -147,8 +147,14 @@ def build_config(tree: dict[str, Any]) -> ExperimentConfig:
         key: _coerce(f"meta.{key}", value, _field_types(MetaConfig)[key])
         for key, value in tree.get("meta", {}).items()
     }
-    # MetaConfig's own validation (types, ranges, combinations) applies here.
-    meta = MetaConfig(**meta_values, total_epochs=sections["train"].epochs)
+    if sections["train"].epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {sections['train'].epochs}")
+    # MetaConfig's own validation (types, ranges, combinations) applies here; its messages
+    # name bare fields, so they get their section.
+    try:
+        meta = MetaConfig(**meta_values, total_epochs=sections["train"].epochs)
+    except ConfigError as error:
+        raise ConfigError(f"meta.{error}") from None
     config = ExperimentConfig(preset=preset, meta=meta, **sections)
     validate(config)
     return config

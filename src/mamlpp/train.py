@@ -208,8 +208,6 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
     def fit(self) -> None:
         t = self.config.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
         self.metrics = MetricsLog(self.run.metrics)
         self.writer = _tensorboard_writer(self.run, t.tensorboard, self.step)
         total = t.epochs * t.iterations_per_epoch
@@ -238,7 +236,7 @@ class Trainer:
             tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
             loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
             if check_every_step and not torch.isfinite(loss):
-                self._non_finite(float(loss), self.iteration)
+                self._non_finite(float(loss.detach()), self.iteration)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.learner.clip_gradients_()
@@ -439,8 +437,14 @@ def run_training(
         trainer.restore(state)
     if on_start is not None:
         on_start(trainer)
-    trainer.fit()
-    result, ensemble = trainer.test()
+    threads = torch.get_num_threads()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        trainer.fit()
+        result, ensemble = trainer.test()
+    finally:
+        torch.set_num_threads(threads)  # a library call leaves no global trace
     summary = summarise(trainer, result, ensemble)
     write_json(run.summary, summary)
     trainer._say(f"test: {result.describe()}; summary in {run.summary}")

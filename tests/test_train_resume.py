@@ -1,0 +1,131 @@
+"""Exact resume: a run SIGKILLed at arbitrary moments and continued with --resume ends bitwise
+identical (CPU) to an uninterrupted run, and its metrics file has no gaps or duplicates."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamlpp.runs import read_metrics
+
+# Tiny synthetic run: 3 epochs x 6 iterations, a checkpoint every 2 iterations; epoch 1 first
+# order, then second order; MSL switches off after epoch 2.
+TINY = [
+    "train.epochs=3",
+    "train.iterations_per_epoch=6",
+    "train.tasks_per_batch=2",
+    "train.log_every=2",
+    "train.checkpoint_every=2",
+    "train.threads=1",
+    "model.channels=4",
+    "meta.first_order_epochs=1",
+    "meta.msl_epochs=2",
+    "eval.val_tasks=6",
+    "eval.test_tasks=6",
+    "eval.batch_size=6",
+    "eval.top_k=2",
+]
+
+
+def _command(out: Path, resume: bool) -> list[str]:
+    command = [sys.executable, "-m", "mamlpp", "train", "--preset", "synthetic", "--out", str(out)]
+    command += ["--quiet", "--device", "cpu"]
+    for assignment in TINY:
+        command += ["--set", assignment]
+    return command + (["--resume"] if resume else [])
+
+
+def _env() -> dict[str, str]:
+    # One thread everywhere: deterministic and no oversubscription on a 2-core machine.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _train_lines(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "it_per_s"} for r in read_metrics(path)]
+
+
+def _kill_when(process: subprocess.Popen, ready, delay: float, timeout: float = 60.0) -> bool:
+    """SIGKILL ``process`` ``delay`` seconds after ``ready()`` holds; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("training made no progress")
+        time.sleep(0.005)
+    time.sleep(delay)
+    if process.poll() is not None:
+        return False
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return True
+
+
+def _assert_same_tensors(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_command(reference, False), env=_env(), check=True, capture_output=True)
+
+    latest = killed / "checkpoints" / "latest.pt"
+    metrics = killed / "metrics.jsonl"
+    rng = random.Random(1234)
+    kills = 0
+    # 1st kill: as soon as the first metrics line exists (often before any checkpoint);
+    # then: at random moments after progress beyond the last kill.
+    process = subprocess.Popen(
+        _command(killed, False), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    kills += _kill_when(process, lambda: metrics.is_file() and metrics.stat().st_size > 0, 0.0)
+    for attempt in range(8):
+        process = subprocess.Popen(
+            _command(killed, True), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        if attempt >= 3:  # enough kills: let it finish
+            break
+        seen = latest.stat().st_mtime_ns if latest.is_file() else 0
+        delay = rng.uniform(0.0, 0.4)
+        progressed = lambda seen=seen: latest.is_file() and latest.stat().st_mtime_ns != seen  # noqa: E731
+        kills += _kill_when(process, progressed, delay)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    assert kills >= 3, "the test did not interrupt the run often enough to mean anything"
+
+    ref_state = torch.load(reference / "checkpoints" / "latest.pt", weights_only=True)
+    got_state = torch.load(latest, weights_only=True)
+    for part in ("model", "optimizer"):
+        _assert_same_tensors(ref_state[part], got_state[part], part)
+    assert got_state["progress"] == ref_state["progress"]
+    assert got_state["history"] == ref_state["history"]
+    # The same top-k epoch checkpoints, with the same weights.
+    ref_epochs = sorted(p.name for p in (reference / "checkpoints").glob("epoch-*.pt"))
+    got_epochs = sorted(p.name for p in (killed / "checkpoints").glob("epoch-*.pt"))
+    assert got_epochs == ref_epochs and len(got_epochs) == 2
+    for name in ref_epochs:
+        a = torch.load(reference / "checkpoints" / name, weights_only=True)
+        b = torch.load(killed / "checkpoints" / name, weights_only=True)
+        _assert_same_tensors(a["model"], b["model"], name)
+    # Every metrics line exactly once, with the same values.
+    assert _train_lines(metrics) == _train_lines(reference / "metrics.jsonl")
+    assert not list((killed / "checkpoints").glob(".*.tmp"))
