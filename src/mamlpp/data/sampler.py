@@ -158,10 +158,12 @@ class EpisodeSampler:
         )
 
     def _ids(self, task_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        ids = torch.as_tensor(task_ids, dtype=torch.int64, device=self.device).reshape(-1)
-        if ids.numel() and int(ids.min()) < 0:
+        ids = torch.as_tensor(task_ids, dtype=torch.int64).reshape(-1)
+        # Checked on the host only: ids already on a GPU are trusted, because reading them back
+        # would synchronise the device on every meta-iteration.
+        if ids.device.type == "cpu" and ids.numel() and int(ids.min()) < 0:
             raise DataError("task ids must be non-negative")
-        return ids
+        return ids.to(self.device)
 
     def sample_indices(self, task_ids: Sequence[int] | torch.Tensor) -> Episodes:
         """Classes, image ids and rotations of each task; a pure function of (split, id, seed)."""
