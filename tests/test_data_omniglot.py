@@ -227,6 +227,14 @@ def test_corrupt_cache_is_rebuilt(omniglot_dir, tmp_path, arrays):
     assert np.array_equal(rebuilt.images, arrays.images)
 
 
+def test_unwritable_cache_dir_warns_but_loads(omniglot_dir, tmp_path, arrays):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not write the Omniglot cache"):
+        loaded = prepare_omniglot(omniglot_dir, cache_dir=blocker / "cache")
+    assert np.array_equal(loaded.images, arrays.images)
+
+
 def test_default_cache_dir_avoids_read_only_source(tmp_path, monkeypatch, omniglot_dir):
     source = tmp_path / "ro"
     source.mkdir()

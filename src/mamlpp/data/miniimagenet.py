@@ -310,13 +310,13 @@ def _decode_cached(
             bar.update(1)
     finally:
         bar.close()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                images=images,
-                meta=np.array(json.dumps({"version": CACHE_VERSION, "split": split})),
-            )
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            meta = json.dumps({"version": CACHE_VERSION, "split": split})
+            np.savez(handle, images=images, meta=np.array(meta))
+    except (DataError, OSError) as error:
+        # The images are decoded; only later loads lose their speed-up.
+        warnings.warn(f"could not write the mini-ImageNet cache {path}: {error}", stacklevel=2)
     return torch.from_numpy(images), path
 
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,19 +129,19 @@ def prepare_omniglot(
     if cached is not None:
         return cached
     images, image_class, class_names = _decode_all(root, image_size, progress)
-    with atomic_path(cache_path) as tmp:
-        with open(tmp, "wb") as handle:
+    meta = {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
+    try:
+        with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
             np.savez(
                 handle,
                 packed=np.packbits(images > 127),  # 1 bit per pixel: 1 = background
                 image_class=image_class.astype(np.int16),
                 class_names=np.array(class_names),
-                meta=np.array(
-                    json.dumps(
-                        {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
-                    )
-                ),
+                meta=np.array(json.dumps(meta)),
             )
+    except (DataError, OSError) as error:
+        # The data itself is fine; only later loads lose their speed-up.
+        warnings.warn(f"could not write the Omniglot cache {cache_path}: {error}", stacklevel=2)
     return OmniglotArrays(images, image_class, class_names, cache_path)
 
 
