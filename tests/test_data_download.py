@@ -266,6 +266,8 @@ def test_cli_download_and_errors(fake_omniglot, tmp_path, server, capsys, monkey
         (tmp_path / "omniglot" / remote.name).unlink()
     bad = tuple(RemoteFile(r.name, r.urls[1:], md5="f" * 32) for r in sources.OMNIGLOT_FILES)
     monkeypatch.setattr(sources, "OMNIGLOT_FILES", bad)
+    with pytest.raises(ChecksumError):
+        download_omniglot(tmp_path, progress=False)
     assert main(["data", "download", "omniglot", "--data-dir", str(tmp_path)]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("mamlpp: error: checksum mismatch")

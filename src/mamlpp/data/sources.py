@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .download import download_file
+from .download import ChecksumError, download_file
 from .files import data_dir
 
 
@@ -68,8 +68,11 @@ MINI_IMAGENET_HELP = (
 
 
 def _fetch(remote: RemoteFile, folder: Path, progress: bool) -> Path:
-    """Try each mirror in turn; report every mirror's failure if none works."""
-    errors = []
+    """Try each mirror in turn; report every mirror's failure if none works.
+
+    The error is a ChecksumError if any mirror served bad bytes (the more alarming failure).
+    """
+    errors: list[DataError] = []
     for url in remote.urls:
         try:
             return download_file(
@@ -80,8 +83,9 @@ def _fetch(remote: RemoteFile, folder: Path, progress: bool) -> Path:
                 progress=progress,
             )
         except DataError as error:
-            errors.append(str(error))
-    raise DataError(errors[-1] if len(errors) == 1 else "; ".join(errors))
+            errors.append(error)
+    kind = ChecksumError if any(isinstance(e, ChecksumError) for e in errors) else DataError
+    raise kind("; ".join(str(e) for e in errors))
 
 
 def download_omniglot(root: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
