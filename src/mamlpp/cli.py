@@ -16,6 +16,7 @@ from .errors import MamlppError
 # Modules that define ``register(subparsers)``; each adds its own sub-commands.
 COMMAND_MODULES = [
     "mamlpp.data.cli",
+    "mamlpp.bench",
     "mamlpp.commands",
 ]
 

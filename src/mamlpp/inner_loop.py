@@ -34,8 +34,9 @@ class InnerLoopPlan:
     num_steps: int
     adapted_names: tuple[str, ...]
     second_order: bool
-    # MSL weights w_0..w_{S-1}, or None: only the final step's target loss (weight 1).
-    step_weights: tuple[float, ...] | None
+    # MSL weights w_0..w_{S-1} (floats, or a [S] tensor so that a captured CUDA graph can take
+    # new values each epoch), or None: only the final step's target loss (weight 1).
+    step_weights: tuple[float, ...] | Tensor | None
     # Normalise with stored running statistics (evaluation in bn_mode="per_step").
     use_running_stats: bool = False
 

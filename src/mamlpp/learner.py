@@ -173,6 +173,7 @@ class MAMLpp(nn.Module):
         *,
         execution: str | None = None,
         update_bn_stats: bool = True,
+        msl_weights: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Outer loss of a meta-batch at ``epoch`` (MSL weights and derivative order from the
         schedules), ready for ``.backward()``.
@@ -184,15 +185,18 @@ class MAMLpp(nn.Module):
 
         Metrics (detached tensors): ``accuracy`` (final-step query accuracy), ``step_losses`` and
         ``step_accuracies`` ``[T]`` (T = S under MSL, else 1), ``support_losses [S]``, each the
-        mean over tasks.
+        mean over tasks. ``msl_weights`` (a ``[S]`` tensor) replaces the schedule's values while
+        MSL is active, so a captured CUDA graph reads new weights each epoch.
         """
         self._check_batch(support_x, support_y, query_x, query_y)
         weights = self.msl_weights(epoch)
+        if weights is not None and msl_weights is not None:
+            weights = msl_weights
         plan = InnerLoopPlan(
             num_steps=self.config.num_inner_steps,
             adapted_names=self.adapted_names,
             second_order=self.second_order_at(epoch),
-            step_weights=None if weights is None else tuple(weights),
+            step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
         )
         params = self._params()
         bn_names = self._bn_names()

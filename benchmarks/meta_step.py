@@ -1,0 +1,14 @@
+"""Seconds per meta-iteration, FLOP rate against a large matmul, peak memory (see mamlpp.bench).
+
+    python benchmarks/meta_step.py --configs omniglot-20w1s --paths batched,loop --json out.json
+"""
+
+import argparse
+import sys
+
+from mamlpp.bench import add_arguments, main
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,411 @@
+"""Speed and memory of one meta-iteration, measured against the machine's own limit.
+
+For each configuration of spec section 5 (and first-order variants) the harness reports, after
+warm-up, the median seconds per meta-iteration over ``iters`` iterations for each execution path
+side by side, the FLOPs of one iteration (``torch.utils.flop_counter``, counted on the loop path
+so that every path is charged the same algorithmic work), the achieved rate, the rate of a large
+float32 matmul measured in the same run and the ratio of the two, and peak memory. Optional:
+precision modes (TF32, bf16 autocast) with the relative error of their meta-gradients against the
+float32 loop path, activation checkpointing, a memory sweep over steps x tasks, and the time to
+evaluate 600 tasks. Output: JSON plus a short table. ``mamlpp bench`` and
+``benchmarks/meta_step.py`` both run :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import MetaConfig
+from .errors import ConfigError
+from .learner import MAMLpp
+from .nn.backbones import Conv4
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark problem: a meta-batch of synthetic episodes with the real shapes."""
+
+    name: str
+    ways: int
+    shots: int
+    targets: int
+    tasks: int
+    image_size: int
+    in_channels: int
+    channels: int
+    steps: int = 5
+    second_order: bool = True
+    msl: bool = True
+
+
+def _configs() -> dict[str, BenchConfig]:
+    base = {
+        "omniglot-20w1s": BenchConfig("omniglot-20w1s", 20, 1, 1, 8, 28, 1, 64),
+        "omniglot-5w1s": BenchConfig("omniglot-5w1s", 5, 1, 1, 8, 28, 1, 64),
+        "mini-imagenet-5w1s": BenchConfig("mini-imagenet-5w1s", 5, 1, 15, 2, 84, 3, 48),
+        "mini-imagenet-5w5s": BenchConfig("mini-imagenet-5w5s", 5, 5, 15, 2, 84, 3, 48),
+        # A tiny problem for CI and smoke tests (its figures mean nothing).
+        "tiny": BenchConfig("tiny", 3, 1, 1, 2, 16, 1, 4, steps=2),
+    }
+    configs = dict(base)
+    for name, c in base.items():
+        configs[f"{name}-fo"] = BenchConfig(
+            **{**asdict(c), "name": f"{name}-fo", "second_order": False}
+        )
+    return configs
+
+
+CONFIGS = _configs()
+PAPER_REFERENCE = {  # authors' code on one H100 (spec section 5): s/iteration, peak GB
+    "omniglot-20w1s": (0.459, 2.1),
+    "omniglot-5w1s": (0.454, 0.6),
+    "mini-imagenet-5w1s": (0.121, 5.5),
+    "mini-imagenet-5w5s": (0.137, 7.4),
+}
+
+
+def build_problem(config: BenchConfig, device: torch.device, seed: int = 0):
+    """Learner and one synthetic meta-batch (random images, balanced labels) on ``device``."""
+    meta = MetaConfig(
+        num_inner_steps=config.steps,
+        first_order_epochs=0,
+        second_order=config.second_order,
+        msl=config.msl,
+    )
+    torch.manual_seed(seed)
+    backbone = Conv4(
+        config.ways, config.in_channels, config.channels, config.image_size, num_steps=config.steps
+    )
+    learner = MAMLpp(backbone, meta).to(device)
+    g = torch.Generator().manual_seed(seed)
+    shape = (config.in_channels, config.image_size, config.image_size)
+    sx = torch.rand(config.tasks, config.ways * config.shots, *shape, generator=g)
+    qx = torch.rand(config.tasks, config.ways * config.targets, *shape, generator=g)
+    sy = torch.arange(config.ways).repeat_interleave(config.shots).repeat(config.tasks, 1)
+    qy = torch.arange(config.ways).repeat_interleave(config.targets).repeat(config.tasks, 1)
+    return learner, tuple(t.to(device) for t in (sx, sy, qx, qy))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, size: int | None = None, repeats: int = 10) -> float:
+    """Achieved float32 matmul rate (FLOP/s) of a large square matmul on ``device``."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def count_flops(learner: MAMLpp, batch) -> int:
+    """FLOPs of one meta-iteration (forward, inner gradients, outer backward) on the loop path."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = learner.meta_loss(*batch, 0, execution="loop", update_bn_stats=False)
+        loss.backward()
+    learner.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def _step_fn(learner: MAMLpp, batch, path: str, mode: str):
+    """A callable running one full meta-iteration (including the Adam step) on ``path``."""
+    from .fast import FastMetaStep, configure_precision
+
+    configure_precision(tf32=mode == "tf32")
+    autocast = torch.bfloat16 if mode == "bf16" else None
+    if path == "graph":
+        runner = FastMetaStep(learner, use_cuda_graph=True, autocast_dtype=autocast)
+        return lambda: runner(*batch, 0)
+    learner.execution = "batched" if path.startswith("batched") else path
+    learner.checkpoint_steps = path == "batched-ckpt"
+    runner = FastMetaStep(learner, use_cuda_graph=False, autocast_dtype=autocast)
+    return lambda: runner(*batch, 0)
+
+
+def time_path(learner, batch, path: str, mode: str, iters: int, warmup: int, device) -> dict:
+    step = _step_fn(learner, batch, path, mode)
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    result = {"median_s": statistics.median(times), "min_s": min(times), "iters": iters}
+    if device.type == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    return result
+
+
+def meta_gradient(learner: MAMLpp, batch, path: str, mode: str) -> torch.Tensor:
+    """All meta-gradients of one iteration, flattened into one vector (no optimiser step)."""
+    from .fast import configure_precision
+
+    configure_precision(tf32=mode == "tf32")
+    learner.zero_grad(set_to_none=True)
+    learner.execution = "batched" if path.startswith("batched") or path == "graph" else path
+    learner.checkpoint_steps = path == "batched-ckpt"
+    autocast = (
+        torch.autocast(batch[0].device.type, dtype=torch.bfloat16)
+        if mode == "bf16"
+        else torch.autocast(batch[0].device.type, enabled=False)
+    )
+    with autocast:
+        loss, _ = learner.meta_loss(*batch, 0, update_bn_stats=False)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten().float() for p in learner.meta_parameters()])
+    learner.zero_grad(set_to_none=True)
+    return grads
+
+
+def cpu_peak_memory_gb(config_name: str, path: str) -> float:
+    """Extra resident memory of one CPU meta-iteration, measured in a fresh process."""
+    code = (
+        "import resource, torch; from mamlpp.bench import CONFIGS, build_problem, _step_fn\n"
+        f"learner, batch = build_problem(CONFIGS[{config_name!r}], torch.device('cpu'))\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"_step_fn(learner, batch, {path!r}, 'fp32')()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 1e9  # ru_maxrss is in KiB
+
+
+def peak_memory(config: BenchConfig, path: str, device: torch.device) -> float:
+    if device.type != "cuda":
+        return cpu_peak_memory_gb(config.name, path)
+    learner, batch = build_problem(config, device)
+    step = _step_fn(learner, batch, path, "fp32")
+    step()
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9
+    del learner, batch, step
+    torch.cuda.empty_cache()
+    return peak
+
+
+def memory_sweep(
+    config: BenchConfig, device: torch.device, steps=(1, 2, 3, 5), tasks=(1, 2, 4, 8)
+) -> list[dict]:
+    """Peak memory of one iteration against inner steps x tasks, with and without
+    checkpointing: second-order memory grows with steps x tasks x activations."""
+    rows = []
+    for s in steps:
+        for t in tasks:
+            sub = BenchConfig(**{**asdict(config), "steps": s, "tasks": t, "name": config.name})
+            row = {"steps": s, "tasks": t}
+            for path in ("batched", "batched-ckpt"):
+                row[path] = peak_memory(sub, path, device) if device.type == "cuda" else None
+            rows.append(row)
+    return rows
+
+
+def evaluation_time(
+    config: BenchConfig, device: torch.device, tasks: int = 600, chunk: int = 100
+) -> float:
+    """Seconds to adapt to and predict ``tasks`` tasks (first order, batched, no outer graph)."""
+    chunk = min(chunk, tasks)
+    learner, batch = build_problem(BenchConfig(**{**asdict(config), "tasks": chunk}), device)
+    sx, sy, qx, _ = batch
+    learner.adapt_and_predict(sx, sy, qx)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(math.ceil(tasks / chunk)):
+        learner.adapt_and_predict(sx, sy, qx)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark config(s) {unknown}; known: {sorted(CONFIGS)}")
+    paths = args.paths.split(",")
+    modes = args.modes.split(",")
+    if "graph" in paths and device.type != "cuda":
+        paths.remove("graph")
+    peak_rate = matmul_rate(device)
+    report = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "matmul_tflops": peak_rate / 1e12,
+        "results": [],
+    }
+    for name in names:
+        config = CONFIGS[name]
+        learner, batch = build_problem(config, device)
+        flops = count_flops(learner, batch)
+        reference_grad = meta_gradient(learner, batch, "loop", "fp32") if args.grad_check else None
+        entry = {"config": asdict(config), "gflop": flops / 1e9, "paths": {}}
+        if name in PAPER_REFERENCE:
+            entry["reference_s"], entry["reference_peak_gb"] = PAPER_REFERENCE[name]
+        for path in paths:
+            for mode in modes:
+                if mode != "fp32" and device.type != "cuda":
+                    continue
+                key = f"{path}/{mode}"
+                print(f"[bench] {name} {key} ...", file=sys.stderr, flush=True)
+                learner, batch = build_problem(config, device)
+                timing = time_path(learner, batch, path, mode, args.iters, args.warmup, device)
+                timing["tflops"] = flops / timing["median_s"] / 1e12
+                timing["fraction_of_matmul"] = flops / timing["median_s"] / peak_rate
+                if reference_grad is not None and path != "graph":
+                    fresh, batch = build_problem(config, device)
+                    grad = meta_gradient(fresh, batch, path, mode)
+                    timing["grad_rel_error"] = float(
+                        (grad - reference_grad).norm() / reference_grad.norm()
+                    )
+                entry["paths"][key] = timing
+        if args.memory:
+            entry["peak_memory_gb"] = {
+                p: peak_memory(config, p, device) for p in ("batched", "batched-ckpt", "loop")
+            }
+        report["results"].append(entry)
+    if args.memory_sweep:
+        report["memory_sweep"] = memory_sweep(CONFIGS[args.memory_sweep], device)
+    if args.eval_tasks:
+        report["evaluation_s"] = {
+            "config": args.eval_config,
+            "tasks": args.eval_tasks,
+            "seconds": evaluation_time(CONFIGS[args.eval_config], device, args.eval_tasks),
+        }
+    # Restore PyTorch's default precision settings.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    report["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        f"device: {report['device']}, torch {report['torch']}, "
+        f"matmul {report['matmul_tflops'] * 1e3:.1f} GFLOP/s",
+        f"{'config':<22} {'path/mode':<20} {'GFLOP':>7} {'median s':>9} {'GFLOP/s':>8} "
+        f"{'of matmul':>9} {'grad err':>9} {'peak GB':>8} {'ref s':>6}",
+    ]
+    for entry in report["results"]:
+        for key, t in entry["paths"].items():
+            err = t.get("grad_rel_error")
+            peak = t.get("peak_memory_gb")
+            lines.append(
+                f"{entry['config']['name']:<22} {key:<20} {entry['gflop']:7.1f} "
+                f"{t['median_s']:9.4f} {t['tflops'] * 1e3:8.1f} {t['fraction_of_matmul']:9.1%} "
+                f"{'' if err is None else f'{err:.1e}':>9} "
+                f"{'' if peak is None else f'{peak:.2f}':>8} "
+                f"{entry.get('reference_s', ''):>6}"
+            )
+        if "peak_memory_gb" in entry:
+            mem = ", ".join(f"{k} {v:.2f} GB" for k, v in entry["peak_memory_gb"].items())
+            lines.append(f"{'':<22} peak memory: {mem}")
+    if "evaluation_s" in report:
+        e = report["evaluation_s"]
+        lines.append(f"evaluation of {e['tasks']} {e['config']} tasks: {e['seconds']:.2f} s")
+    for row in report.get("memory_sweep", []):
+        lines.append(
+            f"memory sweep steps={row['steps']} tasks={row['tasks']}: "
+            + ", ".join(
+                f"{k} {v:.3f} GB"
+                for k, v in row.items()
+                if k not in ("steps", "tasks") and v is not None
+            )
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--configs",
+        default="omniglot-20w1s",
+        help=f"comma-separated, or 'all'; known: {', '.join(CONFIGS)}",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--paths",
+        default="batched,loop",
+        help="comma-separated: batched, batched-ckpt, vmap, loop, graph (CUDA)",
+    )
+    parser.add_argument(
+        "--modes", default="fp32", help="comma-separated: fp32, tf32, bf16 (tf32/bf16 on CUDA only)"
+    )
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--no-grad-check",
+        dest="grad_check",
+        action="store_false",
+        help="skip comparing each path's meta-gradients with the fp32 loop path",
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="peak memory per path (CPU: in fresh processes)"
+    )
+    parser.add_argument(
+        "--memory-sweep",
+        metavar="CONFIG",
+        default=None,
+        help="peak memory over steps x tasks for one config (CUDA)",
+    )
+    parser.add_argument(
+        "--eval-tasks",
+        type=int,
+        default=0,
+        help="also time the evaluation of this many tasks of --eval-config",
+    )
+    parser.add_argument("--eval-config", default="omniglot-20w1s", choices=sorted(CONFIGS))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write the report here")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.iters < 1 or args.warmup < 0:
+        raise ConfigError("--iters must be >= 1 and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(format_table(report))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="time one meta-iteration per path against the matmul rate"
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=main)

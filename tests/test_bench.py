@@ -1,0 +1,96 @@
+"""The benchmark harness runs on a tiny configuration and emits valid JSON (figures unchecked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mamlpp.cli import main
+
+
+def test_bench_cli_writes_json_report(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "--configs",
+            "tiny,tiny-fo",
+            "--paths",
+            "batched,batched-ckpt,loop",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--eval-tasks",
+            "4",
+            "--eval-config",
+            "tiny",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["matmul_tflops"] > 0
+    assert [r["config"]["name"] for r in report["results"]] == ["tiny", "tiny-fo"]
+    for entry in report["results"]:
+        assert entry["gflop"] > 0
+        assert set(entry["paths"]) == {"batched/fp32", "batched-ckpt/fp32", "loop/fp32"}
+        for timing in entry["paths"].values():
+            assert timing["median_s"] > 0 and timing["iters"] == 2
+            assert 0 < timing["fraction_of_matmul"]
+            # Every path computes the same meta-gradient as the float32 loop path.
+            assert timing["grad_rel_error"] < 1e-4
+    assert report["evaluation_s"]["seconds"] > 0
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_bench_script_and_cpu_memory_probe(tmp_path):
+    out = tmp_path / "b.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/meta_step.py",
+            "--configs",
+            "tiny",
+            "--paths",
+            "batched",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--memory",
+            "--no-grad-check",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(out.read_text())
+    memory = report["results"][0]["peak_memory_gb"]
+    assert set(memory) == {"batched", "batched-ckpt", "loop"}
+    assert all(v >= 0 for v in memory.values())
+
+
+def test_bench_rejects_unknown_config(capsys):
+    assert main(["bench", "--configs", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark config" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flops_path", ["loop"])
+def test_flop_count_matches_spec_for_omniglot_20w1s(flops_path):
+    """The FLOP counter charges the spec's 185 GFLOP for Omniglot 20-way 1-shot (MSL on)."""
+    import torch
+
+    from mamlpp.bench import CONFIGS, build_problem, count_flops
+
+    learner, batch = build_problem(CONFIGS["omniglot-20w1s"], torch.device("cpu"))
+    # Count on 1 of 8 tasks (the count is linear in tasks) to keep the test fast.
+    batch = tuple(t[:1] for t in batch)
+    assert count_flops(learner, batch) * 8 / 1e9 == pytest.approx(185, rel=0.01)
