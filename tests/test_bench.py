@@ -94,3 +94,16 @@ def test_flop_count_matches_spec_for_omniglot_20w1s(flops_path):
     # Count on 1 of 8 tasks (the count is linear in tasks) to keep the test fast.
     batch = tuple(t[:1] for t in batch)
     assert count_flops(learner, batch) * 8 / 1e9 == pytest.approx(185, rel=0.01)
+
+
+def test_gpu_check_script_arguments_are_valid(tmp_path):
+    """benchmarks/gpu_check.sh in dry-run mode: every bench invocation parses and validates."""
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", str(tmp_path)],
+        env={**__import__("os").environ, "DRY_RUN": "1", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("plan: device cuda") == 4
+    assert "gpu_check done" in result.stdout

@@ -244,16 +244,33 @@ def evaluation_time(
     return time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> dict:
+PATHS = ("batched", "batched-ckpt", "vmap", "loop", "graph")
+MODES = ("fp32", "tf32", "bf16")
+
+
+def _plan(args: argparse.Namespace):
+    """Validate the arguments: device, configs, paths and modes (one-line errors)."""
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
     names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise ConfigError(f"unknown benchmark config(s) {unknown}; known: {sorted(CONFIGS)}")
-    paths = args.paths.split(",")
-    modes = args.modes.split(",")
+    paths, modes = args.paths.split(","), args.modes.split(",")
+    if bad := [p for p in paths if p not in PATHS]:
+        raise ConfigError(f"unknown path(s) {bad}; known: {list(PATHS)}")
+    if bad := [m for m in modes if m not in MODES]:
+        raise ConfigError(f"unknown mode(s) {bad}; known: {list(MODES)}")
+    if args.memory_sweep and args.memory_sweep not in CONFIGS:
+        raise ConfigError(f"unknown --memory-sweep config {args.memory_sweep!r}")
+    if args.iters < 1 or args.warmup < 0:
+        raise ConfigError("--iters must be >= 1 and --warmup >= 0")
+    return device, names, paths, modes
+
+
+def run(args: argparse.Namespace) -> dict:
+    device, names, paths, modes = _plan(args)
     if "graph" in paths and device.type != "cuda":
         paths.remove("graph")
     peak_rate = matmul_rate(device)
@@ -387,11 +404,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-config", default="omniglot-20w1s", choices=sorted(CONFIGS))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", metavar="FILE", default=None, help="write the report here")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the arguments and print the plan without measuring",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.iters < 1 or args.warmup < 0:
-        raise ConfigError("--iters must be >= 1 and --warmup >= 0")
+    device, names, paths, modes = _plan(args)
+    if args.dry_run:
+        print(
+            f"plan: device {device}, configs {names}, paths {paths}, modes {modes}, "
+            f"{args.iters} iterations after {args.warmup} warm-up"
+        )
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
