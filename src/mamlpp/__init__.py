@@ -1,22 +1,45 @@
-"""mamlpp: MAML++ ("How to train your MAML", Antoniou, Edwards & Storkey, ICLR 2019)."""
+"""mamlpp: MAML++ ("How to train your MAML", Antoniou, Edwards & Storkey, ICLR 2019).
+
+The public API:
+
+* the algorithm: :class:`MetaConfig` (the six techniques as switches), :class:`MAMLpp` (meta-loss,
+  adaptation, prediction), the :class:`Conv4` backbone, and the per-epoch schedules
+  :func:`msl_weights`, :func:`step_loss_weights`, :func:`second_order_at`, :func:`outer_lr`;
+* fast training steps: :class:`FastMetaStep` (CUDA-graph replay where possible);
+* data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
+* evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .config import MetaConfig
+from .data import EpisodeSampler, FewShotSplit, TaskBatch, load_dataset
+from .errors import ConfigError, DataError, MamlppError
+from .evaluate import EvalResult, evaluate
+from .fast import FastMetaStep
+from .learner import MAMLpp
+from .nn import Conv4
+from .nn.backbones import conv4_for
+from .schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
 
-from .config import MetaConfig  # noqa: E402
-from .learner import MAMLpp  # noqa: E402
-from .nn import Conv4  # noqa: E402
-from .nn.backbones import conv4_for  # noqa: E402
-from .schedules import msl_weights, outer_lr, second_order_at, step_loss_weights  # noqa: E402
-
-__all__ += [
+__all__ = [
+    "ConfigError",
     "Conv4",
+    "DataError",
+    "EpisodeSampler",
+    "EvalResult",
+    "FastMetaStep",
+    "FewShotSplit",
     "MAMLpp",
+    "MamlppError",
     "MetaConfig",
+    "TaskBatch",
+    "__version__",
     "conv4_for",
+    "evaluate",
+    "load_dataset",
     "msl_weights",
     "outer_lr",
     "second_order_at",
