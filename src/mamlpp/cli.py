@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "mamlpp.data.cli",
     "mamlpp.bench",
     "mamlpp.commands",
+    "mamlpp.ablate",
 ]
 
 

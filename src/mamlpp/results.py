@@ -1,0 +1,445 @@
+"""Publishing measured results: provenance, copies of ablation outputs, the "Results" section.
+
+Used by ``benchmarks/cpu_study.sh`` and ``benchmarks/gpu_repro.sh``; nothing here trains.
+``python -m mamlpp.results publish`` copies each study's generated files (``results.md``,
+``results.json``, plots, ``report/``) from its ablation folder into ``docs/results/<name>/``,
+writes ``docs/results/PROVENANCE.md`` (commands, git commit, versions, hardware, wall times)
+and ``docs/results/RESULTS.md`` (the Results section: numbers next to the paper's, speed next
+to the authors' code, commands), and can fill that section into a Markdown file between the
+markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
+Every number in these files is read from the studies' ``results.json``; none is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .ablate import duration
+from .errors import ConfigError, MamlppError
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# Spec section 4 (test accuracy %, 5 inner steps, 50,000 iterations): MAML (Finn et al. 2017)
+# and MAML++ (the paper), keyed by (dataset, ways, shots).
+PAPER = {
+    ("omniglot", 5, 1): {"maml": "98.7 ± 0.4", "maml++": "99.47"},
+    ("omniglot", 5, 5): {"maml": "99.9 ± 0.1", "maml++": "99.93"},
+    ("omniglot", 20, 1): {"maml": "95.8 ± 0.3", "maml++": "97.65"},
+    ("omniglot", 20, 5): {"maml": "98.9 ± 0.2", "maml++": "99.33"},
+    ("mini-imagenet", 5, 1): {"maml": "48.70 ± 1.84", "maml++": "52.15 ± 0.26"},
+    ("mini-imagenet", 5, 5): {"maml": "63.11 ± 0.92", "maml++": "68.32 ± 0.44"},
+}
+# Spec section 5: the authors' code, seconds per meta-iteration on one H100 (torch 2.11).
+REFERENCE_S_PER_IT = {("omniglot", 5, 1): 0.454, ("omniglot", 20, 1): 0.459}
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Versions, hardware and the git commit, for provenance."""
+    import numpy
+    import torch
+
+    from . import __version__
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "mamlpp": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+    }
+
+
+# ------------------------------------------------------------------------------ publishing
+
+
+def copy_study(source: Path, dest: Path) -> list[Path]:
+    """Copy an ablation folder's generated files (not its runs) into ``dest``."""
+    if not (source / "results.json").is_file():
+        raise MamlppError(f"{source} has no results.json (run `mamlpp ablate` there first)")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    copied = []
+    for path in sorted(source.iterdir()):
+        if path.is_file() and (
+            path.name in ("results.md", "results.json") or path.suffix in (".png", ".txt")
+        ):
+            shutil.copy2(path, dest / path.name)
+            copied.append(dest / path.name)
+    if (source / "report").is_dir():
+        shutil.copytree(source / "report", dest / "report")
+        copied.append(dest / "report")
+    return copied
+
+
+def load_study(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise MamlppError(f"cannot read {folder / 'results.json'}: {error}") from None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _acc(row: dict[str, Any]) -> str:
+    mean, std = row.get("mean_test_accuracy"), row.get("std_test_accuracy")
+    if mean is None:
+        return "-"
+    return _pct(mean) + (f" ± {_pct(std)}" if std is not None else "")
+
+
+def _device_of(study: dict[str, Any]) -> str:
+    devices = {r.get("device") for v in study["variants"] for r in v["runs"] if r.get("device")}
+    return ", ".join(sorted(devices)) or "-"
+
+
+def results_section(
+    studies: dict[str, dict[str, Any]],
+    bench: dict[str, Any] | None,
+    commands: Sequence[str],
+    gpu_note: str | None = None,
+) -> str:
+    """The README's "Results" section, generated from the studies' results.json."""
+    lines = [
+        "## Results",
+        "",
+        "Generated by `python -m mamlpp.results publish` from the files in "
+        "[docs/results/](docs/results/); every number below is a measurement of this code "
+        "(nothing is copied by hand except the paper's column). Commands, versions and "
+        "hardware: [docs/results/PROVENANCE.md](docs/results/PROVENANCE.md).",
+    ]
+    for name, study in studies.items():
+        s = study["settings"]
+        key = (s["dataset"], s["ways"], s["shots"])
+        paper = PAPER.get(key, {})
+        lines += [
+            "",
+            f"### {name}: {s['dataset']} {s['ways']}-way {s['shots']}-shot, "
+            f"{s['budget']} meta-iterations per run",
+            "",
+            f"{s['epochs']} epochs x {s['iterations_per_epoch']} iterations x "
+            f"{s['tasks_per_batch']} tasks (the paper: 100 x 500), {s['val_tasks']} validation "
+            f"tasks per epoch, top-{s['top_k']} ensemble on {study['test_tasks']['count']} fixed "
+            f"test tasks, device {_device_of(study)}. Details: "
+            f"[docs/results/{name}/results.md](docs/results/{name}/results.md).",
+            "",
+            "| variant | techniques | seeds | test % (mean ± std over seeds) | Δ vs MAML (pp) "
+            "| 95% CI over tasks | it/s | paper, 50,000 iterations |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in study["variants"]:
+            delta = row.get("delta_vs_maml")
+            ci = row.get("mean_test_ci95")
+            its = row.get("mean_iterations_per_second")
+            lines.append(
+                f"| `{row['name']}` | {row['label']} | {len(row['seeds_complete'])}/"
+                f"{row['seeds_requested']} | {_acc(row)} | "
+                f"{'-' if delta is None else f'{100 * delta:+.2f}'} | "
+                f"{'-' if not ci else f'± {_pct(ci)}'} | "
+                f"{'-' if its is None else f'{its:.2f}'} | {paper.get(row['name'], '-')} |"
+            )
+        findings = _study_findings(study)
+        if findings:
+            lines += ["", *findings]
+    lines += ["", "### Speed", ""]
+    lines += _speed_lines(studies, bench)
+    if gpu_note:
+        lines += ["", gpu_note]
+    lines += [
+        "",
+        "### Reproduce",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
+        "The paper's full runs (100 epochs x 500 iterations, 600 validation and test tasks, "
+        "top-5 ensemble), one per preset and seed, e.g.:",
+        "",
+        "```bash",
+        "mamlpp train --preset omniglot-5w1s --set train.seed=0 --out runs/omniglot-5w1s-s0",
+        "mamlpp train --preset omniglot-5w1s-maml --set train.seed=0 "
+        "--out runs/omniglot-5w1s-maml-s0",
+        "mamlpp ablate --dataset omniglot --ways 5 --shots 1 --seeds 0,1,2   # full grid, "
+        "paper budget",
+        "```",
+        "",
+        "See [docs/reproduce.md](docs/reproduce.md) for every setting and its cost.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _study_findings(study: dict[str, Any]) -> list[str]:
+    rows = {r["name"]: r for r in study["variants"]}
+    maml, plus = rows.get("maml"), rows.get("maml++")
+    out = []
+    if (
+        maml
+        and plus
+        and maml.get("mean_test_accuracy") is not None
+        and plus.get("mean_test_accuracy") is not None
+    ):
+        delta = plus["mean_test_accuracy"] - maml["mean_test_accuracy"]
+        verdict = "beats" if delta > 0 else "does not beat"
+        out.append(f"MAML++ {verdict} MAML at this budget by {100 * delta:+.2f} pp.")
+    worse = [
+        f"`{r['name']}` ({100 * r['delta_vs_maml']:+.2f} pp)"
+        for r in study["variants"]
+        if r["name"] != "maml" and r.get("delta_vs_maml") is not None and r["delta_vs_maml"] < 0
+    ]
+    if worse and maml is not None:
+        out.append("Below MAML at this budget: " + ", ".join(worse) + ".")
+    if not study["test_tasks"].get("identical", True):
+        out.append("**WARNING: the runs of this study were tested on different tasks.**")
+    return out
+
+
+def _speed_lines(studies: dict[str, dict[str, Any]], bench: dict[str, Any] | None) -> list[str]:
+    lines = []
+    for name, study in studies.items():
+        s = study["settings"]
+        rows = {r["name"]: r for r in study["variants"]}
+        for variant in ("maml++", "maml", "fomaml"):
+            row = rows.get(variant)
+            if row is None or not row.get("mean_iterations_per_second"):
+                continue
+            its = row["mean_iterations_per_second"]
+            device = _device_of(study)
+            ref = REFERENCE_S_PER_IT.get((s["dataset"], s["ways"], s["shots"]))
+            text = (
+                f"* {name}, `{variant}` on {device}: {its:.2f} meta-iterations/s "
+                f"({1000 / its:.0f} ms each, {s['tasks_per_batch']} tasks"
+            )
+            text += (
+                f", {s['calibration']['device']} budget-measured)" if s.get("calibration") else ")"
+            )
+            if ref is not None and variant == "maml++" and "cuda" in device:
+                text += (
+                    f"; the authors' code: {ref} s/iteration on one H100 (spec section 5), "
+                    f"{ref * its:.1f}x slower (different GPUs: compare with care)"
+                )
+            lines.append(text + ".")
+    if bench:
+        for result in bench.get("results", []):
+            paths = result.get("paths", {})
+            loop = next((v for k, v in paths.items() if k.startswith("loop/")), None)
+            fast = {k: v for k, v in paths.items() if not k.startswith("loop/")}
+            if loop is None or not fast:
+                continue
+            best_name, best = min(fast.items(), key=lambda item: item[1]["median_s"])
+            lines.append(
+                f"* `mamlpp bench` on {bench.get('device')} ({result['config']['name']}, "
+                f"synthetic episodes of the real shapes, second order, MSL on): {best_name} "
+                f"{best['median_s']:.3f} s/iteration vs {loop['median_s']:.3f} s for the loop "
+                f"path that runs tasks one by one as the authors' code does "
+                f"({loop['median_s'] / best['median_s']:.1f}x)."
+            )
+    if not lines:
+        lines.append("* No speed measurement published yet.")
+    return lines
+
+
+def provenance(
+    studies: dict[str, dict[str, Any]], commands: Sequence[str], env: dict[str, Any]
+) -> str:
+    lines = [
+        "# Provenance of docs/results",
+        "",
+        "Generated by `python -m mamlpp.results publish`; do not edit by hand.",
+        "",
+        f"* Published: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
+        f"* git commit: {env.get('git_commit')}"
+        + (" (working tree had uncommitted changes)" if env.get("git_dirty") else ""),
+        f"* mamlpp {env['mamlpp']}, torch {env['torch']}, numpy {env['numpy']}, Python "
+        f"{env['python']}",
+        f"* Platform: {env['platform']}",
+        f"* CPU: {env['cpu']}, {env['cpu_count']} logical CPUs ({env['cpus_usable']} usable)",
+        f"* GPU: {env.get('gpu') or 'none'}",
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
+        "## Studies",
+    ]
+    for name, study in studies.items():
+        total = sum(v["total_wall_time_s"] for v in study["variants"])
+        runs = [r for v in study["variants"] for r in v["runs"]]
+        done = sum(r["status"] == "complete" for r in runs)
+        senv = study.get("environment", {})
+        lines += [
+            "",
+            f"### {name}",
+            "",
+            f"* `{study['command']}`",
+            f"* {done}/{len(runs)} runs complete; wall time {duration(total)} summed over "
+            f"runs, {duration(study['elapsed_s'])} elapsed over "
+            f"{len(study['sessions'])} session(s)",
+            f"* Aggregated with mamlpp {senv.get('mamlpp')}, torch {senv.get('torch')} on "
+            f"{senv.get('cpu')} ({senv.get('cpu_count')} CPUs), git {senv.get('git_commit')}",
+        ]
+        for session in study["sessions"]:
+            lines.append(
+                f"* session {session.get('started')}: {session.get('elapsed_s')} s, jobs "
+                f"{session.get('jobs')}, device {session.get('device')}, threads "
+                f"{session.get('threads')}"
+            )
+        lines.append("* Per-run commands (`mamlpp train` equivalents):")
+        for variant in study["variants"]:
+            for run in variant["runs"]:
+                if run.get("command"):
+                    wall = run.get("wall_time_s")
+                    when = f" ({duration(wall)})" if wall else f" ({run['status']})"
+                    lines.append(f"  * `{run['command']}`{when}")
+    return "\n".join(lines) + "\n"
+
+
+def fill(path: Path, section: str) -> None:
+    """Replace the text between the results markers of ``path`` with ``section``."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise MamlppError(f"{path} has no {BEGIN} ... {END} markers")
+    body = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    path.write_text(pattern.sub(lambda _: body, text, count=1), encoding="utf-8")
+
+
+def publish(
+    dest: Path,
+    studies: Sequence[tuple[str, Path]],
+    commands: Sequence[str],
+    bench: Path | None = None,
+    fill_files: Sequence[Path] = (),
+    gpu_note: str | None = None,
+    dry_run: bool = False,
+) -> dict[str, Path]:
+    """Copy the studies into ``dest`` and write PROVENANCE.md and RESULTS.md there."""
+    if dry_run:
+        for name, source in studies:
+            print(f"would copy {source}/results.md, results.json, *.png, report/ -> {dest / name}")
+        print(f"would write {dest / 'PROVENANCE.md'} and {dest / 'RESULTS.md'}")
+        for path in fill_files:
+            print(f"would fill the Results section of {path}")
+        return {}
+    loaded = {}
+    for name, source in studies:
+        copy_study(source, dest / name)
+        loaded[name] = load_study(dest / name)
+    bench_data = None
+    if bench is not None and bench.is_file():
+        bench_data = json.loads(bench.read_text(encoding="utf-8"))
+        shutil.copy2(bench, dest / bench.name)
+    env = environment()
+    (dest / "PROVENANCE.md").write_text(provenance(loaded, commands, env), encoding="utf-8")
+    section = results_section(loaded, bench_data, commands, gpu_note)
+    (dest / "RESULTS.md").write_text(section, encoding="utf-8")
+    for path in fill_files:
+        fill(path, section)
+    return {"provenance": dest / "PROVENANCE.md", "results": dest / "RESULTS.md"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mamlpp.results")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pub = sub.add_parser("publish", help="copy studies into docs/results and write the section")
+    pub.add_argument("--dest", default="docs/results")
+    pub.add_argument("--study", action="append", default=[], metavar="NAME=DIR")
+    pub.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        dest="commands",
+        help="a command that produced the studies (repeatable)",
+    )
+    pub.add_argument("--bench", help="a `mamlpp bench --json` report to include")
+    pub.add_argument("--fill", action="append", default=[], help="Markdown file with markers")
+    pub.add_argument("--gpu-note", help="a sentence about the GPU reproduction")
+    pub.add_argument("--dry-run", action="store_true")
+    env = sub.add_parser("env", help="print the environment as JSON")
+    env.add_argument("--out")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "env":
+            text = json.dumps(environment(), indent=2)
+            if args.out:
+                Path(args.out).write_text(text + "\n", encoding="utf-8")
+            print(text)
+            return 0
+        studies = []
+        for item in args.study:
+            name, sep, folder = item.partition("=")
+            if not sep or not name or not folder or "/" in name:
+                raise ConfigError(f"--study expects NAME=DIR, got {item!r}")
+            studies.append((name, Path(folder)))
+        if not studies:
+            raise ConfigError("publish needs at least one --study NAME=DIR")
+        written = publish(
+            Path(args.dest),
+            studies,
+            args.commands,
+            Path(args.bench) if args.bench else None,
+            [Path(p) for p in args.fill],
+            args.gpu_note,
+            args.dry_run,
+        )
+        for path in written.values():
+            print(f"wrote {path}")
+    except MamlppError as error:
+        print(f"mamlpp: error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
