@@ -1369,6 +1369,7 @@ def _dry_run(
             f"{plan.iterations_per_epoch} x {plan.tasks_per_batch} tasks"
         )
     print(f"device {device}, jobs {args.jobs}, threads per run {threads or 'preset default'}")
+    print(_data_note(plan.dataset, args.data_dir))
     for variant, seed in [*done, *todo]:
         run_config(probe, variant, seed, threads)  # raises on any bad configuration
         state = "finished, skipped" if (variant, seed) in done else "to run"
@@ -1379,6 +1380,19 @@ def _dry_run(
         )
     print(f"{len(todo)} to run, {len(done)} finished; results would go to {out / 'results.md'}")
     return 0
+
+
+def _data_note(dataset: str, data_dir_arg: str | None) -> str:
+    """Where the data would come from (the dry run only reports; it never downloads)."""
+    from .data import data_dir, find_mini_imagenet, find_omniglot
+
+    if dataset == "synthetic":
+        return "data: generated in memory (synthetic)"
+    root = data_dir(data_dir_arg)
+    found = find_mini_imagenet(root) if dataset == "mini-imagenet" else find_omniglot(root)
+    if found is None:
+        return f"data: {dataset} NOT found in {root} (a real run downloads it unless --no-download)"
+    return f"data: {dataset} found in {found}"
 
 
 # ------------------------------------------------------------------------------ worker
