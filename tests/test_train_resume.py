@@ -90,26 +90,28 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
 
     latest = killed / "checkpoints" / "latest.pt"
     metrics = killed / "metrics.jsonl"
+
+    def lines_at_least(count: int):
+        return lambda: len(read_metrics(metrics)) >= count
+
+    # The run writes 12 metrics lines (3 epochs x (3 train + 1 val)); a checkpoint follows each
+    # train line. Kill right after line 1 (usually before the first checkpoint exists), then at
+    # random moments shortly after lines 4 (epoch 1's validation), 7 and 9 (second order).
     rng = random.Random(1234)
     kills = 0
-    # 1st kill: as soon as the first metrics line exists (often before any checkpoint);
-    # then: at random moments after progress beyond the last kill.
-    process = subprocess.Popen(
-        _command(killed, False), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    kills += _kill_when(process, lambda: metrics.is_file() and metrics.stat().st_size > 0, 0.0)
-    for attempt in range(8):
+    for attempt, target in enumerate((1, 4, 7, 9)):
         process = subprocess.Popen(
-            _command(killed, True), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            _command(killed, resume=attempt > 0),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        if attempt >= 3:  # enough kills: let it finish
-            break
-        seen = latest.stat().st_mtime_ns if latest.is_file() else 0
-        delay = rng.uniform(0.0, 0.4)
-        progressed = lambda seen=seen: latest.is_file() and latest.stat().st_mtime_ns != seen  # noqa: E731
-        kills += _kill_when(process, progressed, delay)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr.decode()
+        delay = 0.0 if attempt == 0 else rng.uniform(0.0, 0.1)
+        kills += _kill_when(process, lines_at_least(target), delay)
+    process = subprocess.run(
+        _command(killed, resume=True), env=_env(), capture_output=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr.decode()
     assert kills >= 3, "the test did not interrupt the run often enough to mean anything"
 
     ref_state = torch.load(reference / "checkpoints" / "latest.pt", weights_only=True)

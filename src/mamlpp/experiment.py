@@ -34,13 +34,6 @@ from .config import MetaConfig
 from .errors import ConfigError
 
 DatasetName = Literal["omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic"]
-# Default image side and channels per dataset (spec sections 2 and 3).
-DATASET_SHAPES = {
-    "omniglot": (1, 28),
-    "omniglot-vinyals": (1, 28),
-    "synthetic": (1, 28),
-    "mini-imagenet": (3, 84),
-}
 
 
 @dataclass(frozen=True)
@@ -51,10 +44,6 @@ class DataSection:
     # Query (target) images per class: 1 in the reference Omniglot configs, 15 on mini-ImageNet.
     targets: int = 1
     image_size: int = 28
-
-    @property
-    def in_channels(self) -> int:
-        return DATASET_SHAPES[self.dataset][0]
 
 
 @dataclass(frozen=True)

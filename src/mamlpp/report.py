@@ -99,7 +99,10 @@ def _curve_chart(runs: list[RunData], key: str, path: Path) -> Path:
         )
         series.append(
             Series(
-                f"{run.name} val", [r["epoch"] for r in val], [r[key] for r in val], markers=True
+                f"{run.name} val",
+                [r["epoch"] for r in val],
+                [r[key] for r in val],
+                markers=len(val) <= 40,
             )
         )
     label = "accuracy (query, final step)" if key == "accuracy" else "loss (query)"
