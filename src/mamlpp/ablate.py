@@ -460,14 +460,14 @@ def calibrate(
             torch.cuda.synchronize(device)
 
     old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     measured: dict[str, Any] = {}
     budgets = []
     probe = Plan.from_dict({**plan.to_dict(), "budget": plan.epochs})  # 1 iteration per epoch
     try:
         for variant in variants:
             config = run_config(probe, variant, 0, threads)
+            if config.train.threads:  # as run_training will run it
+                torch.set_num_threads(config.train.threads)
             d, e = config.data, config.eval
             learner = build_learner(config, splits["train"].image_shape[0], device)
             optimizer = learner.make_optimizer()
@@ -1160,8 +1160,9 @@ def parse_variants(text: str) -> list[Variant]:
     if text.strip() == "all":
         return list(GRID)
     chosen = []
+    folders = {v.folder: v.name for v in GRID}  # run folder names work too ("mamlpp")
     for part in text.split(","):
-        name = part.strip()
+        name = folders.get(part.strip(), part.strip())
         if name not in VARIANTS:
             close = difflib.get_close_matches(name, list(VARIANTS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

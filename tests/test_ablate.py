@@ -1,0 +1,405 @@
+"""`mamlpp ablate` on the file-free synthetic dataset: the grid's configurations, aggregation
+against the runs' own summaries, identical test tasks across variants, resume, worker processes,
+time budgets, argument errors; and the study scripts' dry runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamlpp import ablate
+from mamlpp.cli import main
+from mamlpp.experiment import build_config, read_toml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--budget",
+    "10",  # the synthetic preset has 5 epochs: 2 iterations each
+    "--tasks-per-batch",
+    "2",
+    "--val-tasks",
+    "4",
+    "--test-tasks",
+    "6",
+    "--top-k",
+    "2",
+    "--set",
+    "model.channels=4",
+    "--set",
+    "eval.batch_size=6",
+    "--set",
+    "train.log_every=1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
+VARIANTS = ["--variants", "maml,maml++", "--seeds", "0,1"]
+
+
+def _ablate(out: Path, *extra: str) -> int:
+    return main(["ablate", *TINY, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, dict]:
+    """maml and maml++ x seeds 0 and 1, trained in this process; every trainer's test episodes
+    are captured through the trainer hook."""
+    out = tmp_path_factory.mktemp("ablate") / "grid"
+    episodes: dict[str, tuple] = {}
+    original = ablate.run_one
+
+    def run_one(plan, out_, variant, seed, *args, **kwargs):
+        def capture(variant_, seed_, trainer):
+            sampler = trainer.samplers["test"]
+            episodes[f"{variant_.name}/{seed_}"] = tuple(sampler.sample(range(6)))
+
+        kwargs["on_start"] = capture
+        return original(plan, out_, variant, seed, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ablate, "run_one", run_one)
+        assert _ablate(out, *VARIANTS) == 0
+    return out, episodes
+
+
+def _summary(out: Path, folder: str, seed: int) -> dict:
+    return json.loads((out / folder / f"seed{seed}" / "summary.json").read_text())
+
+
+def test_runs_use_the_grid_configs_and_the_budget(grid) -> None:
+    out, _ = grid
+    for folder, techniques in (("maml", []), ("mamlpp", list(ablate.TECHNIQUES))):
+        for seed in (0, 1):
+            run = out / folder / f"seed{seed}"
+            config = build_config(read_toml(run / "config.toml"))
+            assert config.techniques == techniques
+            assert config.train.seed == seed
+            # the budget shortens the epoch; the preset's 5 epochs (and schedules) are kept
+            assert (config.train.epochs, config.train.iterations_per_epoch) == (5, 2)
+            assert config.meta.bn_mode == "transductive" and config.meta.second_order
+            assert _summary(out, folder, seed)["iterations"] == 10
+            record = json.loads((run / "ablate.json").read_text())
+            assert record["status"] == "complete" and record["command"].startswith(
+                "mamlpp train --preset synthetic"
+            )
+    maml_pp = build_config(read_toml(out / "mamlpp" / "seed0" / "config.toml"))
+    assert maml_pp.meta.first_order_epochs == 3 and maml_pp.meta.msl_epochs == 2  # preset's
+
+
+def test_every_variant_switches_exactly_its_techniques() -> None:
+    plan = ablate.Plan(
+        dataset="omniglot",
+        ways=5,
+        shots=1,
+        base_preset="omniglot-5w1s",
+        epochs=100,
+        budget=1000,
+        tasks_per_batch=8,
+        val_tasks=20,
+        test_tasks=600,
+        top_k=3,
+        sets=[],
+        variants=[v.name for v in ablate.GRID],
+        seeds=[0],
+    )
+    seen = {}
+    for variant in ablate.GRID:
+        config = ablate.run_config(plan, variant, 0)
+        assert config.techniques == list(variant.techniques), variant.name
+        assert (config.train.epochs, config.train.iterations_per_epoch) == (100, 10)
+        assert config.eval.test_seed == 2 and config.eval.test_tasks == 600
+        seen[variant.name] = config
+    assert not seen["fomaml"].meta.second_order and seen["maml"].meta.second_order
+    assert seen["maml++/per_step-bn"].meta.bn_mode == "per_step"
+    assert seen["maml++"].meta.bn_mode == "transductive"
+    assert seen["maml+bnrs"].meta.bn_mode == "per_step"  # alone, BNRS must reach an output
+    assert seen["maml+da"].meta.first_order_epochs == 50  # the preset's (paper text) value
+    for name, config in seen.items():  # nothing but [meta] differs between variants
+        for section in ("data", "model", "train", "eval"):
+            assert getattr(config, section) == getattr(seen["maml"], section), name
+
+
+def test_aggregation_matches_the_run_summaries(grid) -> None:
+    out, _ = grid
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["name"]: row for row in results["variants"]}
+    assert list(rows) == ["maml", "maml++"]
+    markdown = (out / "results.md").read_text()
+    for name, folder in (("maml", "maml"), ("maml++", "mamlpp")):
+        summaries = [_summary(out, folder, seed) for seed in (0, 1)]
+        accuracies = [s["test_accuracy"] for s in summaries]
+        row = rows[name]
+        assert row["seeds_complete"] == [0, 1]
+        assert row["mean_test_accuracy"] == pytest.approx(statistics.fmean(accuracies))
+        assert row["std_test_accuracy"] == pytest.approx(statistics.stdev(accuracies))
+        assert row["mean_test_ci95"] == pytest.approx(
+            statistics.fmean(s["test_ci95"] for s in summaries)
+        )
+        assert row["mean_wall_time_s"] == pytest.approx(
+            statistics.fmean(s["wall_time_s"] for s in summaries)
+        )
+        assert row["mean_iterations_per_second"] == pytest.approx(
+            statistics.fmean(s["iterations_per_second"] for s in summaries)
+        )
+        mean = 100 * statistics.fmean(accuracies)
+        std = 100 * statistics.stdev(accuracies)
+        line = next(x for x in markdown.splitlines() if x.startswith(f"| `{name}` |"))
+        assert f"{mean:.2f} ± {std:.2f}" in line and "2/2" in line
+        for accuracy in accuracies:
+            assert f"{100 * accuracy:.2f}" in line
+    delta = rows["maml++"]["mean_test_accuracy"] - rows["maml"]["mean_test_accuracy"]
+    assert rows["maml++"]["delta_vs_maml"] == pytest.approx(delta)
+    assert f"({100 * delta:+.2f} pp" in markdown
+    assert "maml++ --tasks-per-batch 2" in results["command"]
+    for plot in ("test-accuracy.png", "val-accuracy.png", "report/report.md"):
+        assert (out / plot).is_file() and plot in markdown
+    # one chart set per variant: the two variants' report plots do not overwrite each other
+    charts = sorted(p.name for p in (out / "report").glob("*-inner-lrs.png"))
+    assert len(charts) == 2
+
+
+def test_all_variants_see_identical_test_tasks(grid) -> None:
+    out, episodes = grid
+    assert sorted(episodes) == ["maml++/0", "maml++/1", "maml/0", "maml/1"]
+    first = episodes["maml/0"]
+    for key, batch in episodes.items():
+        for mine, theirs in zip(batch, first, strict=True):
+            assert torch.equal(mine, theirs), key
+    results = json.loads((out / "results.json").read_text())
+    tests = results["test_tasks"]
+    assert tests["identical"] and tests["runs_checked"] == 4 and len(tests["fingerprints"]) == 1
+    assert "Same test tasks in all 4 finished runs" in (out / "results.md").read_text()
+    # the fingerprint does see a different task set
+    from mamlpp.data import EpisodeSampler, load_dataset
+
+    split = load_dataset("synthetic", image_size=28)["test"]
+    same = ablate.test_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=2), 6)
+    other = ablate.test_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=3), 6)
+    assert same == tests["fingerprints"][0] and other != same
+
+
+def test_rerun_skips_finished_runs_and_aggregate_only_rewrites(grid, capsys) -> None:
+    out, _ = grid
+    runs = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "report"]
+    before = {p: p.read_bytes() for p in runs if "seed" in p.relative_to(out).as_posix()}
+    assert _ablate(out, *VARIANTS) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipping") == 4 and "epoch 1/5" not in printed
+    after = {p: p.read_bytes() for p in before}
+    assert after == before  # no run folder changed
+    (out / "results.md").unlink()
+    assert main(["ablate", "--aggregate-only", str(out)]) == 0
+    assert "| `maml++` |" in (out / "results.md").read_text()
+    plan = json.loads((out / "ablation.json").read_text())
+    assert len(plan["sessions"]) == 2
+
+
+def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, capsys) -> None:
+    """Killed mid-run (here: an interrupt after epoch 2), the re-run continues from the
+    checkpoint and ends where an uninterrupted run ends."""
+    out, _ = grid
+    from mamlpp.train import Trainer
+
+    original = Trainer._end_epoch
+
+    def interrupted(self):
+        original(self)
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "_end_epoch", interrupted)
+        assert _ablate(resumed, "--variants", "maml", "--seeds", "0") == 130
+    run = resumed / "maml" / "seed0"
+    assert not (run / "summary.json").exists() and (run / "checkpoints" / "latest.pt").is_file()
+    capsys.readouterr()
+    assert _ablate(resumed, "--variants", "maml", "--seeds", "0") == 0
+    assert "epoch 3/5" in capsys.readouterr().out
+    mine, reference = _summary(resumed, "maml", 0), _summary(out, "maml", 0)
+    assert mine["test_accuracy"] == reference["test_accuracy"]
+    assert mine["test_loss"] == reference["test_loss"]
+    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    b = torch.load(out / "maml" / "seed0" / "checkpoints" / "latest.pt", weights_only=True)
+    assert all(torch.equal(a[k], b["model"][k]) for k in a)
+
+
+def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None:
+    out, _ = grid
+    parallel = tmp_path / "parallel"
+    assert _ablate(parallel, "--variants", "maml", "--seeds", "0,1", "--jobs", "2") == 0
+    for seed in (0, 1):
+        run = parallel / "maml" / f"seed{seed}"
+        assert (run / "train.log").is_file() and "test:" in (run / "train.log").read_text()
+        config = build_config(read_toml(run / "config.toml"))
+        assert config.train.threads == max(1, (os.cpu_count() or 1) // 2)
+        assert _summary(parallel, "maml", seed)["test_accuracy"] == pytest.approx(
+            _summary(out, "maml", seed)["test_accuracy"]
+        )
+    results = json.loads((parallel / "results.json").read_text())
+    assert results["variants"][0]["seeds_complete"] == [0, 1]
+
+
+def test_time_budget_is_measured_and_kept(tmp_path, capsys) -> None:
+    out = tmp_path / "timed"
+    args = ["ablate", *[a for a in TINY if a not in ("--budget", "10")], "--out", str(out)]
+    args += ["--variants", "fomaml", "--seeds", "0", "--time-budget", "4"]
+    assert main(args) == 0
+    plan = json.loads((out / "ablation.json").read_text())
+    assert plan["budget"] % 5 == 0 and plan["budget"] >= 5
+    assert plan["calibration"]["variants"]["fomaml"]["iterations_per_epoch"] >= 1
+    assert _summary(out, "fomaml", 0)["iterations"] == plan["budget"]
+    assert "calibration fomaml:" in capsys.readouterr().out
+    assert main(args) == 0  # a re-run keeps the measured budget and skips the finished run
+    assert "skipping fomaml seed 0" in capsys.readouterr().out
+    assert json.loads((out / "ablation.json").read_text())["budget"] == plan["budget"]
+    too_short = ["ablate", *args[1:-2], "--time-budget", "0.0001"]
+    too_short[too_short.index("--out") + 1] = str(tmp_path / "short")
+    assert main(too_short) == 2
+    assert "is too short" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget", "3"], "--budget 3 is below the preset's 5 epochs"),
+        (["--budget", "12"], "--budget 12 is not a multiple of the preset's 5 epochs"),
+        (
+            ["--variants", "maml,maml+msll"],
+            "unknown variant 'maml+msll' (did you mean 'maml+msl'?)",
+        ),
+        (["--seeds", "0,x"], "--seeds expects comma-separated non-negative integers"),
+        (["--seeds", "1,1"], "--seeds lists a seed twice"),
+        (["--dataset", "omniglott"], "(did you mean 'omniglot'?)"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--test-tasks", "0"], "--test-tasks must be >= 1"),
+        (["--time-budget", "-5"], "--time-budget must be > 0"),
+        (["--set", "model.chanels=4"], "unknown key model.chanels in --set"),
+        (["--set", "meta.msl=false"], "variant maml++ should switch on MSL DA BNRS BNWB LSLR CA"),
+        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message) -> None:
+    out = tmp_path / "bad"
+    if "--time-budget" in extra:  # instead of --budget
+        args = ["ablate", *TINY[:2], *TINY[4:], "--out", str(out), *VARIANTS, *extra]
+        assert main(args) == 2
+    else:
+        assert _ablate(out, *VARIANTS, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mamlpp: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (out / "maml").exists()  # nothing trained
+
+
+def test_a_folder_keeps_its_settings(grid, tmp_path, capsys) -> None:
+    out, _ = grid
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy2(out / "ablation.json", copy / "ablation.json")
+    assert _ablate(copy, *VARIANTS, "--val-tasks", "5") == 2
+    assert "holds an ablation with val_tasks=4, not 5" in capsys.readouterr().err
+    assert main(["ablate", "--aggregate-only", str(tmp_path / "nothing")]) == 2
+    assert "is not an ablation folder" in capsys.readouterr().err
+
+
+def test_dry_run_and_list_train_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "dry"
+    assert _ablate(out, "--variants", "all", "--seeds", "0,1", "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    assert printed.count("(to run): mamlpp train --preset synthetic") == 20
+    assert "maml++/per_step-bn seed 1" in printed and "meta.bn_mode=per_step" in printed
+    assert main(["ablate", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(v.name in listing for v in ablate.GRID)
+
+
+def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) -> None:
+    from mamlpp import results
+
+    out, _ = grid
+    doc = tmp_path / "reproduce.md"
+    doc.write_text(f"# How\n\n{results.BEGIN}\nplaceholder\n{results.END}\n\nafter\n")
+    dest = tmp_path / "results"
+    code = results.main(
+        [
+            "publish",
+            "--dest",
+            str(dest),
+            "--study",
+            f"syn={out}",
+            "--command",
+            "make it",
+            "--fill",
+            str(doc),
+        ]
+    )
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert json.loads((dest / "syn" / "results.json").read_text()) == data
+    assert (dest / "syn" / "test-accuracy.png").is_file()
+    assert (dest / "syn" / "report" / "report.md").is_file()
+    assert not list((dest / "syn").rglob("*.pt"))  # results only, no checkpoints
+    section = (dest / "RESULTS.md").read_text()
+    filled = doc.read_text()
+    assert "placeholder" not in filled and filled.endswith("after\n")
+    for row in data["variants"]:
+        mean, std = row["mean_test_accuracy"], row["std_test_accuracy"]
+        assert f"{100 * mean:.2f} ± {100 * std:.2f}" in section
+        assert f"{100 * mean:.2f} ± {100 * std:.2f}" in filled
+    assert "[results/syn/results.md](results/syn/results.md)" in filled  # relative to the doc
+    assert "has not been run for these results" in section  # no GPU study
+    provenance = (dest / "PROVENANCE.md").read_text()
+    assert "make it" in provenance and torch.__version__ in provenance
+    assert data["environment"]["cpu_count"] == os.cpu_count()
+    missing = tmp_path / "plain.md"
+    missing.write_text("no markers\n")
+    assert results.main(["regenerate", "--dest", str(dest), "--fill", str(missing)]) == 1
+
+
+def _script(name: str, out: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, **env}
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / name), str(out)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+
+
+def test_gpu_repro_dry_run(tmp_path) -> None:
+    done = _script("gpu_repro.sh", tmp_path / "gpu")
+    assert done.returncode == 0, done.stderr
+    assert "--time-budget 480" in done.stdout and "--test-tasks 600" in done.stdout
+    assert "maml++ seed 0 (to run)" in done.stdout and "device cuda" in done.stdout
+    assert not (tmp_path / "gpu").exists()
+    shorter = _script("gpu_repro.sh", tmp_path / "gpu", TRAIN_SECONDS="300")
+    assert "--time-budget 300" in shorter.stdout
+
+
+def test_cpu_study_dry_run(tmp_path) -> None:
+    done = _script("cpu_study.sh", tmp_path / "study", DOCS_DIR=str(tmp_path / "docs"))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "--budget 1000 --seeds 0,1,2 --variants maml,maml++,fomaml" in text
+    assert "--budget 500 --seeds 0 --variants " + ",".join(v.name for v in ablate.GRID) in text
+    assert text.count("(to run): mamlpp train --preset omniglot-5w1s") == 9 + 10
+    assert "train.iterations_per_epoch=10" in text and "train.iterations_per_epoch=5" in text
+    assert "device cpu, jobs 2, threads per run 1" in text
+    assert "paths ['batched', 'loop']" in text
+    assert f"would write {tmp_path / 'docs' / 'PROVENANCE.md'}" in text
+    assert not (tmp_path / "study").exists() and not (tmp_path / "docs").exists()
+    bad = _script("cpu_study.sh", tmp_path / "study", MAIN_BUDGET="1050")
+    assert bad.returncode == 2 and "not a multiple" in bad.stderr
