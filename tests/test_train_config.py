@@ -33,7 +33,7 @@ def test_every_paper_experiment_exists_as_mamlpp_and_as_maml() -> None:
 def test_paper_presets_follow_the_spec(name: str) -> None:
     config = resolve_config(name)
     d, m, t = config.data, config.meta, config.train
-    assert (t.epochs, t.iterations_per_epoch) == (100, 500)
+    assert (t.epochs, t.iterations_per_epoch, t.checkpoint_every) == (100, 500, 100)
     assert m.total_epochs == 100 and m.num_inner_steps == 5 and m.meta_lr == 1e-3
     assert config.eval.val_tasks == config.eval.test_tasks == 600
     if d.dataset == "omniglot":
