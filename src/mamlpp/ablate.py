@@ -812,9 +812,9 @@ def collect(out: Path, plan: Plan) -> dict[str, Any]:
             maml["mean_test_accuracy"],
             row["mean_test_accuracy"],
         )
-        row["delta_vs_maml"] = (
-            row["mean_test_accuracy"] - maml["mean_test_accuracy"] if both else None
-        )
+        delta = row["mean_test_accuracy"] - maml["mean_test_accuracy"] if both else None
+        # equal accuracies (float32 per-task scores) must not read as "-0.00 pp, below MAML"
+        row["delta_vs_maml"] = None if delta is None else (0.0 if abs(delta) < 1e-6 else delta)
     unique = sorted(set(fingerprints.values()))
     config = base_config_or_probe(plan)
     return {
@@ -977,7 +977,7 @@ def _findings(results: dict[str, Any]) -> list[str]:
     out = []
     maml, plus = rows.get("maml"), rows.get("maml++")
     if maml and plus and None not in (maml["mean_test_accuracy"], plus["mean_test_accuracy"]):
-        delta = plus["mean_test_accuracy"] - maml["mean_test_accuracy"]
+        delta = plus["delta_vs_maml"]
         verdict = "beats" if delta > 0 else "does not beat"
         out.append(
             f"**MAML++ {verdict} MAML at equal budget:** {_pct(plus['mean_test_accuracy'])}% "

@@ -234,7 +234,7 @@ def _study_findings(study: dict[str, Any]) -> list[str]:
         and maml.get("mean_test_accuracy") is not None
         and plus.get("mean_test_accuracy") is not None
     ):
-        delta = plus["mean_test_accuracy"] - maml["mean_test_accuracy"]
+        delta = plus["delta_vs_maml"]
         verdict = "beats" if delta > 0 else "does not beat"
         out.append(f"MAML++ {verdict} MAML at this budget ({100 * delta:+.2f} pp).")
     worse = [
