@@ -63,6 +63,8 @@ class TrainSection:
     checkpoint_every: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     tensorboard: bool = True  # log to RUN_DIR/tensorboard when the optional extra is installed
+    # On CUDA: replay each meta-iteration from a CUDA graph (mamlpp.fast.FastMetaStep), with TF32.
+    cuda_graph: bool = True
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from .data import EpisodeSampler, FewShotSplit, Progress
 from .errors import ConfigError, MamlppError
 from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
 from .experiment import ExperimentConfig, check_resumable, to_toml
+from .fast import FastMetaStep, configure_precision, make_capturable_optimizer
 from .learner import MAMLpp
 from .nn.backbones import conv4_for
 from .runs import MetricsLog, RunDir, truncate_metrics, write_json
@@ -125,7 +126,15 @@ class Trainer:
                 f"{self.shape[1]}x{self.shape[2]}"
             )
         self.learner = build_learner(config, in_channels, device)
-        self.optimizer = self.learner.make_optimizer()
+        # On CUDA the whole meta-iteration is captured once as a CUDA graph and replayed (the
+        # optimiser must then be capturable); on the CPU the plain eager step below is used.
+        self.fast_step: FastMetaStep | None = None
+        if device.type == "cuda" and config.train.cuda_graph:
+            configure_precision(tf32=True)
+            self.optimizer = make_capturable_optimizer(self.learner)
+            self.fast_step = FastMetaStep(self.learner, self.optimizer)
+        else:
+            self.optimizer = self.learner.make_optimizer()
         seed = config.train.seed
         self.samplers = {
             "train": EpisodeSampler(splits["train"], d.ways, d.shots, d.targets, seed, device),
@@ -225,22 +234,27 @@ class Trainer:
     def _train_epoch(self) -> None:
         t = self.config.train
         epoch, batch = self.epoch, t.tasks_per_batch
-        lr = self.learner.outer_lr(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self.fast_step is None:  # the fast step sets the lr in place (a tensor in the graph)
+            lr = self.learner.outer_lr(epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         check_every_step = self.device.type == "cpu"  # a sync per iteration is free on the CPU
         window = _Window()
         while self.iteration < t.iterations_per_epoch:
             start = time.perf_counter()
             first = self.step * batch
             tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
-            loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
-            if check_every_step and not torch.isfinite(loss):
-                self._non_finite(float(loss.detach()), self.iteration)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.learner.clip_gradients_()
-            self.optimizer.step()
+            if self.fast_step is not None:
+                # Sets the epoch's outer lr itself; non-finite losses are caught per window.
+                metrics = self.fast_step(*tasks, epoch)
+            else:
+                loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
+                if check_every_step and not torch.isfinite(loss):
+                    self._non_finite(float(loss.detach()), self.iteration)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.learner.clip_gradients_()
+                self.optimizer.step()
             self.iteration += 1
             window.add(metrics, time.perf_counter() - start)
             self.train_seconds += time.perf_counter() - start
