@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mamlpp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `mamlpp presets | head`: the reader went away; exit quietly like other Unix tools.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
