@@ -54,6 +54,35 @@ class InnerLoopPlan:
         return rows
 
 
+def weighted_target_loss(plan: InnerLoopPlan, target_losses: list[Tensor]) -> Tensor:
+    """Outer loss from the target losses: the MSL-weighted sum, or the single final loss."""
+    if plan.step_weights is None:
+        return target_losses[0]
+    return sum(w * l for w, l in zip(plan.step_weights, target_losses, strict=True))
+
+
+def stack_pass_stats(
+    plan: InnerLoopPlan,
+    support_stats: list[dict[str, tuple[Tensor, Tensor]]],
+    target_stats: list[dict[str, tuple[Tensor, Tensor]]],
+    bn_names: Sequence[str],
+    dim: int = 0,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Each BN layer's (mean, var) of every pass, stacked along ``dim`` in the order of
+    ``plan.stat_rows``: support_0, (target_0 under MSL), support_1, ..., (final target)."""
+    passes = []
+    for i in range(plan.num_steps):
+        passes.append(support_stats[i])
+        if plan.step_weights is not None:
+            passes.append(target_stats[i])
+    if plan.step_weights is None:
+        passes.append(target_stats[0])
+    return {
+        bn: tuple(torch.stack([p[bn][j] for p in passes], dim=dim) for j in range(2))
+        for bn in bn_names
+    }
+
+
 def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(-1) == labels).to(logits.dtype).mean()
 
@@ -142,25 +171,8 @@ def task_meta_loss(
     )
     if plan.step_weights is None:
         target_pass(plan.num_steps - 1, fast)
-        loss = target_losses[0]
-    else:
-        loss = sum(w * l for w, l in zip(plan.step_weights, target_losses, strict=True))
-
-    # Interleave statistics in pass order: support_i, (target_i under MSL), ..., (final target).
-    passes = []
-    for i in range(plan.num_steps):
-        passes.append(support_stats[i])
-        if plan.step_weights is not None:
-            passes.append(target_stats[i])
-    if plan.step_weights is None:
-        passes.append(target_stats[0])
-    stats = {
-        bn: (
-            torch.stack([p[bn][0] for p in passes]),  # [P, C]
-            torch.stack([p[bn][1] for p in passes]),
-        )
-        for bn in bn_names
-    }
+    loss = weighted_target_loss(plan, target_losses)
+    stats = stack_pass_stats(plan, support_stats, target_stats, bn_names)  # [P, C] each
     metrics = {
         "step_losses": torch.stack([t.detach() for t in target_losses]),
         "step_accuracies": torch.stack(target_accs),

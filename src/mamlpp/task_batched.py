@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .inner_loop import InnerLoopPlan
+from .inner_loop import InnerLoopPlan, stack_pass_stats, weighted_target_loss
 
 # task_batched_forward(params [B, ...], x [B, n, C, H, W], step, running) -> (logits, stats)
 BatchedForwardFn = Callable[..., tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]]
@@ -160,24 +160,8 @@ def batched_meta_loss(
     )
     if plan.step_weights is None:
         target_pass(plan.num_steps - 1, fast)
-        losses = target_losses[0]
-    else:
-        losses = sum(w * l for w, l in zip(plan.step_weights, target_losses, strict=True))
-
-    passes = []
-    for i in range(plan.num_steps):
-        passes.append(support_stats[i])
-        if plan.step_weights is not None:
-            passes.append(target_stats[i])
-    if plan.step_weights is None:
-        passes.append(target_stats[0])
-    stats = {
-        bn: (
-            torch.stack([p[bn][0] for p in passes], dim=1),  # [B, P, C]
-            torch.stack([p[bn][1] for p in passes], dim=1),
-        )
-        for bn in bn_names
-    }
+    losses = weighted_target_loss(plan, target_losses)  # [B]
+    stats = stack_pass_stats(plan, support_stats, target_stats, bn_names, dim=1)  # [B, P, C]
     metrics = {
         "step_losses": torch.stack([t.detach() for t in target_losses], dim=1),  # [B, T]
         "step_accuracies": torch.stack(target_accs, dim=1),
