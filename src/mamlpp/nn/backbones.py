@@ -190,8 +190,9 @@ class Conv4(nn.Module):
                 count = h.shape[0] * h.shape[2] * h.shape[3]
                 unbiased = var * (count / max(count - 1, 1))  # as running statistics use it
                 stats[bn] = (mean.view(num_tasks, -1), unbiased.view(num_tasks, -1))
-            h = F.leaky_relu(h, 0.01)
-            h = F.max_pool2d(h, 2)
+            # Pool first: leaky ReLU is increasing, so max-pool and it commute (same values,
+            # same argmax) and the activation touches a quarter of the elements.
+            h = F.leaky_relu(F.max_pool2d(h, 2), 0.01)
         features = h.reshape(n, num_tasks, -1).transpose(0, 1)  # [B, n, O*h*w]
         weight, bias = params["head.weight"], params["head.bias"]  # [B, ways, F], [B, ways]
         logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))

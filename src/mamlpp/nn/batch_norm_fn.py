@@ -38,16 +38,17 @@ def _c(v: Tensor) -> Tensor:
 class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        rstd = torch.rsqrt(var + eps)
-        scale = gamma * rstd
-        return torch.addcmul(_c(beta - mean * scale), x, _c(scale)), mean, var, rstd
+        # PyTorch's fused kernel: statistics and normalisation in one pass over x.
+        y, mean, rstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+        var = rstd.pow(-2) - eps  # biased batch variance [C]
+        return y, mean, var, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, gamma, _, _ = inputs
+        x, gamma, _, eps = inputs
         _, mean, var, rstd = output
         ctx.save_for_backward(x, gamma, mean, rstd)
+        ctx.eps = eps
         ctx.mark_non_differentiable(mean, var, rstd)
         ctx.set_materialize_grads(False)
 
@@ -57,37 +58,34 @@ class _BatchNormTrain(torch.autograd.Function):
         if grad_y is None:
             return None, None, None, None
         # A Function, so that the inner gradient's graph (second order) has a cheap backward.
-        grad_x, grad_gamma, grad_beta, _ = _BatchNormTrainBackward.apply(
-            x, gamma, grad_y, mean, rstd
+        grad_x, grad_gamma, grad_beta = _BatchNormTrainBackward.apply(
+            x, gamma, grad_y, mean, rstd, ctx.eps
         )
         return grad_x, grad_gamma, grad_beta, None
 
 
 class _BatchNormTrainBackward(torch.autograd.Function):
     @staticmethod
-    def forward(x: Tensor, gamma: Tensor, grad_y: Tensor, mean: Tensor, rstd: Tensor):
-        count = x.numel() // x.shape[1]
-        xh = (x - _c(mean)) * _c(rstd)  # [n, C, H, W]
-        a = grad_y.sum(dim=(0, 2, 3))  # [C]
-        b = (grad_y * xh).sum(dim=(0, 2, 3))  # [C]
-        scale = gamma * rstd
-        grad_x = torch.addcmul(_c(-scale * a / count), grad_y, _c(scale))
-        grad_x.addcmul_(xh, _c(-scale * b / count))
-        return grad_x, b, a, xh
+    def forward(x: Tensor, gamma: Tensor, grad_y: Tensor, mean: Tensor, rstd: Tensor, eps: float):
+        # The fused first backward: grad_x, B = sum(g * xh) (= grad gamma), A = sum(g) (= beta).
+        grad_x, b, a = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, gamma, None, None, mean, rstd, True, eps, [True, True, True]
+        )
+        return grad_x, b, a
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, gamma, grad_y, _, rstd = inputs
-        _, b, a, xh = output
-        ctx.save_for_backward(gamma, grad_y, rstd, xh, a, b)
-        ctx.mark_non_differentiable(xh)
+        x, gamma, grad_y, mean, rstd, _ = inputs
+        _, b, a = output
+        ctx.save_for_backward(x, gamma, grad_y, mean, rstd, a, b)
         ctx.set_materialize_grads(False)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, u: Tensor | None, u_gamma: Tensor | None, u_beta: Tensor | None, _uxh):
-        gamma, g, r, xh, a, b = ctx.saved_tensors
-        n = xh.numel() // xh.shape[1]
+    def backward(ctx, u: Tensor | None, u_gamma: Tensor | None, u_beta: Tensor | None):
+        x, gamma, g, mean, r, a, b = ctx.saved_tensors
+        n = x.numel() // x.shape[1]
+        xh = torch.addcmul(_c(-mean * r), x, _c(r))  # [n, C, H, W], recomputed: one pass
         zeros = torch.zeros_like(gamma)
         u_gamma = zeros if u_gamma is None else u_gamma
         u_beta = zeros if u_beta is None else u_beta
@@ -111,7 +109,7 @@ class _BatchNormTrainBackward(torch.autograd.Function):
         grad_x.addcmul_(g, _c(c_g))
         if u is not None:
             grad_x.addcmul_(u, _c(-gr2 * b / n))
-        return grad_x, grad_gamma, grad_g, None, None
+        return grad_x, grad_gamma, grad_g, None, None, None
 
 
 def batch_norm_train(
