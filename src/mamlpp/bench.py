@@ -183,17 +183,40 @@ def meta_gradient(learner: MAMLpp, batch, path: str, mode: str) -> torch.Tensor:
     return grads
 
 
+def _status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (Linux), in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _probe_peak_kib(config_name: str, path: str) -> int:
+    """Run one meta-iteration in this (fresh) process; the growth of its peak resident memory.
+
+    The peak (VmHWM) is reset after set-up where the kernel allows (``clear_refs``); the
+    getrusage maximum cannot be used, as it survives fork and exec from a large parent."""
+    learner, batch = build_problem(CONFIGS[config_name], torch.device("cpu"))
+    step = _step_fn(learner, batch, path, "fp32")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        pass
+    base = _status_kib("VmRSS")
+    step()
+    return _status_kib("VmHWM") - base
+
+
 def cpu_peak_memory_gb(config_name: str, path: str) -> float:
     """Extra resident memory of one CPU meta-iteration, measured in a fresh process."""
     code = (
-        "import resource, torch; from mamlpp.bench import CONFIGS, build_problem, _step_fn\n"
-        f"learner, batch = build_problem(CONFIGS[{config_name!r}], torch.device('cpu'))\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"_step_fn(learner, batch, {path!r}, 'fp32')()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+        "from mamlpp.bench import _probe_peak_kib\n"
+        f"print(_probe_peak_kib({config_name!r}, {path!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 1e9  # ru_maxrss is in KiB
+    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 1e9
 
 
 def peak_memory(config: BenchConfig, path: str, device: torch.device) -> float:
