@@ -44,6 +44,7 @@ def test_bench_cli_writes_json_report(tmp_path, capsys):
             assert 0 < timing["fraction_of_matmul"]
             # Every path computes the same meta-gradient as the float32 loop path.
             assert timing["grad_rel_error"] < 1e-4
+            assert timing["grad_rel_error_f64"] < 1e-4
     assert report["evaluation_s"]["seconds"] > 0
     assert "tiny" in capsys.readouterr().out
 

@@ -14,6 +14,7 @@ evaluate 600 tasks. Output: JSON plus a short table. ``mamlpp bench`` and
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -310,7 +311,15 @@ def run(args: argparse.Namespace) -> dict:
         config = CONFIGS[name]
         learner, batch = build_problem(config, device)
         flops = count_flops(learner, batch)
-        reference_grad = meta_gradient(learner, batch, "loop", "fp32") if args.grad_check else None
+        reference_grad = reference_grad64 = None
+        if args.grad_check:
+            reference_grad = meta_gradient(learner, batch, "loop", "fp32")
+            # Second-order meta-gradients can be ill-conditioned in float32 (the float32 loop
+            # path itself may be off by percents), so the float64 loop path is reported too.
+            double = copy.deepcopy(learner).double()
+            batch64 = tuple(t.double() if t.is_floating_point() else t for t in batch)
+            reference_grad64 = meta_gradient(double, batch64, "loop", "fp32")
+            del double, batch64
         entry = {"config": asdict(config), "gflop": flops / 1e9, "paths": {}}
         if name in PAPER_REFERENCE:
             entry["reference_s"], entry["reference_peak_gb"] = PAPER_REFERENCE[name]
@@ -329,6 +338,9 @@ def run(args: argparse.Namespace) -> dict:
                     grad = meta_gradient(fresh, batch, path, mode)
                     timing["grad_rel_error"] = float(
                         (grad - reference_grad).norm() / reference_grad.norm()
+                    )
+                    timing["grad_rel_error_f64"] = float(
+                        (grad.double() - reference_grad64).norm() / reference_grad64.norm()
                     )
                 entry["paths"][key] = timing
         if args.memory:
@@ -355,16 +367,18 @@ def format_table(report: dict) -> str:
         f"device: {report['device']}, torch {report['torch']}, "
         f"matmul {report['matmul_tflops'] * 1e3:.1f} GFLOP/s",
         f"{'config':<22} {'path/mode':<20} {'GFLOP':>7} {'median s':>9} {'GFLOP/s':>8} "
-        f"{'of matmul':>9} {'grad err':>9} {'peak GB':>8} {'ref s':>6}",
+        f"{'of matmul':>9} {'err/fp32':>9} {'err/fp64':>9} {'peak GB':>8} {'ref s':>6}",
     ]
     for entry in report["results"]:
         for key, t in entry["paths"].items():
             err = t.get("grad_rel_error")
+            err64 = t.get("grad_rel_error_f64")
             peak = t.get("peak_memory_gb")
             lines.append(
                 f"{entry['config']['name']:<22} {key:<20} {entry['gflop']:7.1f} "
                 f"{t['median_s']:9.4f} {t['tflops'] * 1e3:8.1f} {t['fraction_of_matmul']:9.1%} "
                 f"{'' if err is None else f'{err:.1e}':>9} "
+                f"{'' if err64 is None else f'{err64:.1e}':>9} "
                 f"{'' if peak is None else f'{peak:.2f}':>8} "
                 f"{entry.get('reference_s', ''):>6}"
             )
