@@ -58,7 +58,7 @@ publish_cmd=(-m mamlpp.results publish --dest "$docs"
              --study "cpu-5w1s-b$main_budget=$main_out"
              --study "cpu-grid-5w1s-b$grid_budget=$grid_out"
              --bench "$out/bench-cpu.json" --fill "$repo/docs/reproduce.md"
-             --command "bash benchmarks/cpu_study.sh $out"
+             --command "MAIN_BUDGET=$main_budget GRID_BUDGET=$grid_budget bash benchmarks/cpu_study.sh $out"
              --command "$(show "${bench_cmd[@]}")"
              --command "$(show "${main_cmd[@]}")"
              --command "$(show "${grid_cmd[@]}")")
