@@ -1,6 +1,6 @@
 """Seconds per meta-iteration, FLOP rate against a large matmul, peak memory (see mamlpp.bench).
 
-    python benchmarks/meta_step.py --configs omniglot-20w1s --paths batched,loop --json out.json
+python benchmarks/meta_step.py --configs omniglot-20w1s --paths batched,loop --json out.json
 """
 
 import argparse

@@ -42,8 +42,9 @@ def test_values_statistics_and_double_backward_equal_pytorch_batch_norm():
 
     def second_order(norm):
         out = F.leaky_relu(norm(x, gamma, beta), 0.01)
-        gx, gg, gb = torch.autograd.grad((out * upstream).sum(), (x, gamma, beta),
-                                         create_graph=True)
+        gx, gg, gb = torch.autograd.grad(
+            (out * upstream).sum(), (x, gamma, beta), create_graph=True
+        )
         outer = (gx**2).sum() + (gg * torch.arange(3.0, dtype=x.dtype)).sum() + gb.sum() ** 2
         return torch.autograd.grad(outer, (x, gamma, beta))
 
