@@ -94,15 +94,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     run = RunDir(tmp_path / "run")
 
     def poison(trainer) -> None:
-        real = trainer.learner.meta_loss
+        real = trainer.learner.meta_loss_and_stats  # what the one outer step calls
         calls = {"n": 0}
 
-        def meta_loss(*args, **kwargs):
-            loss, metrics = real(*args, **kwargs)
+        def meta_loss_and_stats(*args, **kwargs):
+            loss, metrics, stats = real(*args, **kwargs)
             calls["n"] += 1
-            return (loss * float("nan") if calls["n"] == 5 else loss), metrics
+            if calls["n"] == 5:
+                loss = loss * float("nan")
+                metrics = {**metrics, "loss": loss.detach()}
+            return loss, metrics, stats
 
-        trainer.learner.meta_loss = meta_loss
+        trainer.learner.meta_loss_and_stats = meta_loss_and_stats
 
     with pytest.raises(NonFiniteLoss) as info:
         run_training(config, run, splits, torch.device("cpu"), progress=False, on_start=poison)

@@ -131,16 +131,14 @@ def count_flops(learner: MAMLpp, batch) -> int:
 
 def _step_fn(learner: MAMLpp, batch, path: str, mode: str):
     """A callable running one full meta-iteration (including the Adam step) on ``path``."""
-    from .fast import FastMetaStep, configure_precision
+    from .fast import FastMetaStep
 
-    configure_precision(tf32=mode == "tf32")
-    autocast = torch.bfloat16 if mode == "bf16" else None
     if path == "graph":
-        runner = FastMetaStep(learner, use_cuda_graph=True, autocast_dtype=autocast)
+        runner = FastMetaStep(learner, use_cuda_graph=True, precision=mode)
         return lambda: runner(*batch, 0)
     learner.execution = "batched" if path.startswith("batched") else path
     learner.checkpoint_steps = path == "batched-ckpt"
-    runner = FastMetaStep(learner, use_cuda_graph=False, autocast_dtype=autocast)
+    runner = FastMetaStep(learner, use_cuda_graph=False, precision=mode)
     return lambda: runner(*batch, 0)
 
 
@@ -165,9 +163,8 @@ def time_path(learner, batch, path: str, mode: str, iters: int, warmup: int, dev
 
 def meta_gradient(learner: MAMLpp, batch, path: str, mode: str) -> torch.Tensor:
     """All meta-gradients of one iteration, flattened into one vector (no optimiser step)."""
-    from .fast import configure_precision
+    from .fast import precision_context
 
-    configure_precision(tf32=mode == "tf32")
     learner.zero_grad(set_to_none=True)
     learner.execution = "batched" if path.startswith("batched") or path == "graph" else path
     learner.checkpoint_steps = path == "batched-ckpt"
@@ -176,9 +173,9 @@ def meta_gradient(learner: MAMLpp, batch, path: str, mode: str) -> torch.Tensor:
         if mode == "bf16"
         else torch.autocast(batch[0].device.type, enabled=False)
     )
-    with autocast:
+    with precision_context(mode, batch[0].device), autocast:
         loss, _ = learner.meta_loss(*batch, 0, update_bn_stats=False)
-    loss.backward()
+        loss.backward()
     grads = torch.cat([p.grad.flatten().float() for p in learner.meta_parameters()])
     learner.zero_grad(set_to_none=True)
     return grads

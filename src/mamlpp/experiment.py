@@ -63,8 +63,17 @@ class TrainSection:
     checkpoint_every: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     tensorboard: bool = True  # log to RUN_DIR/tensorboard when the optional extra is installed
-    # On CUDA: replay each meta-iteration from a CUDA graph (mamlpp.fast.FastMetaStep), with TF32.
+    # On CUDA: replay each meta-iteration from a CUDA graph (mamlpp.fast.FastMetaStep).
     cuda_graph: bool = True
+    # When capture fails: "error" stops with the operation and source line that broke it;
+    # "eager" warns, trains without graphs and records that in the log and summary.json.
+    graph_fallback: Literal["error", "eager"] = "error"
+    # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
+    # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).
+    precision: Literal["fp32", "tf32", "bf16"] = "tf32"
+    # How the tasks of a meta-batch run: "auto" measures the candidates on CUDA at start (the
+    # CPU uses "batched"), or one of "batched" (grouped convolutions), "loop", "vmap".
+    execution: Literal["auto", "batched", "loop", "vmap"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -353,6 +362,10 @@ RESUMABLE_CHANGES = frozenset(
         "eval.top_k",
         "train.tensorboard",
         "train.threads",
+        # Same mathematics, another way to run it.
+        "train.cuda_graph",
+        "train.graph_fallback",
+        "train.execution",
     }
 )
 

@@ -1,37 +1,63 @@
 """The GPU fast path: a whole meta-iteration captured once as a CUDA graph and replayed.
 
 The reference implementation spends a GPU's time launching tens of thousands of small kernels.
-Here the complete outer update (S inner steps for all tasks, multi-step loss, double backward,
-gradient clamp, Adam step and running-statistics update) is recorded once into a CUDA graph and
-then replayed with one launch per iteration. What a replay needs:
+Here the complete outer update (:func:`mamlpp.outer_step.outer_step`: S inner steps for all tasks,
+multi-step loss, double backward, gradient clamp, Adam step and running-statistics fold) is
+recorded once into a CUDA graph and then replayed with one launch per iteration. What a replay
+needs:
 
 * static input buffers: each batch is copied into the same device tensors;
 * a capturable optimiser: Adam with ``capturable=True`` and a tensor learning rate, so cosine
   annealing changes a value in place instead of the graph;
 * the MSL weights as a device tensor (they change per epoch, the graph's shape does not);
 * one graph per schedule shape: MSL on/off and first/second order change the computation, so
-  each combination (and each input shape) gets its own graph, captured on first use.
+  each combination (and each input shape) gets its own graph, captured on first use;
+* no host work inside the step: the last eager warm-up step of each graph runs under
+  :class:`~mamlpp.capture.CaptureHazardMode`, and any hazard stops training with the operation and
+  the source line (``CaptureError``) instead of a cryptic failure or a silent slow-down.
 
-Where capture is impossible (CPU, or an error during capture) the same step runs eagerly, with
-identical results; :class:`FastMetaStep` is therefore safe to use everywhere.
+A failed capture is an error by default. ``fallback="eager"`` instead warns, trains eagerly and
+says so in :meth:`FastMetaStep.describe` (which the trainer logs and writes to summary.json). On
+the CPU the same outer step runs eagerly: there is nothing to capture.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .learner import MAMLpp
+from .capture import CaptureError, CaptureHazardMode
+from .learner import EXECUTIONS, MAMLpp
+from .outer_step import StepSync, outer_step
+
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
 
 
-def configure_precision(tf32: bool = True) -> None:
-    """TF32 for float32 matmuls and convolutions on GPUs that have it (on by default here)."""
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device) -> Iterator[None]:
+    """Float arithmetic of one step: TF32 flags for ``"tf32"``, bfloat16 autocast (forward
+    passes only, see :func:`outer_step`) for ``"bf16"``; restores PyTorch's flags afterwards."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def autocast_dtype_of(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def make_capturable_optimizer(learner: MAMLpp) -> torch.optim.Adam:
@@ -46,11 +72,15 @@ def make_capturable_optimizer(learner: MAMLpp) -> torch.optim.Adam:
 class FastMetaStep:
     """Callable outer update: ``metrics = step(support_x, support_y, query_x, query_y, epoch)``.
 
-    Sets the outer learning rate of ``epoch`` (cosine annealing), then runs one meta-iteration,
-    replayed from a CUDA graph when ``use_cuda_graph`` (default: on for CUDA). The first
-    ``warmup_steps`` iterations of each graph shape run eagerly on a side stream (they are
-    real training steps), as CUDA graph capture requires. ``autocast_dtype`` (e.g.
-    ``torch.bfloat16``) runs the forward passes under autocast. Returned metrics are copies.
+    Sets the outer learning rate of ``epoch`` (cosine annealing), then runs one
+    :func:`~mamlpp.outer_step.outer_step`, replayed from a CUDA graph when ``use_cuda_graph``
+    (default: on for CUDA). The first ``warmup_steps`` iterations of each graph shape run eagerly
+    on a side stream (they are real training steps), as CUDA graph capture requires; the last of
+    them is checked for capture hazards. Returned metrics are copies.
+
+    ``precision``: ``"fp32"``, ``"tf32"`` or ``"bf16"`` (see :func:`precision_context`).
+    ``fallback``: ``"error"`` (default) raises :class:`~mamlpp.capture.CaptureError` when a graph
+    cannot be captured; ``"eager"`` warns and continues without graphs.
     """
 
     def __init__(
@@ -59,16 +89,25 @@ class FastMetaStep:
         optimizer: torch.optim.Optimizer | None = None,
         *,
         use_cuda_graph: bool | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        precision: Precision = "fp32",
+        fallback: Literal["error", "eager"] = "error",
         warmup_steps: int = 3,
+        sync: StepSync | None = None,
     ) -> None:
+        if fallback not in ("error", "eager"):
+            raise ValueError(f"fallback must be 'error' or 'eager', got {fallback!r}")
+        with precision_context(precision, torch.device("cpu")):
+            pass  # validates the name
         self.learner = learner
         self.device = next(learner.parameters()).device
         self.optimizer = optimizer if optimizer is not None else make_capturable_optimizer(learner)
         cuda = self.device.type == "cuda"
         self.use_cuda_graph = cuda if use_cuda_graph is None else (use_cuda_graph and cuda)
-        self.autocast_dtype = autocast_dtype
-        self.warmup_steps = warmup_steps
+        self.precision = precision
+        self.fallback = fallback
+        self.fallback_reason: str | None = None
+        self.warmup_steps = max(1, warmup_steps)
+        self.sync = sync
         steps = learner.config.num_inner_steps
         self._msl_weights = torch.zeros(steps, device=self.device)  # static [S]
         self._graphs: dict[tuple, dict[str, Any]] = {}
@@ -76,22 +115,35 @@ class FastMetaStep:
         self._pool = None
         self.captures = 0  # how many graphs were captured (for tests and benchmarks)
 
-    # -- the step itself (eager, or recorded into a graph) ------------------------------------
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+    # -- what runs ---------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """``"cuda-graph"`` or ``"eager"``: how iterations run from now on."""
+        return "cuda-graph" if self.use_cuda_graph else "eager"
 
+    def describe(self) -> dict[str, Any]:
+        """What trains, for the run log and summary.json."""
+        return {
+            "path": self.path,
+            "precision": self.precision,
+            "execution": self.learner.execution,
+            "device": str(self.device),
+            "graph_fallback": self.fallback_reason,
+        }
+
+    # -- the step itself (eager, or recorded into a graph) ------------------------------------
     def _body(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, epoch: int):
-        self.optimizer.zero_grad(set_to_none=not self.use_cuda_graph)
-        with self._autocast():
-            loss, metrics = self.learner.meta_loss(
-                sx, sy, qx, qy, epoch, msl_weights=self._msl_weights
+        with precision_context(self.precision, self.device):
+            return outer_step(
+                self.learner,
+                self.optimizer,
+                (sx, sy, qx, qy),
+                epoch,
+                msl_weights=self._msl_weights,
+                sync=self.sync,
+                set_grads_to_none=not self.use_cuda_graph,
+                autocast_dtype=autocast_dtype_of(self.precision),
             )
-        loss.backward()
-        self.learner.clip_gradients_()
-        self.optimizer.step()
-        return metrics
 
     def _set_epoch(self, epoch: int) -> None:
         lr = self.learner.outer_lr(epoch)
@@ -117,33 +169,61 @@ class FastMetaStep:
             sx.dtype,
         )
         graph = self._graphs.get(key)
-        if graph is None and self._eager_counts.get(key, 0) < self.warmup_steps:
-            self._eager_counts[key] = self._eager_counts.get(key, 0) + 1
-            return self._side_stream_step(sx, sy, qx, qy, epoch)
         if graph is None:
+            done = self._eager_counts.get(key, 0)
+            if done < self.warmup_steps:
+                self._eager_counts[key] = done + 1
+                last = done + 1 == self.warmup_steps
+                return self._side_stream_step(sx, sy, qx, qy, epoch, check=last)
             try:
                 graph = self._capture(key, sx, sy, qx, qy, epoch)
-            except Exception as error:  # noqa: BLE001 - any capture failure means: run eagerly
-                warnings.warn(
-                    f"CUDA graph capture failed ({type(error).__name__}: {error}); "
-                    "continuing without graphs",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.use_cuda_graph = False
-                torch.cuda.synchronize(self.device)
-                return self(sx, sy, qx, qy, epoch)
+            except CaptureError:
+                raise
+            except Exception as error:  # noqa: BLE001 - reported with its type and text
+                reason = f"{type(error).__name__}: {error}"
+                return self._capture_failed(reason, sx, sy, qx, qy, epoch)
         for name, value in zip(("sx", "sy", "qx", "qy"), (sx, sy, qx, qy), strict=True):
             graph[name].copy_(value, non_blocking=True)
         graph["graph"].replay()
         return {k: v.clone() for k, v in graph["metrics"].items()}
 
-    def _side_stream_step(self, sx, sy, qx, qy, epoch):
+    def _capture_failed(self, reason: str, sx, sy, qx, qy, epoch):
+        message = (
+            f"CUDA graph capture failed: {reason}. Set train.graph_fallback=eager to train "
+            "without graphs (slower), or train.cuda_graph=false"
+        )
+        if self.fallback == "error":
+            raise CaptureError(message)
+        warnings.warn(message + "; continuing eagerly", RuntimeWarning, stacklevel=3)
+        self.fallback_reason = reason
+        self.use_cuda_graph = False
+        torch.cuda.synchronize(self.device)
+        return {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
+
+    def _side_stream_step(self, sx, sy, qx, qy, epoch, check: bool = False):
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            metrics = {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
+            with CaptureHazardMode() if check else contextlib.nullcontext() as mode:
+                metrics = {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        if check and mode.hazards:
+            found = "; ".join(h.describe() for h in mode.hazards[:3])
+            more = f" (+{len(mode.hazards) - 3} more)" if len(mode.hazards) > 3 else ""
+            return self._hazards_found(found + more, metrics)
+        return metrics
+
+    def _hazards_found(self, found: str, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The step just ran eagerly and correctly; only its capture would break."""
+        message = (
+            f"the meta-iteration cannot be captured as a CUDA graph: {found}. Set "
+            "train.graph_fallback=eager to train without graphs (slower), or train.cuda_graph=false"
+        )
+        if self.fallback == "error":
+            raise CaptureError(message)
+        warnings.warn(message + "; continuing eagerly", RuntimeWarning, stacklevel=3)
+        self.fallback_reason = found
+        self.use_cuda_graph = False
         return metrics
 
     def _capture(self, key, sx, sy, qx, qy, epoch) -> dict[str, Any]:
@@ -160,3 +240,54 @@ class FastMetaStep:
         self._graphs[key] = static
         self.captures += 1
         return static
+
+
+def choose_execution(
+    learner: MAMLpp,
+    batch: Sequence[Tensor],
+    *,
+    precision: Precision = "fp32",
+    candidates: Sequence[str] = EXECUTIONS,
+    iterations: int = 5,
+    timer: Callable[[Callable[[], Any]], float] | None = None,
+) -> tuple[str, dict[str, float]]:
+    """The fastest way to run the meta-batch, and each candidate's seconds per iteration.
+
+    On CUDA every candidate execution is captured on a *copy* of the learner and its replays are
+    timed (the real learner and its optimiser are not touched). On the CPU the rule is
+    ``"batched"``: measured fastest there (docs/results), and nothing is timed. ``timer(fn)``
+    returns the seconds of one ``fn()`` (tests pass a fake; the default synchronises CUDA).
+    """
+    device = next(learner.parameters()).device
+    if device.type != "cuda" and timer is None:
+        return "batched", {}
+    timer = _cuda_timer if timer is None else timer
+    seconds: dict[str, float] = {}
+    for execution in candidates:
+        trial = _copy_learner(learner)
+        trial.execution = execution
+        step = FastMetaStep(trial, precision=precision, fallback="error")
+        try:
+            for _ in range(step.warmup_steps + 1):  # warm-up and capture, untimed
+                step(*batch, 0)
+            times = [timer(lambda step=step: step(*batch, 0)) for _ in range(iterations)]
+        except Exception:  # noqa: BLE001 - a candidate that cannot run is not chosen
+            continue
+        seconds[execution] = sorted(times)[len(times) // 2]
+    if not seconds:
+        raise CaptureError("no execution candidate could be captured as a CUDA graph")
+    return min(seconds, key=seconds.__getitem__), seconds
+
+
+def _copy_learner(learner: MAMLpp) -> MAMLpp:
+    import copy
+
+    return copy.deepcopy(learner)
+
+
+def _cuda_timer(fn: Callable[[], Any]) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start

@@ -13,6 +13,7 @@ ready for ``.backward()``. Three execution paths compute the same thing:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +24,22 @@ from .errors import ConfigError
 from .inner_loop import InnerLoopPlan, task_meta_loss, task_predict
 from .nn.backbones import Backbone
 from .nn.per_step_bn import fold_running_stats
+from .outer_step import outer_step
 from .task_batched import batched_adapt, batched_meta_loss, batched_predict
 
 EXECUTIONS = ("batched", "vmap", "loop")
+
+
+@dataclass(frozen=True)
+class PassStats:
+    """Batch statistics of every forward pass of a meta-batch, not yet folded in.
+
+    ``values[bn] = (mean [B, P, C], unbiased var [B, P, C])`` for B tasks and P passes; pass p
+    belongs to BN row ``rows[p]`` (support_0, target_0 under MSL, support_1, ...).
+    """
+
+    values: dict[str, tuple[Tensor, Tensor]]
+    rows: tuple[int, ...]
 
 
 class MAMLpp(nn.Module):
@@ -188,6 +202,38 @@ class MAMLpp(nn.Module):
         mean over tasks. ``msl_weights`` (a ``[S]`` tensor) replaces the schedule's values while
         MSL is active, so a captured CUDA graph reads new weights each epoch.
         """
+        loss, metrics, stats = self.meta_loss_and_stats(
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            epoch,
+            execution=execution,
+            msl_weights=msl_weights,
+        )
+        if update_bn_stats:
+            self.fold_batch_stats(stats)
+        return loss, metrics
+
+    def meta_loss_and_stats(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        epoch: int = 0,
+        *,
+        execution: str | None = None,
+        msl_weights: Tensor | None = None,
+        total_tasks: int | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor], PassStats]:
+        """:meth:`meta_loss` without touching the running statistics: also returns every
+        pass's batch statistics (:class:`PassStats`) for :meth:`fold_batch_stats`.
+
+        ``total_tasks`` is the divisor of the ``"mean"`` task reduction (default: B). A process
+        of a data-parallel run holds B of ``total_tasks`` tasks, so its losses still sum to the
+        whole meta-batch's loss.
+        """
         self._check_batch(support_x, support_y, query_x, query_y)
         weights = self.msl_weights(epoch)
         if weights is not None and msl_weights is not None:
@@ -235,21 +281,30 @@ class MAMLpp(nn.Module):
                 for bn in bn_names
             }
         # losses [B]; metrics[k] [B, ...]; stats[bn] = (mean [B, P, C], var [B, P, C])
-        loss = losses.mean() if self.config.task_reduction == "mean" else losses.sum()
-        if update_bn_stats:
-            self._update_running_stats(stats, plan.stat_rows(True))
+        if self.config.task_reduction == "sum":
+            loss = losses.sum()
+        elif total_tasks is None:
+            loss = losses.mean()
+        else:
+            loss = losses.sum() / total_tasks
         summary = {k: v.mean(0) for k, v in metrics.items()}
         summary["accuracy"] = summary["step_accuracies"][-1]
         summary["loss"] = loss.detach()
-        return loss, summary
+        return loss, summary, PassStats(stats, tuple(plan.stat_rows(True)))
 
     @torch.no_grad()
-    def _update_running_stats(self, stats: dict, rows: list[int]) -> None:
+    def fold_batch_stats(self, stats: PassStats) -> None:
+        """Fold the batch statistics of a meta-batch into the running statistics, in the order
+        a task-by-task loop would (momentum ``bn_momentum``; per-step rows under BNRS)."""
         momentum = self.config.bn_momentum
         for bn, layer in self.backbone.bn_layers().items():
-            mean, var = stats[bn]
-            layer.running_mean.copy_(fold_running_stats(layer.running_mean, mean, rows, momentum))
-            layer.running_var.copy_(fold_running_stats(layer.running_var, var, rows, momentum))
+            mean, var = stats.values[bn]
+            layer.running_mean.copy_(
+                fold_running_stats(layer.running_mean, mean, stats.rows, momentum)
+            )
+            layer.running_var.copy_(
+                fold_running_stats(layer.running_var, var, stats.rows, momentum)
+            )
 
     def meta_step(
         self,
@@ -260,13 +315,9 @@ class MAMLpp(nn.Module):
         query_y: Tensor,
         epoch: int = 0,
     ) -> dict[str, Tensor]:
-        """One outer update: meta-loss, backward, optional clamp, optimiser step."""
-        loss, metrics = self.meta_loss(support_x, support_y, query_x, query_y, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.clip_gradients_()
-        optimizer.step()
-        return metrics
+        """One outer update (:func:`mamlpp.outer_step.outer_step`): meta-loss, backward,
+        optional clamp, optimiser step, running statistics."""
+        return outer_step(self, optimizer, (support_x, support_y, query_x, query_y), epoch)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_plan(self, num_steps: int | None) -> InnerLoopPlan:

@@ -39,7 +39,7 @@ from .data import EpisodeSampler, FewShotSplit, Progress
 from .errors import ConfigError, MamlppError
 from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
 from .experiment import ExperimentConfig, check_resumable, to_toml
-from .fast import FastMetaStep, configure_precision, make_capturable_optimizer
+from .fast import FastMetaStep, choose_execution
 from .learner import MAMLpp
 from .nn.backbones import conv4_for
 from .runs import MetricsLog, RunDir, truncate_metrics, write_json
@@ -126,15 +126,21 @@ class Trainer:
                 f"{self.shape[1]}x{self.shape[2]}"
             )
         self.learner = build_learner(config, in_channels, device)
-        # On CUDA the whole meta-iteration is captured once as a CUDA graph and replayed (the
-        # optimiser must then be capturable); on the CPU the plain eager step below is used.
-        self.fast_step: FastMetaStep | None = None
-        if device.type == "cuda" and config.train.cuda_graph:
-            configure_precision(tf32=True)
-            self.optimizer = make_capturable_optimizer(self.learner)
-            self.fast_step = FastMetaStep(self.learner, self.optimizer)
-        else:
-            self.optimizer = self.learner.make_optimizer()
+        # One outer step everywhere (mamlpp.outer_step); on CUDA it is captured once as a CUDA
+        # graph and replayed, on the CPU it runs eagerly.
+        t = config.train
+        # "auto": on CUDA the candidates are measured on the first batch (see _choose_execution);
+        # on the CPU the batched path is the measured fastest.
+        self._measure_execution = t.execution == "auto" and device.type == "cuda" and t.cuda_graph
+        self.learner.execution = "batched" if t.execution == "auto" else t.execution
+        self.fast_step = FastMetaStep(
+            self.learner,
+            use_cuda_graph=t.cuda_graph,
+            precision=t.precision,
+            fallback=t.graph_fallback,
+        )
+        self.optimizer = self.fast_step.optimizer
+        self.execution_timings: dict[str, float] = {}
         seed = config.train.seed
         self.samplers = {
             "train": EpisodeSampler(splits["train"], d.ways, d.shots, d.targets, seed, device),
@@ -220,6 +226,9 @@ class Trainer:
         self.metrics = MetricsLog(self.run.metrics)
         self.writer = _tensorboard_writer(self.run, t.tensorboard, self.step)
         total = t.epochs * t.iterations_per_epoch
+        if self._measure_execution and not self.done:
+            self._choose_execution()
+        self._say(f"training: {self.describe_path()}")
         self.bar = Progress(total, desc="train", initial=self.step, enabled=self.show_progress)
         try:
             while not self.done:
@@ -234,27 +243,16 @@ class Trainer:
     def _train_epoch(self) -> None:
         t = self.config.train
         epoch, batch = self.epoch, t.tasks_per_batch
-        if self.fast_step is None:  # the fast step sets the lr in place (a tensor in the graph)
-            lr = self.learner.outer_lr(epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
         check_every_step = self.device.type == "cpu"  # a sync per iteration is free on the CPU
         window = _Window()
         while self.iteration < t.iterations_per_epoch:
             start = time.perf_counter()
             first = self.step * batch
             tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
-            if self.fast_step is not None:
-                # Sets the epoch's outer lr itself; non-finite losses are caught per window.
-                metrics = self.fast_step(*tasks, epoch)
-            else:
-                loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
-                if check_every_step and not torch.isfinite(loss):
-                    self._non_finite(float(loss.detach()), self.iteration)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.learner.clip_gradients_()
-                self.optimizer.step()
+            # Sets the epoch's outer lr and MSL weights itself (tensors inside a CUDA graph).
+            metrics = self.fast_step(*tasks, epoch)
+            if check_every_step and not torch.isfinite(metrics["loss"]):
+                self._non_finite(float(metrics["loss"]), self.iteration)
             self.iteration += 1
             window.add(metrics, time.perf_counter() - start)
             self.train_seconds += time.perf_counter() - start
@@ -266,6 +264,26 @@ class Trainer:
                 mid_checkpoint = t.checkpoint_every and self.iteration % t.checkpoint_every == 0
                 if mid_checkpoint and not end_of_epoch:
                     self._save(epoch_file=False)
+
+    def _choose_execution(self) -> None:
+        """Time each execution candidate's graph replays on a copy of the learner (first batch)."""
+        batch = self.config.train.tasks_per_batch
+        tasks = self.samplers["train"].sample(torch.arange(0, batch))
+        choice, self.execution_timings = choose_execution(
+            self.learner, tasks, precision=self.config.train.precision
+        )
+        self.learner.execution = choice
+
+    def describe_path(self) -> str:
+        """One line: how iterations run (graph or eager, precision, execution)."""
+        d = self.fast_step.describe()
+        timings = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.execution_timings.items())
+        measured = f" (measured: {timings})" if timings else ""
+        fallback = f"; graph capture failed: {d['graph_fallback']}" if d["graph_fallback"] else ""
+        return (
+            f"{d['path']} on {d['device']}, precision {d['precision']}, "
+            f"execution {d['execution']}{measured}{fallback}"
+        )
 
     def _log_window(self, window: _Window) -> None:
         losses = torch.stack(window.values["loss"])
@@ -429,6 +447,11 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "wall_time_s": trainer._wall_now(),
         "iterations_per_second": iterations / max(trainer.train_seconds, 1e-9),
         "device": str(trainer.device),
+        # How iterations ran: graph or eager (and why), precision, execution and its timings.
+        "training_path": {
+            **trainer.fast_step.describe(),
+            "execution_timings_s": trainer.execution_timings,
+        },
     }
 
 

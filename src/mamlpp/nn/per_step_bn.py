@@ -66,7 +66,10 @@ def fold_running_stats(
     for p, row in enumerate(rows):
         groups.setdefault(row if per_step else 0, []).append(p)
     for row, passes in groups.items():
-        values = batch_values[:, passes, :].reshape(-1, batch_values.shape[-1])  # [K, C], K=B*len
+        # Integer indexing only: a Python-list index would build a CPU index tensor, which a
+        # CUDA graph cannot capture. [B, len(passes), C] -> [K, C] in task-then-pass order.
+        picked = torch.stack([batch_values[:, p, :] for p in passes], dim=1)
+        values = picked.reshape(-1, batch_values.shape[-1])
         k = values.shape[0]
         decay = (1.0 - momentum) ** torch.arange(
             k - 1, -1, -1, dtype=values.dtype, device=values.device

@@ -1,0 +1,89 @@
+"""The outer update, written once: meta-loss -> backward -> (reduce) -> clamp -> Adam -> statistics.
+
+Every runner calls this function: :meth:`MAMLpp.meta_step`, the trainer, the CUDA-graph fast path
+(which records exactly this call into a graph) and distributed training (which passes a
+:class:`StepSync` that all-reduces gradients and gathers statistics across processes).
+
+Order, and why:
+
+1. meta-loss of the meta-batch; the running statistics are *not* touched yet, the batch
+   statistics of every pass are returned instead (so another process's tasks can join them);
+2. ``loss.backward()``: meta-gradients of this process's tasks;
+3. ``sync`` (distributed only): sum the gradients over processes and gather every task's batch
+   statistics in task order, so the result equals one process running the whole meta-batch;
+4. elementwise clamp of the network's gradients (``grad_clip``; not the learned inner rates);
+5. the optimiser step;
+6. fold the batch statistics into the per-step running statistics, task by task, pass by pass.
+
+Nothing here reads a value on the host, so the whole function can be captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .learner import MAMLpp, PassStats
+
+
+class StepSync(Protocol):
+    """How processes of a data-parallel run agree within one outer step (see mamlpp.distributed).
+
+    ``world_size`` processes each hold ``B / world_size`` tasks of a meta-batch of ``B``.
+    """
+
+    world_size: int
+
+    def reduce_gradients(self, parameters: list[Tensor]) -> None:
+        """Sum each parameter's ``.grad`` over processes, in place."""
+        ...
+
+    def gather_stats(self, stats: PassStats) -> PassStats:
+        """Every process's per-task batch statistics, concatenated in task order."""
+        ...
+
+    def reduce_metrics(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Metrics averaged over processes (each is a mean over that process's tasks)."""
+        ...
+
+
+def outer_step(
+    learner: MAMLpp,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[Tensor, Tensor, Tensor, Tensor],
+    epoch: int,
+    *,
+    msl_weights: Tensor | None = None,
+    sync: StepSync | None = None,
+    set_grads_to_none: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """One meta-iteration on ``batch = (support_x, support_y, query_x, query_y)`` at ``epoch``.
+
+    ``msl_weights`` (a ``[S]`` tensor) overrides the schedule's values while MSL is active (a
+    captured graph reads new values from it each epoch). Inside a CUDA graph the gradients must
+    stay allocated, so the fast path passes ``set_grads_to_none=False``. ``autocast_dtype`` (e.g.
+    ``torch.bfloat16``) runs the forward passes under autocast; the backward pass follows the
+    forward's dtypes and the optimiser works in float32, as PyTorch recommends. Returns
+    detached metrics (means over the meta-batch; see :meth:`MAMLpp.meta_loss`).
+    """
+    world = 1 if sync is None else sync.world_size
+    tasks = batch[0].shape[0] * world  # the whole meta-batch, over all processes
+    device_type = batch[0].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        loss, metrics, stats = learner.meta_loss_and_stats(
+            *batch, epoch, msl_weights=msl_weights, total_tasks=tasks
+        )
+    optimizer.zero_grad(set_to_none=set_grads_to_none)
+    loss.backward()
+    if sync is not None:
+        sync.reduce_gradients([p for p in learner.meta_parameters() if p.grad is not None])
+        stats = sync.gather_stats(stats)
+        metrics = sync.reduce_metrics(metrics)
+    learner.clip_gradients_()
+    optimizer.step()
+    learner.fold_batch_stats(stats)
+    return metrics
