@@ -18,15 +18,7 @@ def tiny_learner(
     execution: str = "batched",
 ) -> MAMLpp:
     torch.manual_seed(seed)
-    backbone = Conv4(
-        ways,
-        in_channels=1,
-        channels=channels,
-        image_size=image_size,
-        num_steps=config.num_inner_steps,
-        per_step_bn_stats=config.per_step_bn_stats,
-        per_step_bn_affine=config.per_step_bn_affine,
-    )
+    backbone = Conv4(ways, in_channels=1, channels=channels, image_size=image_size)
     learner = MAMLpp(backbone, config, execution=execution).double()
     # Non-trivial BN affine rows and running statistics, so that a wrong row is visible.
     with torch.no_grad():

@@ -180,29 +180,31 @@ def test_step_count_mismatch_with_per_step_parameters_is_rejected():
     assert maml.adapt_and_predict(sx, sy, qx, num_steps=4).shape == (2, 6, 3)
 
 
-def test_backbone_and_config_must_agree():
-    backbone = Conv4(3, image_size=16, channels=3, num_steps=5)
-    with pytest.raises(ConfigError, match="per_step_bn"):
-        MAMLpp(backbone, MetaConfig(per_step_bn_stats=False))
-    with pytest.raises(ConfigError, match="num_inner_steps=2"):
-        MAMLpp(backbone, MetaConfig(num_inner_steps=2))
-
-
-def test_conv4_shapes_follow_the_switches():
-    net = Conv4(5, num_steps=5, per_step_bn_stats=True, per_step_bn_affine=True)
-    assert net.bn0.weight.shape == (5, 64) and net.bn0.running_mean.shape == (5, 64)
+def test_bn_shapes_follow_the_config_alone():
+    """The step count and BNRS/BNWB are stated once, in the MetaConfig: the learner gives the
+    backbone's shared batch norm its per-step rows (copies of the shared initial values)."""
+    net = Conv4(5)
+    assert net.bn0.weight.shape == (64,) and net.bn0.running_mean.shape == (64,)
+    MAMLpp(net, MetaConfig(num_inner_steps=4))
+    assert net.bn0.weight.shape == (4, 64) and net.bn0.running_mean.shape == (4, 64)
+    assert torch.equal(net.bn0.weight, torch.ones(4, 64))
+    assert torch.equal(net.bn0.running_var, torch.ones(4, 64))
     assert net.head.in_features == 64
-    net = Conv4(
-        5,
-        in_channels=3,
-        channels=48,
-        image_size=84,
-        per_step_bn_stats=False,
-        per_step_bn_affine=False,
-    )
-    assert net.bn0.weight.shape == (48,) and net.bn0.running_var.shape == (48,)
+    net = Conv4(5, in_channels=3, channels=48, image_size=84)
+    MAMLpp(net, MetaConfig(per_step_bn_stats=False, per_step_bn_affine=True))
+    assert net.bn0.weight.shape == (5, 48) and net.bn0.running_var.shape == (48,)
     assert net.head.in_features == 1200
     assert net(torch.randn(2, 3, 84, 84)).shape == (2, 5)
+    net = Conv4(5)
+    MAMLpp(net, MetaConfig.maml())
+    assert net.bn0.weight.shape == (64,) and net.bn0.running_var.shape == (64,)
+
+
+def test_per_step_rows_of_another_step_count_are_refused():
+    net = Conv4(3, image_size=16, channels=3)
+    MAMLpp(net, MetaConfig(num_inner_steps=5))
+    with pytest.raises(ValueError, match=r"cannot become \(2, 3\)"):
+        MAMLpp(net, MetaConfig(num_inner_steps=2))
 
 
 def test_bad_batch_shapes_are_clear_errors():
@@ -228,7 +230,7 @@ def test_meta_step_trains_a_separable_problem():
     """A few outer steps on a fixed meta-batch lower the loss (the loop is wired correctly)."""
     torch.manual_seed(0)
     learner = MAMLpp(
-        Conv4(3, channels=8, image_size=16, num_steps=2),
+        Conv4(3, channels=8, image_size=16),
         MetaConfig(num_inner_steps=2, first_order_epochs=0, meta_lr=3e-3),
     )
     sx, sy, qx, qy = (t.float() if t.is_floating_point() else t for t in tiny_tasks())

@@ -81,7 +81,7 @@ def test_meta_learning_beats_chance_on_synthetic_tasks():
         total_epochs=1,
         meta_lr=3e-3,
     )
-    backbone = Conv4(5, in_channels=1, channels=16, image_size=28, num_steps=1)
+    backbone = Conv4(5, in_channels=1, channels=16, image_size=28)
     learner = MAMLpp(backbone, config)
     optimizer = torch.optim.Adam(learner.meta_parameters(), lr=config.meta_lr)
     train = EpisodeSampler(splits["train"], ways=5, shots=1, targets=5, seed=1)

@@ -86,9 +86,7 @@ def build_problem(config: BenchConfig, device: torch.device, seed: int = 0):
         msl=config.msl,
     )
     torch.manual_seed(seed)
-    backbone = Conv4(
-        config.ways, config.in_channels, config.channels, config.image_size, num_steps=config.steps
-    )
+    backbone = Conv4(config.ways, config.in_channels, config.channels, config.image_size)
     learner = MAMLpp(backbone, meta).to(device)
     g = torch.Generator().manual_seed(seed)
     shape = (config.in_channels, config.image_size, config.image_size)

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from .capture import CaptureError, CaptureHazardMode
-from .learner import EXECUTIONS, MAMLpp
+from .executions import EXECUTIONS
+from .learner import MAMLpp
 from .outer_step import StepSync, outer_step
 
 Precision = Literal["fp32", "tf32", "bf16"]

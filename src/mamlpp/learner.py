@@ -1,13 +1,11 @@
 """The MAML++ learner: meta-loss for training, adaptation and prediction for evaluation.
 
-No optimiser, device policy or I/O lives here (see :mod:`mamlpp.train`). The learner owns the
-backbone and the learned inner learning rates (LSLR) and turns a meta-batch of tasks into a loss
-ready for ``.backward()``. Three execution paths compute the same thing:
-
-* ``"batched"`` (default): the whole meta-batch as one computation, tasks as channel groups
-  (:mod:`mamlpp.task_batched`); supports activation checkpointing of inner steps.
-* ``"vmap"``: the per-task function of :mod:`mamlpp.inner_loop` under ``torch.func.vmap``.
-* ``"loop"``: the same per-task function in a plain Python loop over tasks (the reference path).
+No optimiser, device policy or I/O lives here (the outer update is :mod:`mamlpp.outer_step`; the
+loop around it is :mod:`mamlpp.train`). The learner owns the backbone and the learned inner
+learning rates (LSLR), gives the backbone's batch norm its per-step rows from the MetaConfig
+(BNRS, BNWB), and turns a meta-batch of tasks into a loss ready for ``.backward()`` with the one
+algorithm of :mod:`mamlpp.algorithm`. ``execution`` only chooses how the tasks of a call are
+computed (:mod:`mamlpp.executions`: ``"batched"``, ``"loop"`` or ``"vmap"``; same results).
 """
 
 from __future__ import annotations
@@ -18,16 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import schedules
+from . import algorithm, schedules
+from .algorithm import InnerLoopPlan
 from .config import MetaConfig
 from .errors import ConfigError
-from .inner_loop import InnerLoopPlan, task_meta_loss, task_predict
+from .executions import check_execution, task_batched_forward
 from .nn.backbones import Backbone
 from .nn.per_step_bn import fold_running_stats
 from .outer_step import outer_step
-from .task_batched import batched_adapt, batched_meta_loss, batched_predict
-
-EXECUTIONS = ("batched", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -59,12 +55,17 @@ class MAMLpp(nn.Module):
     ):
         super().__init__()
         config = MetaConfig() if config is None else config
-        self._check_backbone(backbone, config)
         self.backbone = backbone
         self.config = config
-        self.execution = self._check_execution(execution)
+        # The config states the step count and the per-step switches once; the backbone's batch
+        # norm gets its rows from here: [S, C] under BNWB / BNRS, else shared [C].
+        for layer in backbone.bn_layers().values():
+            layer.set_steps(
+                config.num_inner_steps, config.per_step_bn_affine, config.per_step_bn_stats
+            )
+        self.execution = check_execution(execution)
         # Recompute each inner step's activations in the outer backward instead of storing them
-        # (only the "batched" path; trades compute for memory).
+        # (trades compute for memory).
         self.checkpoint_steps = checkpoint_steps
         names = list(backbone.adaptable_names())
         if config.adapt_bn_affine:
@@ -75,31 +76,6 @@ class MAMLpp(nn.Module):
             self.inner_lrs = nn.Parameter(table)
         else:
             self.register_buffer("inner_lrs", table)
-
-    @staticmethod
-    def _check_execution(execution: str) -> str:
-        if execution not in EXECUTIONS:
-            raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-        return execution
-
-    @staticmethod
-    def _check_backbone(backbone: Backbone, config: MetaConfig) -> None:
-        for name, bn in backbone.bn_layers().items():
-            stats_steps = bn.running_mean.dim() == 2
-            affine_steps = bn.weight.dim() == 2
-            if stats_steps != config.per_step_bn_stats or affine_steps != config.per_step_bn_affine:
-                raise ConfigError(
-                    f"backbone BN layer {name} (weights {tuple(bn.weight.shape)}, statistics "
-                    f"{tuple(bn.running_mean.shape)}) does not match per_step_bn_affine="
-                    f"{config.per_step_bn_affine}, per_step_bn_stats={config.per_step_bn_stats}"
-                )
-        if (config.per_step_bn_stats or config.per_step_bn_affine) and (
-            backbone.num_steps != config.num_inner_steps
-        ):
-            raise ConfigError(
-                f"backbone has per-step BN for {backbone.num_steps} steps but "
-                f"num_inner_steps={config.num_inner_steps}"
-            )
 
     # -- what the outer optimiser trains ------------------------------------------------------
     def meta_parameters(self) -> Iterator[nn.Parameter]:
@@ -244,42 +220,18 @@ class MAMLpp(nn.Module):
             second_order=self.second_order_at(epoch),
             step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
         )
-        params = self._params()
-        bn_names = self._bn_names()
-        forward = self.backbone.functional_forward
-
-        def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
-            return task_meta_loss(forward, params, self.inner_lrs, sx, sy, qx, qy, plan, bn_names)
-
-        execution = self._check_execution(execution or self.execution)
-        if execution == "batched":
-            losses, metrics, stats = batched_meta_loss(
-                self.backbone.task_batched_forward,
-                params,
-                self.inner_lrs,
-                support_x,
-                support_y,
-                query_x,
-                query_y,
-                plan,
-                bn_names,
-                checkpoint_steps=self.checkpoint_steps,
-            )
-        elif execution == "vmap":
-            losses, metrics, stats = torch.func.vmap(one_task)(
-                support_x, support_y, query_x, query_y
-            )
-        else:
-            results = [
-                one_task(support_x[b], support_y[b], query_x[b], query_y[b])
-                for b in range(support_x.shape[0])
-            ]
-            losses = torch.stack([r[0] for r in results])
-            metrics = {k: torch.stack([r[1][k] for r in results]) for k in results[0][1]}
-            stats = {
-                bn: tuple(torch.stack([r[2][bn][j] for r in results]) for j in range(2))
-                for bn in bn_names
-            }
+        losses, metrics, stats = algorithm.meta_loss(
+            task_batched_forward(self.backbone, execution or self.execution),
+            self._params(),
+            self.inner_lrs,
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            plan,
+            self._bn_names(),
+            checkpoint_steps=self.checkpoint_steps,
+        )
         # losses [B]; metrics[k] [B, ...]; stats[bn] = (mean [B, P, C], var [B, P, C])
         if self.config.task_reduction == "sum":
             loss = losses.sum()
@@ -290,7 +242,7 @@ class MAMLpp(nn.Module):
         summary = {k: v.mean(0) for k, v in metrics.items()}
         summary["accuracy"] = summary["step_accuracies"][-1]
         summary["loss"] = loss.detach()
-        return loss, summary, PassStats(stats, tuple(plan.stat_rows(True)))
+        return loss, summary, PassStats(stats, tuple(plan.stat_rows()))
 
     @torch.no_grad()
     def fold_batch_stats(self, stats: PassStats) -> None:
@@ -377,34 +329,11 @@ class MAMLpp(nn.Module):
             support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
         self._check_batch(support_x, support_y, query_x)
         plan, params, lrs, running = self._eval_inputs(num_steps)
-        execution = self._check_execution(execution or self.execution)
-        forward = self.backbone.functional_forward
-
-        def one_task(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
-            return task_predict(forward, params, lrs, sx, sy, qx, plan, running)
-
+        forward = task_batched_forward(self.backbone, execution or self.execution)
         with torch.no_grad():
-            if execution == "batched":
-                logits = batched_predict(
-                    self.backbone.task_batched_forward,
-                    params,
-                    lrs,
-                    support_x,
-                    support_y,
-                    query_x,
-                    plan,
-                    running,
-                )
-            elif execution == "vmap":
-                # torch.func.grad computes inner gradients even under no_grad.
-                logits = torch.func.vmap(one_task)(support_x, support_y, query_x)
-            else:
-                logits = torch.stack(
-                    [
-                        one_task(support_x[b], support_y[b], query_x[b])
-                        for b in range(support_x.shape[0])
-                    ]
-                )
+            logits = algorithm.predict(
+                forward, params, lrs, support_x, support_y, query_x, plan, running
+            )
         return logits[0] if single else logits
 
     def adapt(
@@ -415,8 +344,8 @@ class MAMLpp(nn.Module):
         self._check_batch(support_x, support_y)
         plan, params, lrs, running = self._eval_inputs(num_steps)
         with torch.no_grad():
-            fast, _, _ = batched_adapt(
-                self.backbone.task_batched_forward,
+            fast, _, _ = algorithm.adapt(
+                task_batched_forward(self.backbone, self.execution),
                 params,
                 lrs,
                 support_x,
@@ -433,7 +362,6 @@ class MAMLpp(nn.Module):
         num_tasks = query_x.shape[0]
         shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
         with torch.no_grad():
-            logits, _ = self.backbone.task_batched_forward(
-                {**shared, **fast_weights}, query_x, plan.num_steps - 1, running
-            )
+            forward = task_batched_forward(self.backbone, self.execution)
+            logits, _ = forward({**shared, **fast_weights}, query_x, plan.num_steps - 1, running)
         return logits

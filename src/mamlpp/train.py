@@ -66,11 +66,7 @@ def build_learner(
     """The conv4 MAML++ learner of ``config``, initialised from ``train.seed``."""
     torch.manual_seed(config.train.seed)
     backbone = conv4_for(
-        config.data.ways,
-        in_channels,
-        config.data.image_size,
-        config.meta,
-        channels=config.model.channels,
+        config.data.ways, in_channels, config.data.image_size, channels=config.model.channels
     )
     return MAMLpp(backbone, config.meta).to(device)
 

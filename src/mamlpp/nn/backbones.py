@@ -22,15 +22,16 @@ BatchStats = dict[str, tuple[Tensor, Tensor]]
 
 
 class Backbone(Protocol):
-    """What the learner needs from a network."""
-
-    num_steps: int
+    """What the learner needs from a network (the task-batched forward contract of
+    :mod:`mamlpp.algorithm` plus its per-task form and the names of its parts)."""
 
     def adaptable_names(self) -> list[str]:
         """Parameters adapted in the inner loop (conv and linear weights and biases)."""
         ...
 
-    def bn_layers(self) -> dict[str, PerStepBatchNorm]: ...
+    def bn_layers(self) -> dict[str, PerStepBatchNorm]:
+        """Batch-norm layers by name; the learner gives them per-step rows."""
+        ...
 
     def functional_forward(
         self,
@@ -38,7 +39,20 @@ class Backbone(Protocol):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
-    ) -> tuple[Tensor, BatchStats]: ...
+    ) -> tuple[Tensor, BatchStats]:
+        """One task: logits ``[n, N]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``."""
+        ...
+
+    def task_batched_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """All tasks: ``params [B, ...]``, ``x [B, n, ...]`` -> ``([B, n, N], {bn: ([B, C],
+        [B, C])})``."""
+        ...
 
 
 class Conv4(nn.Module):
@@ -49,9 +63,8 @@ class Conv4(nn.Module):
     28->14->7->3->1 (64 features); mini-ImageNet: 48 channels, 84x84, 84->42->21->10->5 (1200).
     Xavier-uniform weights, zero biases, BN gamma 1 and beta 0.
 
-    ``num_steps`` is the number of inner steps S: per-step BN weights/biases are ``[S, C]`` when
-    ``per_step_bn_affine`` (BNWB), ``[C]`` otherwise; running statistics are ``[S, C]`` when
-    ``per_step_bn_stats`` (BNRS), ``[C]`` otherwise.
+    Batch norm is built shared (``[C]``); :class:`~mamlpp.MAMLpp` gives it per-step rows as its
+    MetaConfig says (BNRS, BNWB), so the network never repeats the experiment's settings.
     """
 
     def __init__(
@@ -60,9 +73,6 @@ class Conv4(nn.Module):
         in_channels: int = 1,
         channels: int = 64,
         image_size: int = 28,
-        num_steps: int = 5,
-        per_step_bn_stats: bool = True,
-        per_step_bn_affine: bool = True,
         num_blocks: int = 4,
         eps: float = 1e-5,
     ) -> None:
@@ -75,16 +85,13 @@ class Conv4(nn.Module):
         if spatial < 1:
             raise ValueError(f"image_size {image_size} is too small for {num_blocks} 2x2 max-pools")
         self.ways = ways
-        self.num_steps = num_steps
         self.num_blocks = num_blocks
-        self.per_step_bn_stats = per_step_bn_stats
-        self.per_step_bn_affine = per_step_bn_affine
         for b in range(num_blocks):
             conv = nn.Conv2d(in_channels if b == 0 else channels, channels, 3, padding=1)
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
             self.add_module(f"conv{b}", conv)
-            bn = PerStepBatchNorm(channels, num_steps, per_step_bn_affine, per_step_bn_stats, eps)
+            bn = PerStepBatchNorm(channels, eps)
             self.add_module(f"bn{b}", bn)
         self.head = nn.Linear(channels * spatial * spatial, ways)
         nn.init.xavier_uniform_(self.head.weight)
@@ -198,27 +205,18 @@ class Conv4(nn.Module):
         logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))
         return logits, stats
 
-    def forward(self, x: Tensor, step: int | None = None) -> Tensor:
-        """Logits with the stored (unadapted) parameters and batch statistics, at ``step``
-        (default: the last inner step)."""
-        step = self.num_steps - 1 if step is None else step
+    def forward(self, x: Tensor, step: int = -1) -> Tensor:
+        """Logits with the stored (unadapted) parameters and batch statistics, at BN row
+        ``step`` (default: the last)."""
         logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
         return logits
 
 
-def conv4_for(ways: int, in_channels: int, image_size: int, config, channels: int | None = None):
-    """A Conv4 shaped for a MetaConfig: its BN tables match the config's per-step switches."""
+def conv4_for(ways: int, in_channels: int, image_size: int, channels: int | None = None) -> Conv4:
+    """A Conv4 for images of this size: 64 filters up to 32x32 (Omniglot), else 48."""
     if channels is None:
         channels = 64 if image_size <= 32 else 48
-    return Conv4(
-        ways,
-        in_channels=in_channels,
-        channels=channels,
-        image_size=image_size,
-        num_steps=config.num_inner_steps,
-        per_step_bn_stats=config.per_step_bn_stats,
-        per_step_bn_affine=config.per_step_bn_affine,
-    )
+    return Conv4(ways, in_channels=in_channels, channels=channels, image_size=image_size)
 
 
 __all__ = ["Backbone", "BatchStats", "Conv4", "conv4_for"]

@@ -85,28 +85,41 @@ def fold_running_stats(
 class PerStepBatchNorm(nn.Module):
     """Holds the parameters and statistics of one batch-norm layer; computing is functional.
 
-    ``weight``/``bias``: ``[num_steps, C]`` when ``per_step_affine`` (BNWB), else ``[C]``.
-    ``running_mean``/``running_var``: ``[num_steps, C]`` when ``per_step_stats`` (BNRS), else
-    ``[C]``. Initialised as the spec says: gamma 1, beta 0, mean 0, var 1.
+    Built with shared ``[C]`` tensors (gamma 1, beta 0, mean 0, var 1, as the spec says). The
+    learner then gives it per-step rows from its MetaConfig with :meth:`set_steps`, so the number
+    of steps and the BNRS/BNWB switches are stated once, in the config, never in a backbone:
+    ``weight``/``bias`` become ``[S, C]`` under BNWB, ``running_mean``/``running_var`` ``[S, C]``
+    under BNRS.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        num_steps: int,
-        per_step_affine: bool = True,
-        per_step_stats: bool = True,
-        eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
-        affine_shape = (num_steps, channels) if per_step_affine else (channels,)
-        stats_shape = (num_steps, channels) if per_step_stats else (channels,)
-        self.num_steps = num_steps
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(affine_shape))
-        self.bias = nn.Parameter(torch.zeros(affine_shape))
-        self.register_buffer("running_mean", torch.zeros(stats_shape))
-        self.register_buffer("running_var", torch.ones(stats_shape))
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    @torch.no_grad()
+    def set_steps(self, num_steps: int, per_step_affine: bool, per_step_stats: bool) -> None:
+        """Give the affine parameters and/or the statistics one row per inner step (each row a
+        copy of the shared value). A layer that already has the wanted shapes is left as it is."""
+
+        def rows(t: Tensor, per_step: bool, what: str) -> Tensor:
+            wanted = (num_steps, t.shape[-1]) if per_step else (t.shape[-1],)
+            if t.shape == wanted:
+                return t
+            if t.dim() != 1:
+                raise ValueError(
+                    f"BN {what} of shape {tuple(t.shape)} cannot become {wanted}: build the "
+                    "backbone with shared [C] batch norm; the learner adds per-step rows"
+                )
+            return t.expand(wanted).clone()
+
+        self.weight = nn.Parameter(rows(self.weight, per_step_affine, "weight"))
+        self.bias = nn.Parameter(rows(self.bias, per_step_affine, "bias"))
+        self.running_mean = rows(self.running_mean, per_step_stats, "running_mean")
+        self.running_var = rows(self.running_var, per_step_stats, "running_var")
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, running={tuple(self.running_mean.shape)}"

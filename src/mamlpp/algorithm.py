@@ -1,30 +1,97 @@
-"""The whole meta-batch as one computation (the default execution path).
+"""THE algorithm, written once: S inner steps, multi-step target losses, LSLR, first/second order.
 
-Same mathematics as :mod:`mamlpp.inner_loop` (one task at a time), but every tensor carries a
-leading task dimension B and the backbone's ``task_batched_forward`` runs all tasks in one call
-(tasks as channel groups: one grouped convolution per layer, native batch norm). Inner gradients
-use plain ``torch.autograd.grad`` on the sum of the per-task support losses: tasks share no
-fast weights, so each task's slice of the gradient is its own inner gradient.
+Every tensor carries a leading task dimension B, and the network is called through a *task-batched
+forward* (the contract every execution implements, see :mod:`mamlpp.executions`)::
 
-Why not vmap alone: plain autograd here also supports activation checkpointing of inner steps
-(``torch.func.grad`` refuses saved-tensor hooks) and CUDA-graph capture, and avoids vmap's
-per-call reshapes. Outputs have the same structure as ``vmap(task_meta_loss)`` so the learner
-treats the paths alike, and tests compare them.
+    forward(params {name: [B, ...]}, x [B, n, ...], step, running) -> (logits [B, n, N], stats)
+
+with ``stats = {bn: (batch mean [B, C], unbiased batch var [B, C])}`` (returned, never written in
+place) and ``running`` the stored statistics to normalise with instead (evaluation in
+``bn_mode="per_step"``). Grouped-convolution Conv4, a per-task loop, vmap and any ``nn.Module``
+are implementations of that contract, not copies of this file.
+
+One meta-batch, S inner steps (spec section 1)::
+
+  theta_0 = meta-parameters (shared by all tasks: expanded views, gradients sum back)
+  for i in 0..S-1:
+      g = d/dtheta_i sum_b CE_b(f(support_x; theta_i, BN step i))  (graph kept only if 2nd order)
+      theta_{i+1} = theta_i - alpha[:, i] * g                       (alpha: LSLR table, per tensor)
+      if MSL active: loss_b += w_i * CE_b(f(query_x; theta_{i+1}, BN step i))
+  if MSL inactive: loss_b = CE_b(f(query_x; theta_S, BN step S-1))
+
+Tasks share no fast weights, so each task's slice of the gradient of the summed support losses is
+its own inner gradient. Plain ``torch.autograd.grad`` (not ``torch.func.grad``) keeps activation
+checkpointing of inner steps and CUDA-graph capture possible.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .inner_loop import InnerLoopPlan, stack_pass_stats, weighted_target_loss
+# {bn layer name: (batch mean [B, C], unbiased batch variance [B, C])} of one forward pass.
+BatchStats = dict[str, tuple[Tensor, Tensor]]
+# forward(params [B, ...], x [B, n, ...], step, running) -> (logits [B, n, N], BatchStats)
+BatchedForwardFn = Callable[..., tuple[Tensor, BatchStats]]
 
-# task_batched_forward(params [B, ...], x [B, n, C, H, W], step, running) -> (logits, stats)
-BatchedForwardFn = Callable[..., tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]]
+
+@dataclass(frozen=True)
+class InnerLoopPlan:
+    """Static settings of one call: everything that is Python control flow, not tensors."""
+
+    num_steps: int
+    adapted_names: tuple[str, ...]
+    second_order: bool
+    # MSL weights w_0..w_{S-1} (floats, or a [S] tensor so that a captured CUDA graph can take
+    # new values each epoch), or None: only the final step's target loss (weight 1).
+    step_weights: tuple[float, ...] | Tensor | None
+    # Normalise with stored running statistics (evaluation in bn_mode="per_step").
+    use_running_stats: bool = False
+
+    def stat_rows(self) -> list[int]:
+        """BN step of each forward pass whose batch statistics are returned, in pass order:
+        support_0, (target_0 under MSL), support_1, ..., (the final target pass without MSL).
+        The target pass after step i (theta_{i+1}) uses BN row i."""
+        rows = []
+        for i in range(self.num_steps):
+            rows.append(i)
+            if self.step_weights is not None:
+                rows.append(i)
+        if self.step_weights is None:
+            rows.append(self.num_steps - 1)
+        return rows
+
+
+def weighted_target_loss(plan: InnerLoopPlan, target_losses: list[Tensor]) -> Tensor:
+    """Outer loss from the target losses ``[B]`` each: the MSL-weighted sum, or the final one."""
+    if plan.step_weights is None:
+        return target_losses[0]
+    return sum(w * l for w, l in zip(plan.step_weights, target_losses, strict=True))
+
+
+def stack_pass_stats(
+    plan: InnerLoopPlan,
+    support_stats: list[BatchStats],
+    target_stats: list[BatchStats],
+    bn_names: Sequence[str],
+) -> BatchStats:
+    """Each BN layer's (mean, var) of every pass stacked as ``[B, P, C]`` in ``stat_rows`` order."""
+    passes = []
+    for i in range(plan.num_steps):
+        passes.append(support_stats[i])
+        if plan.step_weights is not None:
+            passes.append(target_stats[i])
+    if plan.step_weights is None:
+        passes.append(target_stats[0])
+    return {
+        bn: tuple(torch.stack([p[bn][j] for p in passes], dim=1) for j in range(2))
+        for bn in bn_names
+    }
 
 
 def per_task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -42,7 +109,7 @@ def _expand(params: Mapping[str, Tensor], num_tasks: int) -> dict[str, Tensor]:
     return {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
 
 
-def batched_adapt(
+def adapt(
     forward: BatchedForwardFn,
     params: Mapping[str, Tensor],
     inner_lrs: Tensor,
@@ -109,7 +176,7 @@ def batched_adapt(
     return fast_dict, torch.stack(support_losses, dim=1), support_stats
 
 
-def batched_meta_loss(
+def meta_loss(
     forward: BatchedForwardFn,
     params: Mapping[str, Tensor],
     inner_lrs: Tensor,
@@ -121,9 +188,10 @@ def batched_meta_loss(
     bn_names: Sequence[str],
     checkpoint_steps: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
-    """Outer loss of each task ``[B]``, metrics ``{k: [B, ...]}`` and statistics
-    ``{bn: (mean [B, P, C], var [B, P, C])}`` in ``plan.stat_rows`` order: the same structure
-    as ``vmap(inner_loop.task_meta_loss)``."""
+    """Outer loss of each task ``[B]`` (training semantics: batch statistics everywhere),
+    metrics ``{k: [B, ...]}`` (``step_losses``/``step_accuracies`` ``[B, T]`` for the T target
+    passes, ``support_losses [B, S]``) and statistics ``{bn: (mean [B, P, C], var [B, P, C])}``
+    in ``plan.stat_rows()`` order."""
     num_tasks = support_x.shape[0]
     target_losses: list[Tensor] = []
     target_accs: list[Tensor] = []
@@ -148,7 +216,7 @@ def batched_meta_loss(
         target_accs.append(acc)
         target_stats.append(stats)
 
-    fast, support_losses, support_stats = batched_adapt(
+    fast, support_losses, support_stats = adapt(
         forward,
         params,
         inner_lrs,
@@ -161,7 +229,7 @@ def batched_meta_loss(
     if plan.step_weights is None:
         target_pass(plan.num_steps - 1, fast)
     losses = weighted_target_loss(plan, target_losses)  # [B]
-    stats = stack_pass_stats(plan, support_stats, target_stats, bn_names, dim=1)  # [B, P, C]
+    stats = stack_pass_stats(plan, support_stats, target_stats, bn_names)  # [B, P, C]
     metrics = {
         "step_losses": torch.stack([t.detach() for t in target_losses], dim=1),  # [B, T]
         "step_accuracies": torch.stack(target_accs, dim=1),
@@ -170,7 +238,7 @@ def batched_meta_loss(
     return losses, metrics, stats
 
 
-def batched_predict(
+def predict(
     forward: BatchedForwardFn,
     params: Mapping[str, Tensor],
     inner_lrs: Tensor,
@@ -181,7 +249,7 @@ def batched_predict(
     running: Mapping[str, Tensor] | None,
 ) -> Tensor:
     """Evaluation for all tasks: logits ``[B, m, ways]`` from theta_S at BN step S-1."""
-    fast, _, _ = batched_adapt(forward, params, inner_lrs, support_x, support_y, plan, running)
+    fast, _, _ = adapt(forward, params, inner_lrs, support_x, support_y, plan, running)
     shared = _expand(params, support_x.shape[0])
     logits, _ = forward({**shared, **fast}, query_x, plan.num_steps - 1, running)
     return logits
