@@ -6,7 +6,7 @@ import torch
 from core_helpers import clone_learner, tiny_learner, tiny_tasks
 
 from mamlpp import MetaConfig
-from mamlpp.fast import FastMetaStep
+from mamlpp.fast import FastMetaStep, choose_execution
 
 
 def test_fast_step_matches_loop_path_updates():
@@ -52,3 +52,67 @@ def test_msl_weights_tensor_equals_schedule_floats():
     torch.testing.assert_close(tensor, floats, rtol=1e-14, atol=0)
     doubled, _ = learner.meta_loss(*batch, 1, update_bn_stats=False, msl_weights=2 * as_tensor)
     torch.testing.assert_close(doubled, 2 * floats)
+
+
+def test_choose_execution_measures_every_candidate_on_a_copy():
+    """The choice at start: every candidate runs (on a copy; the learner is untouched) and the
+    fastest by the timer wins. A fake timer stands in for CUDA timing on the CPU."""
+    learner = tiny_learner(MetaConfig(num_inner_steps=2))
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    seen: list[str] = []
+    fake_seconds = {"batched": 3.0, "loop": 1.0, "vmap": 2.0}
+
+    def timer(fn):
+        fn()
+        seen.append(current["execution"])
+        return fake_seconds[current["execution"]]
+
+    current = {}
+    original = FastMetaStep.__call__
+
+    def tracking_call(self, *args, **kwargs):
+        current["execution"] = self.learner.execution
+        return original(self, *args, **kwargs)
+
+    FastMetaStep.__call__ = tracking_call
+    try:
+        choice, seconds = choose_execution(learner, tiny_tasks(), iterations=2, timer=timer)
+    finally:
+        FastMetaStep.__call__ = original
+    assert choice == "loop" and seconds == {"batched": 3.0, "loop": 1.0, "vmap": 2.0}
+    assert sorted(set(seen)) == ["batched", "loop", "vmap"]
+    for name, value in learner.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    # On the CPU without a timer the tested rule applies: batched, nothing measured.
+    assert choose_execution(learner, tiny_tasks()) == ("batched", {})
+
+
+def test_run_log_and_summary_say_what_trains(tmp_path, capsys):
+    """No silent path: the log names the path, precision and execution at start, and
+    summary.json records them (on the CPU: eager, nothing measured)."""
+    import json
+
+    from mamlpp.cli import main
+
+    args = ["train", "--preset", "synthetic", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    for assignment in (
+        "train.epochs=1",
+        "train.iterations_per_epoch=2",
+        "train.tasks_per_batch=2",
+        "model.channels=4",
+        "eval.val_tasks=4",
+        "eval.test_tasks=4",
+        "eval.top_k=1",
+        "train.threads=1",
+        "train.precision=fp32",
+        "train.execution=loop",
+    ):
+        args += ["--set", assignment]
+    assert main([*args, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "training: eager on cpu, precision fp32, execution loop" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["training_path"]["path"] == "eager"
+    assert summary["training_path"]["execution"] == "loop"
+    assert summary["training_path"]["precision"] == "fp32"
+    assert summary["training_path"]["graph_fallback"] is None
