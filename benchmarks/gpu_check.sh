@@ -23,12 +23,12 @@ else
 fi
 main_configs=omniglot-20w1s,omniglot-5w1s,mini-imagenet-5w1s,mini-imagenet-5w5s
 
-# 1. Speed (TF32, second order, MSL): each execution inside the CUDA graph (the candidates the
+# 1. Speed (fp32, the default precision; second order, MSL): each execution inside the CUDA graph (the candidates the
 #    trainer chooses from), the eager batched path and the per-task loop (the reference's shape);
 #    peak memory of each against the reference's 2.1 / 0.6 / 5.5 / 7.4 GB.
 echo "== 1. speed and memory: executions inside the graph vs eager ==" | tee -a "$out/log.txt"
 bench 95 --configs "$main_configs" --paths graph,graph-loop,graph-vmap,batched,loop \
-    --modes tf32 --iters 10 --warmup 3 --no-grad-check --memory \
+    --modes fp32 --iters 10 --warmup 3 --no-grad-check --memory \
     --json "$out/bench_speed.json" 2>&1 | tee -a "$out/log.txt"
 # 2. Precision: meta-gradient error per parameter group and cosine against the float64 loop
 #    path, for fp32 / TF32 / bf16 in the graph (the numbers behind train.precision's default).
@@ -37,7 +37,7 @@ bench 45 --configs omniglot-20w1s,mini-imagenet-5w1s --paths graph --modes fp32,
     --iters 5 --warmup 3 --json "$out/bench_precision.json" 2>&1 | tee -a "$out/log.txt"
 # 3. First order, and the time to evaluate 600 tasks (target <= 2 s).
 echo "== 3. first order and evaluation ==" | tee -a "$out/log.txt"
-bench 35 --configs omniglot-20w1s-fo,mini-imagenet-5w1s-fo --paths graph --modes tf32 \
+bench 35 --configs omniglot-20w1s-fo,mini-imagenet-5w1s-fo --paths graph --modes fp32 \
     --iters 10 --warmup 3 --no-grad-check --eval-tasks 600 \
     --json "$out/bench_fo_eval.json" 2>&1 | tee -a "$out/log.txt"
 echo "gpu_check done; reports in $out" | tee -a "$out/log.txt"

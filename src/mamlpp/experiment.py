@@ -70,7 +70,7 @@ class TrainSection:
     graph_fallback: Literal["error", "eager"] = "error"
     # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
     # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).
-    precision: Literal["fp32", "tf32", "bf16"] = "tf32"
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     # How the tasks of a meta-batch run: "auto" measures the candidates on CUDA at start (the
     # CPU uses "batched"), or one of "batched" (grouped convolutions), "loop", "vmap".
     execution: Literal["auto", "batched", "loop", "vmap"] = "auto"
