@@ -22,6 +22,7 @@ from .config import MetaConfig
 from .errors import ConfigError
 from .inner_loop import InnerLoopPlan, task_meta_loss, task_predict
 from .nn.backbones import Backbone
+from .nn.module_backbone import ModuleBackbone
 from .nn.per_step_bn import fold_running_stats
 from .task_batched import batched_adapt, batched_meta_loss, batched_predict
 
@@ -38,13 +39,16 @@ class MAMLpp(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Backbone | nn.Module,
         config: MetaConfig | None = None,
         execution: str = "batched",
         checkpoint_steps: bool = False,
     ):
         super().__init__()
         config = MetaConfig() if config is None else config
+        if not hasattr(backbone, "task_batched_forward"):
+            # A plain nn.Module: its BN layers get this config's steps and per-step tables.
+            backbone = ModuleBackbone.for_config(backbone, config)
         self._check_backbone(backbone, config)
         self.backbone = backbone
         self.config = config
