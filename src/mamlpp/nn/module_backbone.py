@@ -211,7 +211,9 @@ def _replace_batch_norms(
 ) -> nn.Module:
     """Swap every BatchNorm1d/2d/3d for a StepBatchNorm (in ``module``, returned)."""
     if isinstance(module, BATCH_NORMS):  # the module itself is one batch-norm layer
-        return StepBatchNorm(PREFIX[:-1], module, num_steps, per_step_affine, per_step_stats, context)
+        return StepBatchNorm(
+            PREFIX[:-1], module, num_steps, per_step_affine, per_step_stats, context
+        )
     for name, layer in list(module.named_modules()):
         for child_name, child in list(layer.named_children()):
             if isinstance(child, BATCH_NORMS):
@@ -276,11 +278,7 @@ class ModuleBackbone(nn.Module):
         self.module = _replace_batch_norms(
             copy.deepcopy(module), num_steps, per_step_bn_affine, per_step_bn_stats, self._context
         )
-        bn_params = {
-            f"{name}.{p}"
-            for name, layer in self.bn_layers().items()
-            for p in ("weight", "bias")
-        }
+        bn_params = {f"{name}.{p}" for name in self.bn_layers() for p in ("weight", "bias")}
         candidates = [n for n, _ in self.named_parameters() if n not in bn_params]
         local = [n.removeprefix(PREFIX) for n in candidates]
         self._adapted = [PREFIX + n for n in _select(local, adapt, exclude)]
