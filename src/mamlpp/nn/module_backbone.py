@@ -110,7 +110,10 @@ class _TaskBatchNorm(torch.autograd.Function):
         x_dim, gamma_dim, beta_dim = in_dims[:3]
         # x: [n, B, C, *] (vmap's convolution rule already produces the task dim there, so
         # the reshape to channel groups below is a view).
-        x = x.movedim(x_dim, 1) if x_dim is not None else x.unsqueeze(1).expand(-1, tasks, -1)
+        if x_dim is not None:
+            x = x.movedim(x_dim, 1)
+        else:  # the same input for every task
+            x = x.unsqueeze(1).expand(x.shape[0], tasks, *x.shape[1:])
         gamma = gamma.movedim(gamma_dim, 0) if gamma_dim is not None else gamma.expand(tasks, -1)
         beta = beta.movedim(beta_dim, 0) if beta_dim is not None else beta.expand(tasks, -1)
         n, channels = x.shape[0], x.shape[2]
