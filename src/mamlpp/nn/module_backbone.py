@@ -40,7 +40,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..errors import ConfigError
 from .backbones import BatchStats
 from .batch_norm_fn import batch_norm_train
-from .per_step_bn import PerStepBatchNorm
+from .per_step_bn import PerStepBatchNorm, _row
 
 PREFIX = "module."  # the wrapped module's parameters appear as "module.<its own name>"
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -68,11 +68,6 @@ class _ForwardContext:
             yield self.stats
         finally:
             self.running, self.stats = None, None
-
-
-def _row(table: Tensor, step: int) -> Tensor:
-    """Row ``step`` of a per-step table ``[S, C]``, or the shared ``[C]`` tensor itself."""
-    return table[step] if table.dim() == 2 else table
 
 
 class _TaskBatchNorm(torch.autograd.Function):
