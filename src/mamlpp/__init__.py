@@ -5,6 +5,8 @@ The public API:
 * the algorithm: :class:`MetaConfig` (the six techniques as switches), :class:`MAMLpp` (meta-loss,
   adaptation, prediction), the :class:`Conv4` backbone, and the per-epoch schedules
   :func:`msl_weights`, :func:`step_loss_weights`, :func:`second_order_at`, :func:`outer_lr`;
+* any ``nn.Module`` as a backbone: :class:`ModuleBackbone` (``MAMLpp(module, config)`` wraps a
+  plain module with it), and :class:`ResNet12`;
 * fast training steps: :class:`FastMetaStep` (CUDA-graph replay where possible);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
 * evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles.
@@ -22,6 +24,8 @@ from .fast import FastMetaStep
 from .learner import MAMLpp
 from .nn import Conv4
 from .nn.backbones import conv4_for
+from .nn.module_backbone import ModuleBackbone
+from .nn.resnet12 import ResNet12
 from .schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "MAMLpp",
     "MamlppError",
     "MetaConfig",
+    "ModuleBackbone",
+    "ResNet12",
     "TaskBatch",
     "__version__",
     "conv4_for",

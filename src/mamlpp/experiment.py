@@ -8,7 +8,7 @@ Sections::
 
     preset = "quickstart"           # the base the run was built from (informational)
     [data]   dataset, ways, shots, targets (query images per class), image_size
-    [model]  channels
+    [model]  backbone ("conv4" or "resnet12"), channels
     [meta]   exactly the MetaConfig fields except total_epochs, which is train.epochs
     [train]  epochs, iterations_per_epoch, tasks_per_batch, seed, log_every, checkpoint_every,
              threads, tensorboard
@@ -34,6 +34,7 @@ from .config import MetaConfig
 from .errors import ConfigError
 
 DatasetName = Literal["omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic"]
+BackboneName = Literal["conv4", "resnet12"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class DataSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    channels: int = 64  # conv4 filters: 64 on Omniglot, 48 on mini-ImageNet
+    backbone: BackboneName = "conv4"
+    # conv4: filters per layer (64 on Omniglot, 48 on mini-ImageNet); resnet12: the first
+    # block's width, the others 2.5x, 5x and 10x of it (64 -> the standard 64-160-320-640).
+    channels: int = 64
 
 
 @dataclass(frozen=True)
@@ -371,11 +375,14 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``section.key`` of every value that differs between two config dicts."""
+    """``section.key`` of every value that differs between two config dicts. A key missing
+    from one of them (a run saved before the key existed) counts as its default value."""
     diffs = []
     for name in SECTIONS:
+        defaults = {f.name: f.default for f in fields(SECTIONS[name])}
         for key in sorted(set(old.get(name, {})) | set(new.get(name, {}))):
-            if old.get(name, {}).get(key) != new.get(name, {}).get(key):
+            before = old.get(name, {}).get(key, defaults.get(key))
+            if before != new.get(name, {}).get(key, defaults.get(key)):
                 diffs.append(f"{name}.{key}")
     return diffs
 

@@ -22,6 +22,7 @@ from .config import MetaConfig
 from .errors import ConfigError
 from .executions import check_execution, task_batched_forward
 from .nn.backbones import Backbone
+from .nn.module_backbone import ModuleBackbone
 from .nn.per_step_bn import fold_running_stats
 from .outer_step import outer_step
 
@@ -48,13 +49,16 @@ class MAMLpp(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Backbone | nn.Module,
         config: MetaConfig | None = None,
         execution: str = "batched",
         checkpoint_steps: bool = False,
     ):
         super().__init__()
         config = MetaConfig() if config is None else config
+        if not hasattr(backbone, "task_batched_forward"):
+            # A plain nn.Module (standard layers): run functionally, batched under vmap.
+            backbone = ModuleBackbone(backbone)
         self.backbone = backbone
         self.config = config
         # The config states the step count and the per-step switches once; the backbone's batch

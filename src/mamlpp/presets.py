@@ -15,6 +15,9 @@ order (MetaConfig's default). The reference configs differ: always second order 
 (``--set meta.first_order_epochs=0``) and 10 first-order epochs on mini-ImageNet
 (``--set meta.first_order_epochs=10``).
 
+The ``mini-imagenet-5w{1,5}s-resnet12`` presets replace conv4 by ResNet-12 (widths
+64-160-320-640, the standard few-shot backbone) and keep everything else of the paper's run.
+
 The ``-maml`` presets switch all six techniques off (``MetaConfig.maml()``: one shared inner
 learning rate, final-step loss only, second order throughout, shared BN, constant outer lr) and
 keep everything else, so the pair differs only in the algorithm.
@@ -66,6 +69,9 @@ MINI_IMAGENET = {
     "eval": {"val_tasks": 600, "test_tasks": 600, "top_k": 5, "batch_size": 20},
 }
 
+# ResNet-12 (64-160-320-640) in place of conv4, everything else as the paper's mini-ImageNet run.
+RESNET12 = {"backbone": "resnet12", "channels": 64}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -86,6 +92,9 @@ def _paper_presets() -> dict[str, Preset]:
             presets[name] = Preset(name, tree)
             maml = merge(tree, {"meta": MAML_META})
             presets[f"{name}-maml"] = Preset(f"{name}-maml", maml)
+            if base is MINI_IMAGENET:
+                resnet = merge(tree, {"model": RESNET12})
+                presets[f"{name}-resnet12"] = Preset(f"{name}-resnet12", resnet)
     return presets
 
 
@@ -188,4 +197,4 @@ def describe_config(config: ExperimentConfig, note: str = "") -> str:
 def describe(name: str) -> str:
     """One line: name, dataset, ways/shots, techniques, budget."""
     config = build_config({**PRESETS[name].tree, "preset": name})
-    return f"{name:<24} {describe_config(config, PRESETS[name].budget_note)}"
+    return f"{name:<28} {describe_config(config, PRESETS[name].budget_note)}"

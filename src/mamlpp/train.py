@@ -42,6 +42,7 @@ from .experiment import ExperimentConfig, check_resumable, to_toml
 from .fast import FastMetaStep, choose_execution
 from .learner import MAMLpp
 from .nn.backbones import conv4_for
+from .nn.resnet12 import ResNet12, resnet12_widths
 from .runs import MetricsLog, RunDir, truncate_metrics, write_json
 
 
@@ -63,8 +64,12 @@ def resolve_device(name: str) -> torch.device:
 def build_learner(
     config: ExperimentConfig, in_channels: int, device: torch.device | str = "cpu"
 ) -> MAMLpp:
-    """The conv4 MAML++ learner of ``config``, initialised from ``train.seed``."""
+    """The MAML++ learner of ``config`` (conv4 or ResNet-12), initialised from ``train.seed``."""
     torch.manual_seed(config.train.seed)
+    if config.model.backbone == "resnet12":
+        # A plain module: MAMLpp gives its BN layers the config's per-step tables.
+        widths = resnet12_widths(config.model.channels)
+        return MAMLpp(ResNet12(config.data.ways, in_channels, widths), config.meta).to(device)
     backbone = conv4_for(
         config.data.ways, in_channels, config.data.image_size, channels=config.model.channels
     )

@@ -1,0 +1,307 @@
+"""Any plain ``nn.Module`` as a MAML++ backbone: per-step batch norm and tasks under vmap.
+
+:class:`ModuleBackbone` takes a module built from standard layers (an ``nn.Sequential`` of
+Conv2d/BatchNorm2d/LeakyReLU/MaxPool2d/Flatten/Linear, a ResNet, an MLP with BatchNorm1d, ...)
+and gives it the :class:`~mamlpp.nn.backbones.Backbone` protocol that the algorithm calls:
+
+* Every ``nn.BatchNorm1d/2d/3d`` becomes a :class:`StepBatchNorm`: gamma/beta ``[S, C]`` per
+  inner step (BNWB) or ``[C]``, running statistics ``[S, C]`` (BNRS) or ``[C]``; the per-step
+  switches and S come from the learner's ``MetaConfig`` alone (``MAMLpp`` sets them).
+* Its forward reads the inner step and the stored statistics from a context that the wrapper
+  sets around each call, and hands the batch statistics back as outputs of that call: nothing
+  is mutated in place, so the same module runs under ``torch.func.functional_call`` + ``vmap``.
+* ``task_batched_forward`` runs all B tasks at once: ``vmap`` over the task dimension of the
+  parameters and inputs. vmap's rules turn convolutions with per-task weights into one grouped
+  convolution and linear layers into batched matrix products; batch norm is folded into the
+  channel dimension and uses the hand-written cheap double backward of
+  :func:`~mamlpp.nn.batch_norm_fn.batch_norm_train` (second order through BN dominates on a CPU).
+
+The module is copied: the backbone owns its parameters (``backbone.module``), and the caller's
+module is left as it was. Parameter names are those of the module with a ``module.`` prefix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ..errors import ConfigError
+from .backbones import BatchStats
+from .batch_norm_fn import batch_norm_train
+from .per_step_bn import PerStepBatchNorm, _row
+
+PREFIX = "module."  # the wrapped module's parameters appear as "module.<its own name>"
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class _ForwardContext:
+    """What one forward call tells every StepBatchNorm: the inner step, the stored statistics
+    to normalise with (or None: batch statistics), whether tasks are vmapped, and where the
+    batch statistics go (``None`` outside a call)."""
+
+    step: int = 0
+    running: Mapping[str, Tensor] | None = None
+    batched: bool = False
+    stats: BatchStats | None = field(default=None)
+
+    @contextmanager
+    def call(
+        self, step: int, running: Mapping[str, Tensor] | None, batched: bool
+    ) -> Iterator[BatchStats]:
+        if self.stats is not None:
+            raise RuntimeError("ModuleBackbone forward calls cannot be nested")
+        self.step, self.running, self.batched, self.stats = step, running, batched, {}
+        try:
+            yield self.stats
+        finally:
+            self.running, self.stats = None, None
+
+
+class _TaskBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm of one task's ``x [n, C, *]`` -> ``(y, mean [C], var [C])``
+    (variance biased). Under ``vmap`` the :meth:`vmap` rule folds the B tasks into the channel
+    dimension, ``[n, B*C, *]``, and calls :func:`batch_norm_train` once, whose hand-written
+    double backward is what the outer (second-order) backward then runs."""
+
+    @staticmethod
+    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+        y, mean, rstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+        return y, mean, rstd.pow(-2) - eps, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, gamma, _, eps = inputs
+        _, mean, _, rstd = output
+        ctx.save_for_backward(x, gamma, mean, rstd)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(output[1], output[2], output[3])
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, _grad_mean, _grad_var, _grad_rstd):
+        # Only reached outside vmap (e.g. torch.func.grad over one task): PyTorch's own
+        # batch-norm backward, itself differentiable.
+        x, gamma, mean, rstd = ctx.saved_tensors
+        grad_x, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, gamma, None, None, mean, rstd, True, ctx.eps, [True, True, True]
+        )
+        return grad_x, grad_gamma, grad_beta, None
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+        tasks = info.batch_size
+        x_dim, gamma_dim, beta_dim = in_dims[:3]
+        # x: [n, B, C, *] (vmap's convolution rule already produces the task dim there, so
+        # the reshape to channel groups below is a view).
+        if x_dim is not None:
+            x = x.movedim(x_dim, 1)
+        else:  # the same input for every task
+            x = x.unsqueeze(1).expand(x.shape[0], tasks, *x.shape[1:])
+        gamma = gamma.movedim(gamma_dim, 0) if gamma_dim is not None else gamma.expand(tasks, -1)
+        beta = beta.movedim(beta_dim, 0) if beta_dim is not None else beta.expand(tasks, -1)
+        n, channels = x.shape[0], x.shape[2]
+        # batch_norm_train wants [n, C, H, W]: trailing dims flattened into H, W = 1.
+        flat = x.reshape(n, tasks * channels, -1, 1)
+        y, mean, var = batch_norm_train(flat, gamma.reshape(-1), beta.reshape(-1), eps)
+        y = y.view(x.shape)  # [n, B, C, *]
+        mean, var = mean.view(tasks, channels), var.view(tasks, channels)
+        return (y, mean, var, (var + eps).rsqrt()), (1, 0, 0, 0)
+
+
+class StepBatchNorm(PerStepBatchNorm):
+    """Stands in for an ``nn.BatchNorm1d/2d/3d`` of a wrapped module: per-step rows, and
+    statistics handed to the surrounding :class:`ModuleBackbone` call instead of mutated."""
+
+    def __init__(self, name: str, source: _BatchNorm, context: _ForwardContext) -> None:
+        super().__init__(source.num_features, source.eps)
+        self.name = name  # the backbone's name of this layer, the key of its statistics
+        self.input_dims = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}[
+            type(source)
+        ]
+        self.context = context
+        # Start from the source layer's values (a pretrained module keeps them); the learner
+        # then copies them into every per-step row.
+        with torch.no_grad():
+            self.weight.copy_(source.weight.detach())
+            self.bias.copy_(source.bias.detach())
+            if source.running_mean is not None:
+                self.running_mean.copy_(source.running_mean)
+                self.running_var.copy_(source.running_var)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ctx = self.context
+        if ctx.stats is None:
+            raise RuntimeError(f"BN layer {self.name} runs only inside a ModuleBackbone call")
+        if x.dim() not in self.input_dims:
+            raise ValueError(
+                f"BN layer {self.name} expects {' or '.join(map(str, self.input_dims))}-D "
+                f"input, got shape {tuple(x.shape)}"
+            )
+        weight, bias = _row(self.weight, ctx.step), _row(self.bias, ctx.step)
+        if ctx.running is not None:
+            mean = _row(ctx.running[f"{self.name}.running_mean"], ctx.step)
+            var = _row(ctx.running[f"{self.name}.running_var"], ctx.step)
+            return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
+        count = x.numel() // x.shape[1]  # positions per channel (per task under vmap)
+        if ctx.batched:
+            y, mean, var, _ = _TaskBatchNorm.apply(x, weight, bias, self.eps)
+        else:
+            y = F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+            dims = [d for d in range(x.dim()) if d != 1]
+            mean = x.detach().mean(dims)
+            var = x.detach().var(dims, correction=0)
+        # Unbiased variance, as PyTorch's running statistics use it.
+        ctx.stats[self.name] = (mean, var * (count / max(count - 1, 1)))
+        return y
+
+
+def _check_layers(module: nn.Module) -> None:
+    """One-line error naming the first layer that cannot run functionally under vmap."""
+    for name, layer in module.named_modules():
+        where = f"layer {name or '(root)'} ({type(layer).__name__})"
+        if isinstance(layer, _DropoutNd):
+            raise ConfigError(
+                f"{where} is random: dropout makes the inner and outer passes of MAML see "
+                "different networks; remove it"
+            )
+        if isinstance(layer, _InstanceNorm) and layer.track_running_stats:
+            raise ConfigError(
+                f"{where} updates running statistics in place; use track_running_stats=False"
+            )
+        if isinstance(layer, _BatchNorm) and type(layer) not in BATCH_NORMS:
+            raise ConfigError(f"{where} is not supported; use BatchNorm1d, BatchNorm2d or 3d")
+        if isinstance(layer, _BatchNorm) and not layer.affine:
+            raise ConfigError(f"{where} has affine=False; per-step BN needs gamma and beta")
+        for pname, p in layer.named_parameters(recurse=False):
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                raise ConfigError(
+                    f"{where} has an uninitialised parameter {pname}; run one forward pass "
+                    "before wrapping it"
+                )
+
+
+def _replace_batch_norms(module: nn.Module, context: _ForwardContext) -> nn.Module:
+    """Swap every BatchNorm1d/2d/3d for a StepBatchNorm (in ``module``, returned)."""
+    if isinstance(module, BATCH_NORMS):  # the module itself is one batch-norm layer
+        return StepBatchNorm(PREFIX[:-1], module, context)
+    for name, layer in list(module.named_modules()):
+        for child_name, child in list(layer.named_children()):
+            if isinstance(child, BATCH_NORMS):
+                full = f"{PREFIX}{name}.{child_name}" if name else f"{PREFIX}{child_name}"
+                setattr(layer, child_name, StepBatchNorm(full, child, context))
+    return module
+
+
+def _select(candidates: list[str], adapt: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Names (module-relative) matching any ``adapt`` pattern and no ``exclude`` pattern."""
+    for pattern in (*adapt, *exclude):
+        if not fnmatch.filter(candidates, pattern):
+            close = difflib.get_close_matches(pattern, candidates, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"pattern {pattern!r} matches no adaptable parameter{hint}; BN gamma/beta are "
+                "adapted only with MetaConfig.adapt_bn_affine"
+            )
+    chosen = [
+        n
+        for n in candidates
+        if any(fnmatch.fnmatchcase(n, p) for p in adapt)
+        and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+    ]
+    if not chosen:
+        raise ConfigError("the adapt/exclude patterns leave no parameter to adapt")
+    return chosen
+
+
+class ModuleBackbone(nn.Module):
+    """A plain module as a MAML++ backbone (the ``Backbone`` protocol plus
+    ``task_batched_forward``).
+
+    The batch-norm tables get their per-step rows from the learner's MetaConfig (``MAMLpp``
+    calls ``set_steps`` on every layer of ``bn_layers()``). ``adapt`` / ``exclude`` are
+    ``fnmatch`` patterns over the module's own parameter names (``"0.weight"``, ``"head.*"``):
+    adapted in the inner loop are the non-BN parameters matching any ``adapt`` pattern and no
+    ``exclude`` pattern (default: all of them).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        adapt: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        if isinstance(adapt, str) or isinstance(exclude, str):
+            raise ConfigError("adapt and exclude take a list of patterns, not a string")
+        _check_layers(module)
+        self._context = _ForwardContext()
+        self.module = _replace_batch_norms(copy.deepcopy(module), self._context)
+        bn_params = {f"{name}.{p}" for name in self.bn_layers() for p in ("weight", "bias")}
+        candidates = [n for n, _ in self.named_parameters() if n not in bn_params]
+        local = [n.removeprefix(PREFIX) for n in candidates]
+        self._adapted = [PREFIX + n for n in _select(local, adapt, exclude)]
+
+    # -- the Backbone protocol -------------------------------------------------------------------
+    def adaptable_names(self) -> list[str]:
+        return list(self._adapted)
+
+    def bn_layers(self) -> dict[str, PerStepBatchNorm]:
+        return {m.name: m for m in self.module.modules() if isinstance(m, StepBatchNorm)}
+
+    def _local(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Backbone names -> the wrapped module's own names (what functional_call wants)."""
+        return {n.removeprefix(PREFIX): t for n, t in params.items()}
+
+    def functional_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """One task: logits ``[n, ways]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``
+        (no statistics when ``running`` is given: BN then normalises with row ``step``)."""
+        with self._context.call(step, running, batched=False) as stats:
+            logits = functional_call(self.module, self._local(params), (x,))
+        return logits, stats
+
+    def task_batched_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """All tasks at once: ``params[name] [B, *shape]``, ``x [B, n, ...]`` -> logits
+        ``[B, n, ways]`` and ``{bn: (mean [B, C], var [B, C])}``; ``running`` tables carry no
+        task dimension."""
+
+        def one_task(task_params: dict[str, Tensor], task_x: Tensor):
+            with self._context.call(step, running, batched=True) as stats:
+                logits = functional_call(self.module, task_params, (task_x,))
+            return logits, stats
+
+        return torch.func.vmap(one_task)(self._local(params), x)
+
+    def forward(self, x: Tensor, step: int = -1) -> Tensor:
+        """Logits with the stored (unadapted) parameters and batch statistics at BN row
+        ``step`` (default: the last)."""
+        logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
+        return logits
+
+
+__all__ = ["ModuleBackbone", "StepBatchNorm"]
