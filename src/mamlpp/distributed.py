@@ -29,8 +29,9 @@ resume checkpoint, the test ensemble) is broadcast from rank 0, so nodes need no
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,6 +53,21 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 
 class DistributedError(MamlppError):
     """Another process of the job failed or a collective timed out; this one stops too."""
+
+
+@contextlib.contextmanager
+def _peers() -> Iterator[None]:
+    """A collective whose peer died (gloo: "Connection closed by peer"; NCCL: an error or a
+    timeout) becomes one line for the user: the job is over, the run folder is consistent."""
+    try:
+        yield
+    except RuntimeError as error:  # c10d raises RuntimeError (or its DistError subclasses)
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        raise DistributedError(
+            f"another process of the distributed job failed or stopped answering ({first}); "
+            "the last checkpoint is kept: continue with --resume"
+        ) from None
 
 
 def launched_by_torchrun() -> bool:
@@ -111,7 +127,8 @@ class Distributed:
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])  # one dtype: the learner's
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with _peers():
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             grad.copy_(part.view_as(grad))
 
@@ -126,7 +143,8 @@ class Distributed:
         local = parts[0].shape[0]
         flat = torch.cat([t.reshape(local, -1) for t in parts], dim=1)  # [b, X]
         gathered = [torch.empty_like(flat) for _ in range(self.world_size)]
-        dist.all_gather(gathered, flat)
+        with _peers():
+            dist.all_gather(gathered, flat)
         whole = torch.cat(gathered)  # [G*b, X], rank order = task order
         pieces = whole.split([t[0].numel() for t in parts], dim=1)
         out = [p.reshape(-1, *t.shape[1:]) for p, t in zip(pieces, parts, strict=True)]
@@ -138,7 +156,8 @@ class Distributed:
         loss is its part of the whole meta-batch's loss). One all-reduce."""
         names = sorted(metrics)
         flat = torch.cat([metrics[k].reshape(-1).to(metrics["loss"].dtype) for k in names])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with _peers():
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         pieces = flat.split([metrics[k].numel() for k in names])
         out = {}
         for name, piece in zip(names, pieces, strict=True):
@@ -158,12 +177,14 @@ class Distributed:
         padded = values.new_zeros((max(sizes), *values.shape[1:]))
         padded[: values.shape[0]] = values
         gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(gathered, padded)
+        with _peers():
+            dist.all_gather(gathered, padded)
         return torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)])
 
     # -- coordination -------------------------------------------------------------------------
     def barrier(self) -> None:
-        dist.barrier()
+        with _peers():
+            dist.barrier()
 
     def from_writer(self, make: Callable[[], T]) -> T:
         """``make()`` on rank 0 only (it may read files), its result broadcast to every rank.
@@ -177,10 +198,21 @@ class Distributed:
                 box[0] = ("ok", make())
             except MamlppError as error:
                 box[0] = ("error", error)
-        dist.broadcast_object_list(box, src=0)
+        with _peers():
+            dist.broadcast_object_list(box, src=0)
         status, value = box[0]
         if status == "error":
             raise value
+        return value
+
+    def local_first(self, make: Callable[[], T]) -> T:
+        """``make()`` on local rank 0 of each node first, then on the node's other ranks (a
+        download into the node's data folder happens once, the others then find it)."""
+        if self.local_rank != 0:
+            self.barrier()
+        value = make()
+        if self.local_rank == 0:
+            self.barrier()
         return value
 
     def shutdown(self) -> None:
