@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from distributed_helpers import THIS, start_ranks, train_tiny, wait_all
+from distributed_helpers import THIS, evaluate_tiny, start_ranks, train_tiny, wait_all
 
 from mamlpp.distributed import Distributed, block, check_divisible
 from mamlpp.errors import ConfigError
@@ -59,6 +59,21 @@ def test_two_ranks_equal_one_process(two_rank_tiny, reduction, dtype, tolerance)
     # The ranks hold bitwise the same model: they took the same Adam steps from the same state.
     a, b = (two_rank_tiny[rank][(str(dtype), reduction)][0] for rank in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sharded_evaluation_equals_one_process(two_rank_tiny) -> None:
+    """9 tasks over 2 ranks (blocks of 4 and 5): the same per-task accuracies, in task order,
+    so the same mean and 95% CI; every rank gets the whole result."""
+    state = two_rank_tiny[0][(str(torch.float64), "mean")][0]
+    want = evaluate_tiny(state)
+    for rank in (0, 1):
+        got = two_rank_tiny[rank]["evaluation"]
+        assert got["num_tasks"] == want.num_tasks == 9
+        assert got["per_task_accuracies"] == want.per_task_accuracies
+        assert got["accuracy"] == want.accuracy
+        assert got["ci95"] == want.ci95
+        assert got["loss"] == pytest.approx(want.loss, rel=0, abs=1e-6)
+    assert len(set(want.per_task_accuracies)) > 1  # tasks differ: an order mistake would show
 
 
 def test_task_blocks_cover_every_task_once_in_order() -> None:
