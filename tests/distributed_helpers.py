@@ -9,6 +9,7 @@ state to ``OUT/rank<R>.pt``. The tests run the same function in one process and 
 from __future__ import annotations
 
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -53,6 +54,36 @@ def start_ranks(command: list[str], world: int, **popen) -> list[subprocess.Pope
     return [
         subprocess.Popen(command, env=rank_env(rank, world, port), **popen) for rank in range(world)
     ]
+
+
+def read_only(command: list[str], folder: Path) -> list[str]:
+    """``command`` (``python -m mamlpp ...``) run so that every attempt to create, write,
+    rename or delete anything under ``folder`` is reported on stderr as ``WROTE <path>``."""
+    assert command[1:3] == ["-m", "mamlpp"]
+    return [command[0], str(THIS), "read-only", str(folder), *command[3:]]
+
+
+def _report_writes_under(folder: str) -> None:
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = any(c in (mode or "") for c in "wax+") or bool((flags or 0) & writes)
+            paths = [path] if writing else []
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod"):
+            paths = [args[0]]
+        elif event in ("os.rename", "os.replace", "os.link", "os.symlink"):
+            paths = [args[0], args[1]]
+        else:
+            return
+        for path in paths:
+            if isinstance(path, str | bytes | os.PathLike):
+                text = os.fsdecode(os.path.abspath(path))
+                if text == folder or text.startswith(folder + os.sep):
+                    sys.stderr.write(f"WROTE {text} ({event})\n")
+
+    sys.addaudithook(hook)
 
 
 def wait_all(processes: list[subprocess.Popen], timeout: float = 120.0) -> list[int]:
@@ -112,8 +143,8 @@ def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict
 
 
 def evaluate_tiny(state: dict, shards=None):
-    """A float32 learner (the sampler's dtype) holding ``state`` evaluated on 9 validation tasks, 4 per batch
-    (with 2 processes the blocks are 4 and 5 tasks: uneven on purpose)."""
+    """A float32 learner (the sampler's dtype) holding ``state``, evaluated on 9 validation
+    tasks, 4 per batch (with 2 processes the blocks are 4 and 5 tasks: uneven on purpose)."""
     from mamlpp import MAMLpp, MetaConfig
     from mamlpp.data import EpisodeSampler, load_dataset
     from mamlpp.evaluate import evaluate
@@ -146,4 +177,9 @@ def _main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    _main(Path(sys.argv[1]))
+    if sys.argv[1] == "read-only":  # python THIS read-only FOLDER <mamlpp arguments>
+        _report_writes_under(os.path.abspath(sys.argv[2]))
+        sys.argv = ["mamlpp", *sys.argv[3:]]
+        runpy.run_module("mamlpp", run_name="__main__", alter_sys=True)
+    else:
+        _main(Path(sys.argv[1]))

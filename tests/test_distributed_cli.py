@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_helpers import rank_env, start_ranks, wait_all
+from distributed_helpers import free_port, rank_env, read_only, start_ranks, wait_all
 
 from mamlpp.cli import main
 from mamlpp.runs import read_metrics
@@ -53,12 +53,6 @@ def _one_process_env() -> dict[str, str]:
     return env
 
 
-def _run_ranks(command: list[str], world: int = 2) -> list[tuple[int, str, str]]:
-    ranks = start_ranks(command, world, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    codes = wait_all(ranks, timeout=300)
-    return [(c, r.stdout.read(), r.stderr.read()) for c, r in zip(codes, ranks, strict=True)]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """The same tiny run by one process and by 2 ranks."""
@@ -67,10 +61,19 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         _train(base / "one"), env=_one_process_env(), capture_output=True, text=True, timeout=300
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    (code0, out0, err0), (code1, out1, err1) = _run_ranks(_train(base / "two"))
+    # Rank 1 reports any attempt to create, write, rename or delete in the run folder.
+    port, pipes = free_port(), {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    command = _train(base / "two")
+    ranks = [
+        subprocess.Popen(command, env=rank_env(0, 2, port), **pipes),
+        subprocess.Popen(read_only(command, base / "two"), env=rank_env(1, 2, port), **pipes),
+    ]
+    (code0, code1) = wait_all(ranks, timeout=300)
+    (out0, err0), (out1, err1) = ((r.stdout.read(), r.stderr.read()) for r in ranks)
     assert (code0, code1) == (0, 0), (err0[-3000:], err1[-3000:])
     assert "on 2 processes (gloo)" in out0 and "test:" in out0
     assert out1 == "", "only rank 0 prints"
+    assert "WROTE" not in err1, err1
     return {"one": base / "one", "two": base / "two", "base": base}
 
 
