@@ -8,6 +8,7 @@ Handlers only translate arguments into calls of :mod:`mamlpp.train`, :mod:`mamlp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -59,12 +60,20 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="G",
+        help="data-parallel on G processes of this machine: launches torchrun for you "
+        "(one per GPU on CUDA; see docs/distributed.md)",
+    )
     _add_data_options(parser)
     parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from .datasource import load_splits
+    from .distributed import check_divisible, init_from_env, launched_by_torchrun
     from .presets import describe_config, resolve_config
     from .runs import RunDir, default_run_dir
     from .train import check_run_folder, resolve_device, run_training
@@ -78,15 +87,82 @@ def _train(args: argparse.Namespace) -> int:
             config_file = run.config  # continue with the run's own resolved config
     config = resolve_config(args.preset, config_file, args.set)
     device = resolve_device(args.device)
+    if args.nproc is not None and args.nproc != 1:
+        return _launch_torchrun(args, config, run, device)
+    if launched_by_torchrun():  # before joining the job: a bad size fails fast on every rank
+        check_divisible(config.train.tasks_per_batch, int(os.environ["WORLD_SIZE"]))
+    dist = init_from_env(device)  # None unless started by torchrun with several processes
+    try:
+        if dist is not None:
+            device = dist.device
+        writer = dist is None or dist.is_writer
+
+        def choose_folder() -> RunDir:  # on rank 0 only under torchrun: one folder, one clock
+            chosen = run if run is not None else RunDir(default_run_dir(config.preset))
+            check_run_folder(chosen, args.resume)
+            return chosen
+
+        run = choose_folder() if dist is None else dist.from_writer(choose_folder)
+        if writer:
+            world = f" on {dist.world_size} processes ({dist.backend})" if dist else ""
+            verb = "resuming" if args.resume else "run"
+            print(f"{verb} {run.root}{world}: {describe_config(config)}")
+
+        def load():
+            progress = not args.quiet and writer
+            return load_splits(
+                config.data, args.data_dir, download=not args.no_download, progress=progress
+            )
+
+        splits = load() if dist is None else dist.local_first(load)
+        run_training(
+            config, run, splits, device, resume=args.resume, progress=not args.quiet, dist=dist
+        )
+    finally:
+        if dist is not None:
+            dist.shutdown()
+    return 0
+
+
+def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
+    """``mamlpp train --nproc G ...`` = ``torchrun --standalone --nproc_per_node=G -m mamlpp
+    train ...`` with the same options (and the run folder fixed before the launch)."""
+    import subprocess
+
+    import torch
+
+    from .distributed import check_divisible, launched_by_torchrun
+    from .runs import RunDir, default_run_dir
+    from .train import check_run_folder
+
+    nproc = args.nproc
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if launched_by_torchrun():
+        raise ConfigError("--nproc launches torchrun itself; under torchrun leave it out")
+    check_divisible(config.train.tasks_per_batch, nproc)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"--nproc {nproc} on CUDA needs {nproc} GPUs; this machine has "
+            f"{torch.cuda.device_count()} (one process per GPU)"
+        )
     if run is None:
         run = RunDir(default_run_dir(config.preset))
     check_run_folder(run, args.resume)
-    print(f"{'resuming' if args.resume else 'run'} {run.root}: {describe_config(config)}")
-    splits = load_splits(
-        config.data, args.data_dir, download=not args.no_download, progress=not args.quiet
-    )
-    run_training(config, run, splits, device, resume=args.resume, progress=not args.quiet)
-    return 0
+    forwarded = ["--out", str(run.root), "--device", args.device]
+    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    for assignment in args.set:
+        forwarded += ["--set", assignment]
+    if args.data_dir is not None:
+        forwarded += ["--data-dir", args.data_dir]
+    forwarded += [f for f, on in (("--resume", args.resume), ("--quiet", args.quiet)) if on]
+    forwarded += ["--no-download"] if args.no_download else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", "-m", "mamlpp", "train", *forwarded]
+    print(f"launching {nproc} processes: torchrun {' '.join(command[3:])}", flush=True)
+    return subprocess.call(command)
 
 
 # ------------------------------------------------------------------------------ evaluate

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,18 @@ class EvalResult:
         )
 
 
+class TaskSharding(Protocol):
+    """How the processes of a data-parallel job split evaluation tasks (mamlpp.distributed)."""
+
+    def my_tasks(self, tasks: int) -> range:
+        """This process's task ids out of ``0..tasks-1``."""
+        ...
+
+    def gather_tasks(self, values: torch.Tensor, tasks: int) -> torch.Tensor:
+        """Every process's per-task ``values`` joined in task order: ``[tasks, ...]``."""
+        ...
+
+
 def confidence_interval95(per_task: torch.Tensor) -> float:
     """Half-width of the normal 95% interval of the mean: 1.96 * std(ddof=1) / sqrt(n)."""
     n = per_task.numel()
@@ -55,18 +68,42 @@ def evaluate(
     sampler: EpisodeSampler,
     tasks: int = 600,
     batch_size: int = 50,
+    *,
+    shards: TaskSharding | None = None,
 ) -> EvalResult:
     """Adapt every model to tasks ``0..tasks-1`` of ``sampler`` and score the averaged logits.
 
-    One model is an ensemble of one: its logits are used as they are.
+    One model is an ensemble of one: its logits are used as they are. With ``shards`` (a
+    data-parallel job) each process scores its block of the tasks and the per-task values are
+    gathered in task order, so every process gets the single-process result.
     """
     members = [models] if isinstance(models, MAMLpp) else list(models)
     if not members:
         raise MamlppError("evaluation needs at least one model")
     if tasks < 1 or batch_size < 1:
         raise MamlppError(f"tasks and batch size must be >= 1, got {tasks} and {batch_size}")
+    task_ids = range(tasks) if shards is None else shards.my_tasks(tasks)
+    per_task = _score_tasks(members, sampler, task_ids, batch_size)  # [n, 2]: accuracy, loss
+    if shards is not None:
+        per_task = shards.gather_tasks(per_task, tasks)
+    accuracies, losses = per_task.cpu().unbind(-1)
+    return EvalResult(
+        accuracy=float(accuracies.double().mean()),
+        ci95=confidence_interval95(accuracies),
+        loss=float(losses.double().mean()),
+        per_task_accuracies=accuracies.tolist(),
+        num_tasks=accuracies.numel(),
+        ensemble_size=len(members),
+    )
+
+
+def _score_tasks(
+    members: list[MAMLpp], sampler: EpisodeSampler, task_ids: range, batch_size: int
+) -> torch.Tensor:
+    """``[len(task_ids), 2]``: per task, the query accuracy and mean cross-entropy of the
+    ensemble's averaged logits."""
     accuracies, losses = [], []
-    for batch in sampler.batches(range(tasks), batch_size):
+    for batch in sampler.batches(task_ids, batch_size):
         sx, sy, qx, qy = batch
         logits = members[0].adapt_and_predict(sx, sy, qx)  # [B, N*T, ways]
         for model in members[1:]:
@@ -75,27 +112,30 @@ def evaluate(
             logits = logits / len(members)
         accuracies.append((logits.argmax(-1) == qy).float().mean(-1))  # [B]
         loss = F.cross_entropy(logits.flatten(0, 1), qy.flatten(), reduction="none")
-        losses.append(loss.view(qy.shape).mean(-1))
-    per_task = torch.cat(accuracies).cpu()
-    return EvalResult(
-        accuracy=float(per_task.double().mean()),
-        ci95=confidence_interval95(per_task),
-        loss=float(torch.cat(losses).double().mean()),
-        per_task_accuracies=per_task.tolist(),
-        num_tasks=per_task.numel(),
-        ensemble_size=len(members),
-    )
+        losses.append(loss.view(qy.shape).float().mean(-1))
+    if not accuracies:  # a process with no tasks (fewer tasks than processes)
+        return torch.zeros((0, 2), device=sampler.device)
+    return torch.stack([torch.cat(accuracies), torch.cat(losses)], dim=-1)
 
 
 def load_member(template: MAMLpp, path: Path, device: torch.device | str | None = None) -> MAMLpp:
     """A copy of ``template`` holding the model state of checkpoint ``path``."""
-    state = load_checkpoint(path)
+    return member_from_state(template, load_checkpoint(path)["model"], path, device)
+
+
+def member_from_state(
+    template: MAMLpp,
+    model_state: dict[str, torch.Tensor],
+    source: Path | str,
+    device: torch.device | str | None = None,
+) -> MAMLpp:
+    """A copy of ``template`` holding ``model_state`` (read from ``source``, named in errors)."""
     member = copy.deepcopy(template)
     try:
-        member.load_state_dict(state["model"])
+        member.load_state_dict(model_state)
     except (RuntimeError, KeyError) as error:
         first = str(error).splitlines()[0]
-        raise MamlppError(f"checkpoint {path} does not fit this model: {first}") from None
+        raise MamlppError(f"checkpoint {source} does not fit this model: {first}") from None
     if device is not None:
         member.to(device)
     return member

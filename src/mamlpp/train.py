@@ -36,8 +36,9 @@ from .checkpoint import (
     top_k_epochs,
 )
 from .data import EpisodeSampler, FewShotSplit, Progress
+from .distributed import Distributed, check_divisible
 from .errors import ConfigError, MamlppError
-from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
+from .evaluate import EvalResult, ensemble_paths, evaluate, load_member, member_from_state
 from .experiment import ExperimentConfig, check_resumable, to_toml
 from .fast import FastMetaStep, choose_execution
 from .learner import MAMLpp
@@ -112,12 +113,18 @@ class Trainer:
         *,
         out: TextIO | None = None,
         progress: bool = True,
+        dist: Distributed | None = None,
     ) -> None:
         self.config = config
         self.run = run
         self.device = device
         self.out = out if out is not None else sys.stdout
-        self.show_progress = progress
+        # Data-parallel (mamlpp.distributed): this rank's share of each meta-batch; only rank 0
+        # writes files or prints.
+        self.dist = dist
+        if dist is not None:
+            check_divisible(config.train.tasks_per_batch, dist.world_size)
+        self.show_progress = progress and self.is_writer
         d, e = config.data, config.eval
         in_channels = splits["train"].image_shape[0]
         self.shape = list(splits["train"].image_shape)
@@ -139,6 +146,7 @@ class Trainer:
             use_cuda_graph=t.cuda_graph,
             precision=t.precision,
             fallback=t.graph_fallback,
+            sync=dist,
         )
         self.optimizer = self.fast_step.optimizer
         self.execution_timings: dict[str, float] = {}
@@ -167,6 +175,15 @@ class Trainer:
     def done(self) -> bool:
         return self.epoch >= self.config.train.epochs
 
+    @property
+    def is_writer(self) -> bool:
+        """One process writes the run folder: rank 0 of a data-parallel job."""
+        return self.dist is None or self.dist.is_writer
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.dist is None else self.dist.world_size
+
     def state(self) -> dict[str, Any]:
         epoch_for_schedule = min(self.epoch, self.config.train.epochs - 1)
         weights = self.learner.msl_weights(epoch_for_schedule)
@@ -187,6 +204,8 @@ class Trainer:
             "timing": {"train_seconds": self.train_seconds, "wall_seconds": self._wall_now()},
             "shape": list(self.shape),
             "adapted_names": list(self.learner.adapted_names),
+            # Informational: task ids fix the stream, so any world size may resume it.
+            "world_size": self.world_size,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -207,6 +226,8 @@ class Trainer:
     def _save(self, epoch_file: bool) -> None:
         """Checkpoint now: the epoch file first (if this epoch is in the top-k), then latest.pt,
         then prune; a kill between any two steps leaves a state that resume reconciles."""
+        if not self.is_writer:
+            return
         self.metrics.sync()
         state = self.state()
         self.run.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -224,8 +245,8 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
     def fit(self) -> None:
         t = self.config.train
-        self.metrics = MetricsLog(self.run.metrics)
-        self.writer = _tensorboard_writer(self.run, t.tensorboard, self.step)
+        self.metrics = MetricsLog(self.run.metrics) if self.is_writer else _NoMetrics()
+        self.writer = _tensorboard_writer(self.run, t.tensorboard and self.is_writer, self.step)
         total = t.epochs * t.iterations_per_epoch
         if self._measure_execution and not self.done:
             self._choose_execution()
@@ -249,7 +270,10 @@ class Trainer:
         while self.iteration < t.iterations_per_epoch:
             start = time.perf_counter()
             first = self.step * batch
-            tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
+            ids = torch.arange(first, first + batch)
+            tasks = self.samplers["train"].sample(
+                ids if self.dist is None else self.dist.shard(ids)
+            )
             # Sets the epoch's outer lr and MSL weights itself (tensors inside a CUDA graph).
             metrics = self.fast_step(*tasks, epoch)
             if check_every_step and not torch.isfinite(metrics["loss"]):
@@ -269,10 +293,15 @@ class Trainer:
     def _choose_execution(self) -> None:
         """Time each execution candidate's graph replays on a copy of the learner (first batch)."""
         batch = self.config.train.tasks_per_batch
-        tasks = self.samplers["train"].sample(torch.arange(0, batch))
+        ids = torch.arange(0, batch)
+        tasks = self.samplers["train"].sample(ids if self.dist is None else self.dist.shard(ids))
         choice, self.execution_timings = choose_execution(
             self.learner, tasks, precision=self.config.train.precision
         )
+        if self.dist is not None:  # every rank runs what rank 0 measured fastest
+            choice, self.execution_timings = self.dist.from_writer(
+                lambda: (choice, self.execution_timings)
+            )
         self.learner.execution = choice
 
     def describe_path(self) -> str:
@@ -353,9 +382,13 @@ class Trainer:
 
     def validate(self) -> EvalResult:
         e = self.config.eval
-        return evaluate(self.learner, self.samplers["val"], e.val_tasks, e.batch_size)
+        return evaluate(
+            self.learner, self.samplers["val"], e.val_tasks, e.batch_size, shards=self.dist
+        )
 
     def _say(self, text: str) -> None:
+        if not self.is_writer:
+            return
         bar = getattr(self, "bar", None)
         if bar is not None and bar.enabled and bar.interactive:
             bar.file.write("\r\033[K")  # clear the bar's line; it redraws on its next update
@@ -367,10 +400,37 @@ class Trainer:
         """The ensemble of the top-k validation checkpoints on the fixed test tasks; returns
         the result and the ensemble's checkpoint paths."""
         e = self.config.eval
-        paths = ensemble_paths(self.run, e.top_k if top_k is None else top_k)
-        members = [load_member(self.learner, p, self.device) for p in paths]
+        k = e.top_k if top_k is None else top_k
+        if self.dist is None:
+            paths = ensemble_paths(self.run, k)
+            members = [load_member(self.learner, p, self.device) for p in paths]
+        else:  # rank 0 reads the checkpoints; the other ranks get them (no shared disk needed)
+            paths, states = self.dist.from_writer(lambda: _read_ensemble(self.run, k))
+            members = [
+                member_from_state(self.learner, s, p, self.device)
+                for p, s in zip(paths, states, strict=True)
+            ]
         tasks = e.test_tasks if tasks is None else tasks
-        return evaluate(members, self.samplers["test"], tasks, e.batch_size), paths
+        result = evaluate(members, self.samplers["test"], tasks, e.batch_size, shards=self.dist)
+        return result, paths
+
+
+class _NoMetrics:
+    """The metrics log of a rank that does not write (ranks > 0 of a data-parallel job)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _read_ensemble(run: RunDir, k: int) -> tuple[list[Path], list[dict[str, Any]]]:
+    paths = ensemble_paths(run, k)
+    return paths, [load_checkpoint(p)["model"] for p in paths]
 
 
 def _tensorboard_writer(run: RunDir, enabled: bool, step: int):
@@ -448,6 +508,7 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "wall_time_s": trainer._wall_now(),
         "iterations_per_second": iterations / max(trainer.train_seconds, 1e-9),
         "device": str(trainer.device),
+        "world_size": trainer.world_size,  # processes of the data-parallel job (1: none)
         # How iterations ran: graph or eager (and why), precision, execution and its timings.
         "training_path": {
             **trainer.fast_step.describe(),
@@ -466,11 +527,19 @@ def run_training(
     progress: bool = True,
     out: TextIO | None = None,
     on_start: Callable[[Trainer], None] | None = None,
+    dist: Distributed | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the run in ``run``, then evaluate the test ensemble in the same
-    process and write ``summary.json``. Returns the summary."""
-    state = prepare_run(config, run, resume)
-    trainer = Trainer(config, run, splits, device, out=out, progress=progress)
+    process and write ``summary.json``. Returns the summary.
+
+    Under ``dist`` (data parallel) every rank calls this; rank 0 alone prepares and writes the
+    run folder and sends the resume checkpoint to the others."""
+    if dist is None:
+        state = prepare_run(config, run, resume)
+    else:
+        check_divisible(config.train.tasks_per_batch, dist.world_size)
+        state = dist.from_writer(lambda: prepare_run(config, run, resume))
+    trainer = Trainer(config, run, splits, device, out=out, progress=progress, dist=dist)
     if state is not None:
         trainer.restore(state)
     if on_start is not None:
@@ -484,6 +553,7 @@ def run_training(
     finally:
         torch.set_num_threads(threads)  # a library call leaves no global trace
     summary = summarise(trainer, result, ensemble)
-    write_json(run.summary, summary)
+    if trainer.is_writer:
+        write_json(run.summary, summary)
     trainer._say(f"test: {result.describe()}; summary in {run.summary}")
     return summary

@@ -1,0 +1,185 @@
+"""Processes of a data-parallel job started by the tests: gloo on 127.0.0.1, a free port.
+
+``python tests/distributed_helpers.py OUT`` (with torchrun's variables RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT in the environment) trains the tiny synthetic problem of
+:func:`train_tiny` through :class:`mamlpp.distributed.Distributed` and saves this rank's final
+state to ``OUT/rank<R>.pt``. The tests run the same function in one process and compare.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+THIS = Path(__file__).resolve()
+
+# 3 epochs x 2 iterations: epoch 0 first order with MSL, epoch 1 second order with MSL,
+# epoch 2 second order without MSL; the outer lr (CA) changes every epoch; LSLR, per-step BN
+# statistics and weights all on. 4 tasks per meta-batch (2 per rank with 2 ranks).
+EPOCHS, ITERATIONS, TASKS = 3, 2, 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """The environment torchrun gives rank ``rank`` (single node), one thread per process."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def start_ranks(command: list[str], world: int, **popen) -> list[subprocess.Popen]:
+    """Start ``command`` once per rank, as torchrun would on one node."""
+    port = free_port()
+    return [
+        subprocess.Popen(command, env=rank_env(rank, world, port), **popen) for rank in range(world)
+    ]
+
+
+def read_only(command: list[str], folder: Path) -> list[str]:
+    """``command`` (``python -m mamlpp ...``) run so that every attempt to create, write,
+    rename or delete anything under ``folder`` is reported on stderr as ``WROTE <path>``."""
+    assert command[1:3] == ["-m", "mamlpp"]
+    return [command[0], str(THIS), "read-only", str(folder), *command[3:]]
+
+
+def _report_writes_under(folder: str) -> None:
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = any(c in (mode or "") for c in "wax+") or bool((flags or 0) & writes)
+            paths = [path] if writing else []
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod"):
+            paths = [args[0]]
+        elif event in ("os.rename", "os.replace", "os.link", "os.symlink"):
+            paths = [args[0], args[1]]
+        else:
+            return
+        for path in paths:
+            if isinstance(path, str | bytes | os.PathLike):
+                text = os.fsdecode(os.path.abspath(path))
+                if text == folder or text.startswith(folder + os.sep):
+                    sys.stderr.write(f"WROTE {text} ({event})\n")
+
+    sys.addaudithook(hook)
+
+
+def wait_all(processes: list[subprocess.Popen], timeout: float = 120.0) -> list[int]:
+    codes = []
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            raise
+        codes.append(process.returncode)
+    return codes
+
+
+def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict, list[dict]]:
+    """Train the tiny problem; returns the learner's state dict and per-iteration metrics.
+
+    The tasks of global iteration g are ``g*B .. g*B+B-1`` of the counter-based sampler; under
+    ``dist`` this rank takes its block of them, exactly as the trainer does.
+    """
+    from mamlpp import MAMLpp, MetaConfig
+    from mamlpp.data import EpisodeSampler, load_dataset
+    from mamlpp.fast import FastMetaStep
+    from mamlpp.nn.backbones import conv4_for
+
+    splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
+    sampler = EpisodeSampler(splits["train"], 3, 1, 2, seed=7)
+    config = MetaConfig(
+        num_inner_steps=2,
+        msl_epochs=2,
+        first_order_epochs=1,
+        total_epochs=EPOCHS,
+        meta_lr=1e-2,  # large steps, so that any difference between the runs shows
+        task_reduction=task_reduction,
+    )
+    torch.manual_seed(0)
+    learner = MAMLpp(conv4_for(3, 1, 16, config, channels=4), config).to(dtype)
+    # A conv bias followed by batch-statistics BN is a dead parameter: its exact gradient is 0,
+    # what backward returns is rounding noise (~1e-16), and Adam (eps 1e-8) turns that noise
+    # into steps of ~1e-9 in *either* run (measured: the conv biases and the running means that
+    # contain them differed by 2.4e-9 in float64, every other tensor by <= 5e-15). Zeroing
+    # those gradients makes the comparison measure the data-parallel arithmetic alone.
+    for name, parameter in learner.backbone.named_parameters():
+        if name.startswith("conv") and name.endswith(".bias"):
+            parameter.register_hook(torch.zeros_like)
+    step = FastMetaStep(learner, sync=dist)
+    history = []
+    for g in range(EPOCHS * ITERATIONS):
+        ids = torch.arange(g * TASKS, (g + 1) * TASKS)
+        if dist is not None:
+            ids = dist.shard(ids)
+        sx, sy, qx, qy = sampler.sample(ids)
+        metrics = step(sx.to(dtype), sy, qx.to(dtype), qy, g // ITERATIONS)
+        history.append({k: v.tolist() for k, v in metrics.items()})
+    return learner.state_dict(), history
+
+
+def evaluate_tiny(state: dict, shards=None):
+    """A float32 learner (the sampler's dtype) holding ``state``, evaluated on 9 validation
+    tasks, 4 per batch (with 2 processes the blocks are 4 and 5 tasks: uneven on purpose)."""
+    from mamlpp import MAMLpp, MetaConfig
+    from mamlpp.data import EpisodeSampler, load_dataset
+    from mamlpp.evaluate import evaluate
+    from mamlpp.nn.backbones import conv4_for
+
+    splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
+    sampler = EpisodeSampler(splits["val"], 3, 1, 2, seed=1)
+    config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
+    learner = MAMLpp(conv4_for(3, 1, 16, config, channels=4), config)
+    learner.load_state_dict(state)
+    return evaluate(learner, sampler, tasks=9, batch_size=4, shards=shards)
+
+
+def _main(out: Path) -> None:
+    from dataclasses import asdict
+
+    from mamlpp.distributed import init_from_env
+
+    torch.set_num_threads(1)
+    dist = init_from_env(torch.device("cpu"))
+    results = {
+        (str(dtype), reduction): train_tiny(dtype, reduction, dist)
+        for dtype in (torch.float64, torch.float32)
+        for reduction in ("mean", "sum")
+    }
+    state = results[(str(torch.float64), "mean")][0]
+    results["evaluation"] = asdict(evaluate_tiny(state, dist))
+    torch.save(results, out / f"rank{dist.rank}.pt")
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "read-only":  # python THIS read-only FOLDER <mamlpp arguments>
+        _report_writes_under(os.path.abspath(sys.argv[2]))
+        sys.argv = ["mamlpp", *sys.argv[3:]]
+        runpy.run_module("mamlpp", run_name="__main__", alter_sys=True)
+    else:
+        _main(Path(sys.argv[1]))

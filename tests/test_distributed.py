@@ -1,0 +1,94 @@
+"""Data-parallel meta-training (mamlpp.distributed): G processes on gloo equal one process.
+
+Every test starts its own processes (gloo on 127.0.0.1, a free port), each a few seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from distributed_helpers import THIS, evaluate_tiny, start_ranks, train_tiny, wait_all
+
+from mamlpp.distributed import Distributed, block, check_divisible
+from mamlpp.errors import ConfigError
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_rank_tiny(tmp_path_factory) -> dict[int, dict]:
+    """The tiny problem trained by 2 ranks: ``{rank: {(dtype, reduction): (state, metrics)}}``."""
+    out = tmp_path_factory.mktemp("tiny")
+    ranks = start_ranks([sys.executable, str(THIS), str(out)], 2, stderr=subprocess.PIPE)
+    codes = wait_all(ranks)
+    assert codes == [0, 0], [r.stderr.read().decode()[-2000:] for r in ranks]
+    return {r: torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_two_ranks_equal_one_process(two_rank_tiny, reduction, dtype, tolerance) -> None:
+    """Meta-parameters, Adam-trained LSLR, per-step BN running statistics and metrics after 6
+    iterations in which MSL, derivative order and the outer lr all change."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference_state, reference_metrics = train_tiny(dtype, reduction)
+    finally:
+        torch.set_num_threads(threads)
+    for rank in (0, 1):
+        state, metrics = two_rank_tiny[rank][(str(dtype), reduction)]
+        assert any("running_mean" in k for k in state)  # statistics are compared too
+        assert _max_difference(state, reference_state) <= tolerance, (rank, reduction)
+        assert len(metrics) == len(reference_metrics)
+        for got, want in zip(metrics, reference_metrics, strict=True):
+            assert got.keys() == want.keys()
+            for key in want:
+                assert torch.allclose(
+                    torch.tensor(got[key], dtype=torch.float64),
+                    torch.tensor(want[key], dtype=torch.float64),
+                    rtol=0,
+                    atol=tolerance,
+                ), (key, got[key], want[key])
+    # The ranks hold bitwise the same model: they took the same Adam steps from the same state.
+    a, b = (two_rank_tiny[rank][(str(dtype), reduction)][0] for rank in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sharded_evaluation_equals_one_process(two_rank_tiny) -> None:
+    """9 tasks over 2 ranks (blocks of 4 and 5): the same per-task accuracies, in task order,
+    so the same mean and 95% CI; every rank gets the whole result."""
+    state = two_rank_tiny[0][(str(torch.float64), "mean")][0]
+    want = evaluate_tiny(state)
+    for rank in (0, 1):
+        got = two_rank_tiny[rank]["evaluation"]
+        assert got["num_tasks"] == want.num_tasks == 9
+        assert got["per_task_accuracies"] == want.per_task_accuracies
+        assert got["accuracy"] == want.accuracy
+        assert got["ci95"] == want.ci95
+        assert got["loss"] == pytest.approx(want.loss, rel=0, abs=1e-6)
+    assert len(set(want.per_task_accuracies)) > 1  # tasks differ: an order mistake would show
+
+
+def test_task_blocks_cover_every_task_once_in_order() -> None:
+    for count in (0, 1, 5, 600, 601):
+        for world in (1, 2, 3, 8):
+            ids = [i for r in range(world) for i in block(count, r, world)]
+            assert ids == list(range(count))
+    shards = [
+        Distributed(r, 4, r, "gloo", torch.device("cpu")).shard(torch.arange(8, 16))
+        for r in range(4)
+    ]
+    assert torch.cat(shards).tolist() == list(range(8, 16))
+
+
+def test_meta_batch_not_divisible_by_processes_is_one_line_error() -> None:
+    check_divisible(8, 4)
+    with pytest.raises(ConfigError, match="tasks_per_batch=6 is not divisible by 4 processes"):
+        check_divisible(6, 4)
