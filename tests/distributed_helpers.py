@@ -121,7 +121,7 @@ def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict
         task_reduction=task_reduction,
     )
     torch.manual_seed(0)
-    learner = MAMLpp(conv4_for(3, 1, 16, config, channels=4), config).to(dtype)
+    learner = MAMLpp(conv4_for(3, 1, 16, channels=4), config).to(dtype)
     # A conv bias followed by batch-statistics BN is a dead parameter: its exact gradient is 0,
     # what backward returns is rounding noise (~1e-16), and Adam (eps 1e-8) turns that noise
     # into steps of ~1e-9 in *either* run (measured: the conv biases and the running means that
@@ -153,7 +153,7 @@ def evaluate_tiny(state: dict, shards=None):
     splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
     sampler = EpisodeSampler(splits["val"], 3, 1, 2, seed=1)
     config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
-    learner = MAMLpp(conv4_for(3, 1, 16, config, channels=4), config)
+    learner = MAMLpp(conv4_for(3, 1, 16, channels=4), config)
     learner.load_state_dict(state)
     return evaluate(learner, sampler, tasks=9, batch_size=4, shards=shards)
 
