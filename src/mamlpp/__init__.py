@@ -7,7 +7,9 @@ The public API:
   :func:`msl_weights`, :func:`step_loss_weights`, :func:`second_order_at`, :func:`outer_lr`;
 * fast training steps: :class:`FastMetaStep` (CUDA-graph replay where possible);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
-* evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles.
+* evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles;
+* own images: :func:`load` (a model from ``mamlpp export``) -> :class:`FewShotPredictor`, whose
+  ``adapt_and_predict`` takes PIL images or tensors and class names.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .fast import FastMetaStep
 from .learner import MAMLpp
 from .nn import Conv4
 from .nn.backbones import conv4_for
+from .predictor import FewShotPredictor, Prediction, load
 from .schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
 
 __all__ = [
@@ -31,14 +34,17 @@ __all__ = [
     "EpisodeSampler",
     "EvalResult",
     "FastMetaStep",
+    "FewShotPredictor",
     "FewShotSplit",
     "MAMLpp",
     "MamlppError",
     "MetaConfig",
+    "Prediction",
     "TaskBatch",
     "__version__",
     "conv4_for",
     "evaluate",
+    "load",
     "load_dataset",
     "msl_weights",
     "outer_lr",
