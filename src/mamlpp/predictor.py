@@ -234,8 +234,16 @@ class FewShotPredictor:
         """Probabilities [Q, N]: softmax of the members' averaged logits."""
         device = self.device
         sx, sy, qx = support_x.to(device), support_y.to(device), query_x.to(device)
-        logits = sum(m.adapt_and_predict(sx, sy, qx) for m in self.members) / len(self.members)
-        return torch.softmax(logits.float(), dim=-1).cpu()
+        # The run's thread setting, as `mamlpp evaluate` does (small models: one thread is
+        # faster on a busy CPU); the caller's setting is restored.
+        threads = torch.get_num_threads()
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
+        try:
+            logits = sum(m.adapt_and_predict(sx, sy, qx) for m in self.members)
+        finally:
+            torch.set_num_threads(threads)
+        return torch.softmax(logits.float() / len(self.members), dim=-1).cpu()
 
     def adapt_and_predict(
         self,
