@@ -49,11 +49,11 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from .files import data_dir
     from .sources import download_cifar100, download_mini_imagenet, download_omniglot
-    from .tiered import HOW_TO_GET
+    from .tiered import how_to_get
 
     if args.name == "tiered-imagenet":
         folder = data_dir(args.data_dir) / "tiered-imagenet"
-        raise DataError(HOW_TO_GET.format(split="{split}", folder=folder))
+        raise DataError(how_to_get(folder))
     fetch = {
         "omniglot": download_omniglot,
         "mini-imagenet": download_mini_imagenet,

@@ -13,7 +13,7 @@ from .miniimagenet import find_mini_imagenet, load_mini_imagenet
 from .omniglot import find_omniglot, load_omniglot
 from .structures import FewShotSplit
 from .synthetic import make_synthetic
-from .tiered import HOW_TO_GET, find_tiered_imagenet, load_tiered_imagenet
+from .tiered import find_tiered_imagenet, how_to_get, load_tiered_imagenet
 
 DATASETS = (
     "omniglot",
@@ -70,7 +70,7 @@ def load_dataset(
     if key == "tiered-imagenet":
         tiered = find_tiered_imagenet(root)
         if tiered is None:
-            raise DataError(HOW_TO_GET.format(split="{split}", folder=root / "tiered-imagenet"))
+            raise DataError(how_to_get(root / "tiered-imagenet"))
         return load_tiered_imagenet(tiered, **opts)
     if key in ("omniglot", "omniglot-vinyals"):
         source = find_omniglot(root)

@@ -38,12 +38,16 @@ from .structures import FewShotSplit, build_class_index
 FOLDER_NAMES = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", "tieredImageNet")
 CACHE_VERSION = 1
 PREPROCESSING = Preprocessing(84, 3, IMAGENET_MEAN, IMAGENET_STD, resample="bicubic")
-HOW_TO_GET = (
-    "tieredImageNet has no public download with a checksum (ImageNet terms of use apply): "
-    "make it with the tools of github.com/renmengye/few-shot-ssl-public from ImageNet, or get "
-    "the released {split}_images_png.pkl + {split}_labels.pkl files, and put them (or "
-    "{train,val,test}/<wnid>/*.jpg folders) in {folder}"
-)
+
+
+def how_to_get(folder: Path) -> str:
+    """The one-line answer to "where do I get tieredImageNet?"."""
+    return (
+        "tieredImageNet has no public download with a checksum (ImageNet terms of use apply): "
+        "make it with the tools of github.com/renmengye/few-shot-ssl-public from ImageNet, or "
+        "get the released {split}_images_png.pkl and {split}_labels.pkl files, and put them "
+        f"(or train/, val/, test/ folders of <wnid>/*.jpg) in {folder}"
+    )
 
 
 def find_tiered_imagenet(root: str | os.PathLike[str] | None = None) -> Path | None:
@@ -78,7 +82,7 @@ def load_tiered_imagenet(
     root = Path(source).expanduser()
     layout = _layout(root) if root.is_dir() else None
     if layout is None:
-        raise DataError(HOW_TO_GET.format(split="{split}", folder=root))
+        raise DataError(how_to_get(root))
     if layout == "folders":
         prep = Preprocessing(image_size, 3, IMAGENET_MEAN, IMAGENET_STD, resample="bicubic")
         loaded = load_folder_dataset(root, prep, cache_dir=cache_dir, progress=progress)
