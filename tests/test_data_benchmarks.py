@@ -30,6 +30,7 @@ from mamlpp.data.sources import RemoteFile
 from mamlpp.datasource import load_splits
 from mamlpp.errors import DataError
 from mamlpp.experiment import DataSection
+from mamlpp.presets import resolve_config
 
 # CIFAR-100's superclasses (coarse labels 0..19) and their fine classes, the test's own oracle.
 SUPERCLASSES = {
@@ -296,3 +297,36 @@ def test_tiered_imagenet_missing_or_broken_explains(tmp_path: Path, capsys) -> N
     (root / "val_images.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="cannot read images from"):
         load_dataset("tiered-imagenet", tmp_path)
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize(
+    ("preset", "size"), [("cifar-fs-5w1s", 32), ("fc100-5w5s", 32), ("tiered-imagenet-5w1s", 84)]
+)
+def test_benchmark_presets(preset: str, size: int) -> None:
+    plus, plain = resolve_config(preset), resolve_config(f"{preset}-maml")
+    assert plus.data.dataset == preset.rsplit("-", 1)[0] and plus.data.image_size == size
+    assert plus.techniques == ["MSL", "DA", "BNRS", "BNWB", "LSLR", "CA"] and not plain.techniques
+
+
+def test_cifar_fs_preset_trains_on_the_fixture(tmp_path: Path, capsys) -> None:
+    _cifar_tarball(tmp_path / "data" / "cifar-100-python.tar.gz")
+    args = ["train", "--preset", "cifar-fs-5w1s", "--data-dir", str(tmp_path / "data")]
+    args += ["--out", str(tmp_path / "run"), "--quiet", "--no-download"]
+    for setting in (
+        "data.targets=3",  # the fixture has 4 images per class
+        "model.channels=8",
+        "train.epochs=1",
+        "train.iterations_per_epoch=2",
+        "train.log_every=1",
+        "train.checkpoint_every=0",
+        "train.threads=1",
+        "eval.val_tasks=4",
+        "eval.test_tasks=4",
+        "eval.top_k=1",
+    ):
+        args += ["--set", setting]
+    assert main(args) == 0
+    assert "test:" in capsys.readouterr().out
