@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .predictor import FewShotPredictor, InputError, Prediction
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -60,21 +60,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def support_images(folder: str | Path) -> dict[str, list[Path]]:
-    """``{class name: image files}`` of ``folder/<class>/``, classes sorted by name."""
-    from .data.images import list_class_folders, list_images
+    """``{class name: image files}`` of ``folder/<class>/``, classes sorted by name (the rule
+    of folder datasets: hidden entries skipped, an empty class refused)."""
+    from .data.folder import class_files
 
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"support folder {root} does not exist")
-    classes = {}
-    for class_folder in list_class_folders(root):
-        files = list_images(class_folder)
-        if not files:
-            raise InputError(f"support class folder {class_folder} has no images")
-        classes[class_folder.name] = files
-    if not classes:
-        raise InputError(f"{root} has no class folders (expected {root}/<class>/<images>)")
-    return classes
+    try:
+        return class_files(root)
+    except DataError as error:
+        raise InputError(f"support: {error}") from None
 
 
 def query_images(paths: list[str]) -> list[Path]:

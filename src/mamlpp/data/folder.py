@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,10 +28,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .files import atomic_path, data_dir, is_writable_dir
+from .image_cache import cache_folder, decode_images, read_images, write_images
 from .images import Preprocessing, list_class_folders, list_images
 from .omniglot_splits import SPLIT_NAMES
-from .progress import Progress
 from .structures import FewShotSplit, build_class_index
 
 CACHE_VERSION = 1
@@ -46,7 +43,7 @@ def folder_layout(root: Path) -> str:
     return "flat"
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
+def class_files(folder: Path) -> dict[str, list[Path]]:
     """``{class name: image files}`` of the class folders in ``folder``; refuses empty classes."""
     classes = {}
     for class_folder in list_class_folders(folder):
@@ -87,7 +84,7 @@ def _gather(
     """(split -> class keys, class key -> files). Keys are ``split/class`` for split folders
     (a class name may appear in two splits), plain class names for a flat folder."""
     if folder_layout(root) == "flat":
-        files = _class_files(root)
+        files = class_files(root)
         return split_classes(list(files), val_fraction, test_fraction, split_seed), files
     missing = [name for name in SPLIT_NAMES if not (root / name).is_dir()]
     if missing:
@@ -97,7 +94,7 @@ def _gather(
         )
     splits, files = {}, {}
     for split in SPLIT_NAMES:
-        found = _class_files(root / split)
+        found = class_files(root / split)
         splits[split] = [f"{split}/{name}" for name in found]
         files.update({f"{split}/{name}": paths for name, paths in found.items()})
     return splits, files
@@ -178,17 +175,6 @@ def _fingerprint(root: Path, paths: list[Path], preprocessing: Preprocessing, au
     return digest.hexdigest()[:16]
 
 
-def _cache_path(
-    root: Path, key: str, preprocessing: Preprocessing, cache_dir: str | os.PathLike[str] | None
-) -> Path:
-    name = f".mamlpp-folder-{preprocessing.image_size}px-{key}.npz"
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser() / name.lstrip(".")
-    if is_writable_dir(root):
-        return root / name  # a hidden file: never taken for a class folder
-    return data_dir() / "cache" / name.lstrip(".")
-
-
 def _decode_cached(
     root: Path,
     paths: list[Path],
@@ -199,32 +185,20 @@ def _decode_cached(
 ) -> tuple[np.ndarray, Path | None]:
     """uint8 ``[M, C, S, S]`` of ``paths`` (from the cache when it is current)."""
     key = _fingerprint(root, paths, preprocessing, auto_channels)
-    path = _cache_path(root, key, preprocessing, cache_dir)
-    size = preprocessing.image_size
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                images = data["images"]
-            if images.shape[0] == len(paths) and images.shape[2:] == (size, size):
-                return images, path
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable cache: rebuild it
-    images = np.empty((len(paths), preprocessing.channels, size, size), dtype=np.uint8)
-    bar = Progress(len(paths), desc=f"decoding {root.name}", unit="img", enabled=progress)
-    try:
-        for i, file in enumerate(paths):
-            images[i] = preprocessing.pixels(file, str(file))
-            bar.update(1)
-    finally:
-        bar.close()
+    folder = cache_folder(root, cache_dir)
+    name = f"mamlpp-folder-{preprocessing.image_size}px-{key}.npz"
+    path = folder / (f".{name}" if folder == root else name)  # hidden: never taken for a class
+    images = read_images(path, len(paths), preprocessing.image_size)
+    if images is not None:
+        return images, path
+    images = decode_images(
+        paths,
+        lambda file, _: preprocessing.pixels(file, str(file)),
+        preprocessing.shape,
+        f"decoding {root.name}",
+        progress,
+    )
     if auto_channels and images.shape[1] == 3:
         if (images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all():
             images = np.ascontiguousarray(images[:, :1])
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, images=images, meta=np.array(json.dumps({"source": str(root)})))
-    except (DataError, OSError) as error:
-        # The images are decoded; only later loads lose their speed-up.
-        warnings.warn(f"could not write the image cache {path}: {error}", stacklevel=2)
-        return images, None
-    return images, path
+    return images, write_images(path, images)

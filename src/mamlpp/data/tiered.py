@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -27,12 +26,12 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .files import atomic_path, data_dir, is_writable_dir
+from .files import data_dir
 from .folder import load_folder_dataset
+from .image_cache import cache_folder, decode_images, read_images, write_images
 from .images import Preprocessing
 from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, _ArrayUnpickler, _resize_batch
 from .omniglot_splits import SPLIT_NAMES
-from .progress import Progress
 from .structures import FewShotSplit, build_class_index
 
 FOLDER_NAMES = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", "tieredImageNet")
@@ -93,7 +92,7 @@ def load_tiered_imagenet(
         if layout == "npz":
             pixels = _read_npz(root / f"{split}_images.npz")
         else:
-            pixels = _decode_png_pickle(root, split, cache_dir, progress)
+            pixels = _decode_png_pickle(root, split, label.shape[0], cache_dir, progress)
         if pixels.shape[0] != label.shape[0]:
             raise DataError(
                 f"{root}: {split} has {pixels.shape[0]} images but {label.shape[0]} labels"
@@ -162,9 +161,10 @@ def _read_npz(path: Path) -> np.ndarray:
 
 
 def _decode_png_pickle(
-    root: Path, split: str, cache_dir: str | os.PathLike[str] | None, progress: bool
+    root: Path, split: str, count: int, cache_dir: str | os.PathLike[str] | None, progress: bool
 ) -> np.ndarray:
-    """uint8 [N, 3, 84, 84] of ``{split}_images_png.pkl``, through an .npz cache."""
+    """uint8 [N, 3, 84, 84] of ``{split}_images_png.pkl`` (``count`` images expected), through
+    an .npz cache."""
     path = root / f"{split}_images_png.pkl"
     if not path.is_file():
         raise DataError(f"missing {path}")
@@ -172,35 +172,20 @@ def _decode_png_pickle(
     key = hashlib.sha256(
         f"tiered-v{CACHE_VERSION}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     ).hexdigest()[:16]
-    folder = (
-        Path(cache_dir).expanduser()
-        if cache_dir is not None
-        else root
-        if is_writable_dir(root)
-        else data_dir() / "cache"
-    )
-    cache = folder / f"tiered-imagenet-{split}-{key}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as data:
-                return data["images"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable cache: rebuild it
+    cache = cache_folder(root, cache_dir) / f"tiered-imagenet-{split}-{key}.npz"
+    images = read_images(cache, count, PREPROCESSING.image_size)
+    if images is not None:
+        return images
     encoded = _load_pickle(path)
     if not isinstance(encoded, list | np.ndarray):
         raise DataError(f"{path} should hold a list of PNG-encoded images")
-    images = np.empty((len(encoded), *PREPROCESSING.shape), dtype=np.uint8)
-    bar = Progress(len(encoded), desc=f"decoding tieredImageNet {split}", enabled=progress)
-    try:
-        for i, item in enumerate(encoded):
-            data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
-            images[i] = PREPROCESSING.pixels(data, f"{path.name}[{i}]")
-            bar.update(1)
-    finally:
-        bar.close()
-    try:
-        with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, images=images)
-    except (DataError, OSError) as error:
-        warnings.warn(f"could not write the tieredImageNet cache {cache}: {error}", stacklevel=2)
+
+    def decode(item: object, i: int) -> np.ndarray:
+        data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)  # type: ignore[call-overload]
+        return PREPROCESSING.pixels(data, f"{path.name}[{i}]")
+
+    images = decode_images(
+        encoded, decode, PREPROCESSING.shape, f"decoding tieredImageNet {split}", progress
+    )
+    write_images(cache, images)
     return images
