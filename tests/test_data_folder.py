@@ -189,3 +189,33 @@ def test_decoded_bytes_match_a_file(tmp_path: Path) -> None:
     rgb = preprocessing_for(DataSection(dataset="folder", channels="rgb"))
     assert np.array_equal(rgb.pixels(buffer.getvalue()), rgb.pixels(tmp_path / "x.png"))
     assert np.array_equal(rgb.pixels(image), rgb.pixels(tmp_path / "x.png"))
+
+
+# ------------------------------------------------------------------ the run's preprocessing
+
+
+def test_builtin_preprocessing_matches_the_loaders(omniglot_dir, tmp_path: Path) -> None:
+    """`mamlpp adapt` prepares a new image as the run's loader prepared its training images."""
+    from mamlpp.data.miniimagenet import _decode_image
+    from mamlpp.data.omniglot import _decode_png
+
+    omniglot = preprocessing_for(DataSection(dataset="omniglot"))
+    characters = omniglot_characters(omniglot_dir / "images_evaluation.zip", 2)
+    for files in characters.values():
+        for name, data in list(files.items())[:5]:
+            assert np.array_equal(omniglot.pixels(data)[0], _decode_png(data, name, 28))
+    mini = preprocessing_for(DataSection(dataset="mini-imagenet", image_size=84))
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(photo)
+    assert np.array_equal(mini.pixels(photo), _decode_image(photo, 84))
+    cifar = preprocessing_for(DataSection(dataset="cifar-fs", image_size=32))
+    assert (cifar.channels, cifar.mean) == (3, (0.5071, 0.4865, 0.4409))
+
+
+def test_data_info_shows_a_folder_dataset(flat: Path, capsys) -> None:
+    from mamlpp.cli import main
+
+    assert main(["data", "info", "folder", "--data-dir", str(flat)]) == 0
+    out = capsys.readouterr().out
+    assert "folder (flat layout)" in out and "train: 22 classes, 440 images (1x28x28)" in out

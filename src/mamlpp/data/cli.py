@@ -70,10 +70,14 @@ def run_info(args: argparse.Namespace) -> int:
     from .registry import load_dataset
 
     opts = {} if args.name in ("synthetic", "cifar-fs", "fc100") else {"progress": True}
-    if args.name == "folder":
-        raise DataError("inspect a folder dataset with `mamlpp train --set data.dataset=folder`")
     start = time.perf_counter()
-    splits = load_dataset(args.name, args.data_dir, **opts)
+    if args.name == "folder":  # the default preprocessing of data.dataset = "folder"
+        from ..datasource import load_splits
+        from ..experiment import DataSection
+
+        splits = load_splits(DataSection(dataset="folder"), args.data_dir)
+    else:
+        splits = load_dataset(args.name, args.data_dir, **opts)
     seconds = time.perf_counter() - start
     first = next(iter(splits.values()))
     print(f"dataset: {first.meta.get('dataset', args.name)}")
