@@ -110,7 +110,7 @@ def _python2_pickle(obj: object) -> bytes:
 
 def _cifar_pickles() -> dict[str, bytes]:
     """``train``, ``test`` and ``meta`` as the official Python-2 pickles (bytes keys, protocol 2).
-    Pixel (red plane, 0) = fine label; (green plane, 0) = running image number."""
+    Pixel 0 of the red plane = fine label, of the green plane = image number, of the blue = 201."""
     out = {}
     counter = 0
     for part, count in PER_CLASS.items():
@@ -119,6 +119,7 @@ def _cifar_pickles() -> dict[str, bytes]:
         for row, label in enumerate(labels):
             data[row, 0] = label
             data[row, 1024] = counter % 256
+            data[row, 2048] = 201  # blue plane, first pixel: checks the plane layout
             counter += 1
         batch = {
             b"batch_label": f"{part} batch".encode(),
@@ -178,6 +179,7 @@ def test_cifar_loaders_on_generated_pickles(name, form, tmp_path: Path) -> None:
         fine = [FINE_NAMES.index(c) for c in split.class_names]
         red = split.images[split.class_images, 0, 0, 0]  # [classes, 4]
         assert red.tolist() == [[f] * 4 for f in fine]
+        assert (split.images[:, 2, 0, 0] == 201).all() and (split.images[:, 2, 0, 1] == 0).all()
         assert split.mean == (0.5071, 0.4865, 0.4409)
 
 
