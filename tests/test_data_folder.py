@@ -219,3 +219,14 @@ def test_data_info_shows_a_folder_dataset(flat: Path, capsys) -> None:
     assert main(["data", "info", "folder", "--data-dir", str(flat)]) == 0
     out = capsys.readouterr().out
     assert "folder (flat layout)" in out and "train: 22 classes, 440 images (1x28x28)" in out
+
+
+def test_runs_from_before_the_folder_keys_still_resume() -> None:
+    from mamlpp.experiment import check_resumable
+
+    new = build_config({}).to_dict()
+    old = {**new, "data": {k: v for k, v in new["data"].items() if k not in ("channels", "resize")}}
+    check_resumable(old, new)  # the missing keys take their defaults: nothing changed
+    changed = {**new, "data": {**new["data"], "resize": "never"}}
+    with pytest.raises(ConfigError, match="data.resize"):
+        check_resumable(old, changed)
