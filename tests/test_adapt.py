@@ -269,3 +269,40 @@ def test_exported_file_is_refused_when_foreign(tmp_path, capsys) -> None:
     bogus.write_bytes(buffer.getvalue())
     with pytest.raises(mamlpp.MamlppError, match="cannot read model file"):
         mamlpp.load(bogus)
+
+
+def _untrained_predictor() -> FewShotPredictor:
+    """A fresh (untrained) 5-way 1-shot learner on 28x28 grey images: input handling only."""
+    from mamlpp.datasource import preprocessing_for
+    from mamlpp.experiment import build_config
+    from mamlpp.train import build_learner
+
+    config = build_config({"data": {"dataset": "folder"}, "model": {"channels": 8}})
+    learner = build_learner(config, 1)
+    return FewShotPredictor(config, [learner], preprocessing_for(config.data, 1))
+
+
+def test_input_forms_and_their_errors(tmp_path: Path) -> None:
+    predictor = _untrained_predictor()
+    images = [Image.fromarray(np.full((40, 30), 40 * i, dtype=np.uint8)) for i in range(WAYS)]
+    path = tmp_path / "q.png"
+    images[2].save(path)
+    # One image per class (no list), one query (a path); a list with class names; a tensor batch.
+    single = predictor.adapt_and_predict({f"c{i}": images[i] for i in range(WAYS)}, str(path))
+    assert single.probabilities.shape == (1, WAYS) and single.classes[0] == "c0"
+    listed = predictor.adapt_and_predict(images, [path], class_names=[f"c{i}" for i in range(5)])
+    assert torch.equal(listed.probabilities, single.probabilities)
+    pixels = torch.stack([torch.from_numpy(predictor.preprocessing.pixels(i)) for i in images])
+    batch = predictor.adapt_and_predict(list(pixels), pixels, class_names=list("abcde"))
+    assert batch.probabilities.shape == (WAYS, WAYS) and batch.classes == list("abcde")
+    with pytest.raises(InputError, match="not both"):
+        predictor.adapt_and_predict({"a": images}, [path], class_names=["a"])
+    with pytest.raises(InputError, match="needs class_names"):
+        predictor.adapt_and_predict(images, [path])
+    with pytest.raises(InputError, match="no query images"):
+        predictor.adapt_and_predict(images, [], class_names=list("abcde"))
+    with pytest.raises(InputError, match="support class 'b' has no images"):
+        predictor.adapt_and_predict({"a": images, "b": []}, [path])
+    with pytest.raises(InputError, match="must be uint8 .* or floating"):
+        predictor.adapt_and_predict(images, torch.zeros(1, 28, 28, dtype=torch.int32),
+                                    class_names=list("abcde"))  # fmt: skip
