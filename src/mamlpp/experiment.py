@@ -410,6 +410,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def check_resumable(old: dict[str, Any], new: dict[str, Any]) -> None:
     """Refuse to continue a run with a config that would change what it trains."""
+    # A key added to mamlpp after the run started (e.g. data.channels) did not exist then: the
+    # run behaved as its default does, so the default stands in for it.
+    old = merge(ExperimentConfig().to_dict(), old)
     blocking = [k for k in config_differences(old, new) if k not in RESUMABLE_CHANGES]
     if blocking:
         shown = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(new, k)!r})" for k in blocking[:4])

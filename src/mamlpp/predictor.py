@@ -176,10 +176,11 @@ class FewShotPredictor:
                     "class_names, not both"
                 )
             names = [str(name) for name in support]
-            images = [image for name in support for image in support[name]]
-            targets = [i for i, name in enumerate(support) for _ in support[name]]
+            per_class = [_image_list(support[name]) for name in support]
+            images = [image for group in per_class for image in group]
+            targets = [i for i, group in enumerate(per_class) for _ in group]
         else:
-            images = list(support)
+            images = _image_list(support)
             if class_names is None or len(class_names) != len(images):
                 raise InputError("a support list needs class_names: one class name per image")
             names = list(dict.fromkeys(str(c) for c in class_names))  # first-appearance order
@@ -210,14 +211,7 @@ class FewShotPredictor:
         self, query: Sequence[ImageLike] | ImageLike, labels: Sequence[str] | None = None
     ) -> torch.Tensor:
         """query_x [Q, C, S, S] (one image, a list, or a tensor [Q, C, S, S])."""
-        if isinstance(query, torch.Tensor) and query.dim() == 4:
-            items: list[ImageLike] = list(query.unbind(0))
-        elif isinstance(query, str | Path | bytes | torch.Tensor) or not isinstance(
-            query, Sequence
-        ):
-            items = [query]  # type: ignore[list-item]
-        else:
-            items = list(query)
+        items = _image_list(query)
         if not items:
             raise InputError("no query images")
         return self._batch(items, labels or [f"query image {i}" for i in range(len(items))])
@@ -260,6 +254,16 @@ class FewShotPredictor:
         sx, sy, names, notes = self.prepare_support(support, class_names)
         qx = self.prepare_query(query)
         return Prediction(names, self.predict_prepared(sx, sy, qx), notes)
+
+
+def _image_list(value: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
+    """One image (path, bytes, PIL image, tensor [C, S, S]) or several (a sequence, or a tensor
+    [B, C, S, S]) as a list."""
+    if isinstance(value, torch.Tensor):
+        return list(value.unbind(0)) if value.dim() == 4 else [value]
+    if isinstance(value, str | Path | bytes) or not isinstance(value, Sequence):
+        return [value]  # a path, bytes or a PIL image: one image
+    return list(value)
 
 
 def _template(config: ExperimentConfig, channels: int, device: torch.device | str) -> MAMLpp:
