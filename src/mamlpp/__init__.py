@@ -9,7 +9,9 @@ The public API:
   plain module with it), and :class:`ResNet12`;
 * fast training steps: :class:`FastMetaStep` (CUDA-graph replay where possible);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
-* evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles.
+* evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles;
+* own images: :func:`load` (a model from ``mamlpp export``) -> :class:`FewShotPredictor`, whose
+  ``adapt_and_predict`` takes PIL images or tensors and class names.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .nn import Conv4
 from .nn.backbones import conv4_for
 from .nn.module_backbone import ModuleBackbone
 from .nn.resnet12 import ResNet12
+from .predictor import FewShotPredictor, Prediction, load
 from .schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
 
 __all__ = [
@@ -35,16 +38,19 @@ __all__ = [
     "EpisodeSampler",
     "EvalResult",
     "FastMetaStep",
+    "FewShotPredictor",
     "FewShotSplit",
     "MAMLpp",
     "MamlppError",
     "MetaConfig",
     "ModuleBackbone",
     "ResNet12",
+    "Prediction",
     "TaskBatch",
     "__version__",
     "conv4_for",
     "evaluate",
+    "load",
     "load_dataset",
     "msl_weights",
     "outer_lr",

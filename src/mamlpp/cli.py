@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "mamlpp.bench",
     "mamlpp.commands",
     "mamlpp.ablate",
+    "mamlpp.adapt_cli",
 ]
 
 

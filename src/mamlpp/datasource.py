@@ -19,8 +19,45 @@ from .data import (
     find_omniglot,
     load_dataset,
 )
-from .errors import DataError
+from .data.cifar import CIFAR100_MEAN, CIFAR100_STD, find_cifar100
+from .data.images import Preprocessing, normalisation
+from .data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+from .data.omniglot import OMNIGLOT_MEAN, OMNIGLOT_STD
+from .data.sources import download_cifar100
+from .errors import ConfigError, DataError
 from .experiment import DataSection
+
+# How each built-in dataset prepares an image: (resampling, channels, mean, std). The loaders
+# apply the same rules to their files; `mamlpp adapt` applies them to new images.
+BUILTIN_PREPROCESSING = {
+    "omniglot": ("nearest-binary", 1, OMNIGLOT_MEAN, OMNIGLOT_STD),
+    "omniglot-vinyals": ("nearest-binary", 1, OMNIGLOT_MEAN, OMNIGLOT_STD),
+    "synthetic": ("bilinear", 1, (0.0,), (1.0,)),
+    "mini-imagenet": ("bicubic", 3, IMAGENET_MEAN, IMAGENET_STD),
+    "tiered-imagenet": ("bicubic", 3, IMAGENET_MEAN, IMAGENET_STD),
+    "cifar-fs": ("bilinear", 3, CIFAR100_MEAN, CIFAR100_STD),
+    "fc100": ("bilinear", 3, CIFAR100_MEAN, CIFAR100_STD),
+}
+
+
+def preprocessing_for(data: DataSection, channels: int | None = None) -> Preprocessing:
+    """The image preparation of a run's ``[data]`` section.
+
+    ``channels`` is the trained model's input channel count (it settles ``channels="auto"`` of
+    a folder dataset); without it an "auto" folder dataset decodes RGB.
+    """
+    if data.dataset != "folder":
+        resample, width, mean, std = BUILTIN_PREPROCESSING[data.dataset]
+        return Preprocessing(data.image_size, width, mean, std, resample=resample)
+    fixed = {"grey": 1, "rgb": 3}.get(data.channels)
+    width = fixed or channels or 3
+    if fixed is not None and channels is not None and channels != fixed:
+        raise DataError(f"data.channels={data.channels}, but the model takes {channels} channels")
+    mean, std = normalisation("unit" if data.normalize == "auto" else data.normalize, width)
+    return Preprocessing(
+        data.image_size, width, mean, std, resample="bilinear", resize=data.resize == "always"
+    )
+
 
 OFFLINE_HINT = (
     "put images_background.zip and images_evaluation.zip (or their folders) in a folder and "
@@ -40,7 +77,18 @@ def load_splits(
     """``{"train", "val", "test"}`` for ``data.dataset``, downloading it first if allowed."""
     if data.dataset == "synthetic":
         return load_dataset("synthetic", image_size=data.image_size)
+    if data.dataset == "folder":
+        return _load_folder(data, data_dir_arg, progress)
     root = data_dir(data_dir_arg)
+    if data.dataset in ("cifar-fs", "fc100"):
+        if find_cifar100(root) is None:
+            if not download:
+                raise DataError(f"CIFAR-100 is not in {root} and --no-download was given")
+            say(f"CIFAR-100 is not in {root}; downloading it (about 160 MB, md5-checked)")
+            download_cifar100(root, progress=progress)
+        return load_dataset(data.dataset, root, image_size=data.image_size)
+    if data.dataset == "tiered-imagenet":
+        return load_dataset(data.dataset, root, image_size=data.image_size, progress=progress)
     if data.dataset in ("omniglot", "omniglot-vinyals"):
         if find_omniglot(root) is None:
             _fetch_omniglot(root, download, say, progress)
@@ -50,6 +98,23 @@ def load_splits(
         say(f"mini-ImageNet is not in {root}; downloading it to {root / 'miniimagenet'}")
         download_mini_imagenet(root, progress=progress)
     return load_dataset(data.dataset, root, image_size=data.image_size, progress=progress)
+
+
+def _load_folder(
+    data: DataSection, data_dir_arg: str | os.PathLike[str] | None, progress: bool
+) -> dict[str, FewShotSplit]:
+    if not data_dir_arg and not os.environ.get("MAMLPP_DATA"):
+        raise ConfigError("data.dataset=folder needs --data-dir DIR (the folder of your images)")
+    return load_dataset(
+        "folder",
+        data_dir(data_dir_arg),
+        preprocessing=preprocessing_for(data),
+        auto_channels=data.channels == "auto",
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        split_seed=data.split_seed,
+        progress=progress,
+    )
 
 
 def _fetch_omniglot(root, download: bool, say: Callable[[str], None], progress: bool) -> None:

@@ -7,7 +7,9 @@ combination is a one-line :class:`~mamlpp.errors.ConfigError` (exit code 2 in th
 Sections::
 
     preset = "quickstart"           # the base the run was built from (informational)
-    [data]   dataset, ways, shots, targets (query images per class), image_size
+    [data]   dataset, ways, shots, targets (query images per class), image_size; for own
+             image folders also channels, normalize, resize, val_fraction, test_fraction,
+             split_seed
     [model]  backbone ("conv4" or "resnet12"), channels
     [meta]   exactly the MetaConfig fields except total_epochs, which is train.epochs
     [train]  epochs, iterations_per_epoch, tasks_per_batch, seed, log_every, checkpoint_every,
@@ -33,7 +35,16 @@ from typing import Any, Literal
 from .config import MetaConfig
 from .errors import ConfigError
 
-DatasetName = Literal["omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic"]
+DatasetName = Literal[
+    "omniglot",
+    "omniglot-vinyals",
+    "mini-imagenet",
+    "synthetic",
+    "folder",
+    "cifar-fs",
+    "fc100",
+    "tiered-imagenet",
+]
 BackboneName = Literal["conv4", "resnet12"]
 
 
@@ -45,6 +56,13 @@ class DataSection:
     # Query (target) images per class: 1 in the reference Omniglot configs, 15 on mini-ImageNet.
     targets: int = 1
     image_size: int = 28
+    # Own images (dataset "folder", see mamlpp.data.folder); the other datasets fix these.
+    channels: Literal["auto", "grey", "rgb"] = "auto"  # auto: grey if every image is grey
+    normalize: Literal["auto", "unit", "half", "imagenet"] = "auto"  # auto: unit ([0, 1])
+    resize: Literal["always", "never"] = "always"  # never: refuse images not image_size square
+    val_fraction: float = 0.15  # flat DIR/<class>/ folders: classes held out for validation
+    test_fraction: float = 0.15  # ... and for the test
+    split_seed: int = 0  # ... shuffled with this seed
 
 
 @dataclass(frozen=True)
@@ -270,6 +288,7 @@ def validate(config: ExperimentConfig) -> None:
         )
     if d.dataset == "mini-imagenet" and d.image_size != 84:
         raise ConfigError(f"mini-imagenet images are 84x84; data.image_size={d.image_size}")
+    _validate_folder_keys(d)
     if t.checkpoint_every and t.checkpoint_every % t.log_every:
         # Metrics windows must be closed at every checkpoint, or a resume would lose half a
         # window and the metrics file would differ from an uninterrupted run.
@@ -277,6 +296,28 @@ def validate(config: ExperimentConfig) -> None:
             f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
             f"train.log_every ({t.log_every})"
         )
+
+
+def _validate_folder_keys(d: DataSection) -> None:
+    """The own-image keys apply to data.dataset="folder" only: elsewhere they would be ignored."""
+    defaults = DataSection()
+    if d.dataset != "folder":
+        for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(
+                    f"data.{key} applies to data.dataset='folder' only (the {d.dataset} "
+                    "dataset fixes its own preprocessing)"
+                )
+    for key in ("val_fraction", "test_fraction"):
+        if not 0.0 < getattr(d, key) < 1.0:
+            raise ConfigError(f"data.{key} must be between 0 and 1, got {getattr(d, key)}")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction must be < 1 (leave classes to train on), "
+            f"got {d.val_fraction} + {d.test_fraction}"
+        )
+    if d.split_seed < 0:
+        raise ConfigError(f"data.split_seed must be >= 0, got {d.split_seed}")
 
 
 # ------------------------------------------------------------------------------ TOML and --set
@@ -389,6 +430,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def check_resumable(old: dict[str, Any], new: dict[str, Any]) -> None:
     """Refuse to continue a run with a config that would change what it trains."""
+    # A key added to mamlpp after the run started (e.g. data.channels) did not exist then: the
+    # run behaved as its default does, so the default stands in for it.
+    old = merge(ExperimentConfig().to_dict(), old)
     blocking = [k for k in config_differences(old, new) if k not in RESUMABLE_CHANGES]
     if blocking:
         shown = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(new, k)!r})" for k in blocking[:4])

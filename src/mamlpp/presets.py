@@ -80,13 +80,36 @@ class Preset:
     budget_note: str = ""  # e.g. the expected wall time, for `mamlpp presets`
 
 
-def _paper_presets() -> dict[str, Preset]:
+# Benchmarks the paper did not run (CIFAR-FS, FC100, tieredImageNet): its mini-ImageNet settings,
+# at CIFAR's 32x32 with 64 filters and 4 tasks per meta-batch (small images) for the CIFAR pair.
+CIFAR_FS = merge(
+    MINI_IMAGENET,
+    {
+        "data": {"dataset": "cifar-fs", "image_size": 32},
+        "model": {"channels": 64},
+        "train": {"tasks_per_batch": 4},
+        "eval": {"batch_size": 50},
+    },
+)
+FC100 = merge(CIFAR_FS, {"data": {"dataset": "fc100"}})
+TIERED_IMAGENET = merge(MINI_IMAGENET, {"data": {"dataset": "tiered-imagenet"}})
+
+PAPER_SETTINGS = (
+    ("omniglot", OMNIGLOT, ((5, 1), (5, 5), (20, 1), (20, 5))),
+    ("mini-imagenet", MINI_IMAGENET, ((5, 1), (5, 5))),
+)
+BENCHMARK_SETTINGS = (
+    ("cifar-fs", CIFAR_FS, ((5, 1), (5, 5))),
+    ("fc100", FC100, ((5, 1), (5, 5))),
+    ("tiered-imagenet", TIERED_IMAGENET, ((5, 1), (5, 5))),
+)
+
+
+def _paper_presets(settings=PAPER_SETTINGS) -> dict[str, Preset]:
+    """``<base>-<N>w<K>s`` (MAML++) and ``...-maml`` for each (base, tree, ways/shots)."""
     presets = {}
-    for base_name, base, settings in (
-        ("omniglot", OMNIGLOT, ((5, 1), (5, 5), (20, 1), (20, 5))),
-        ("mini-imagenet", MINI_IMAGENET, ((5, 1), (5, 5))),
-    ):
-        for ways, shots in settings:
+    for base_name, base, shapes in settings:
+        for ways, shots in shapes:
             name = f"{base_name}-{ways}w{shots}s"
             tree = merge(base, {"data": {"ways": ways, "shots": shots}})
             presets[name] = Preset(name, tree)
@@ -143,6 +166,7 @@ PRESETS: dict[str, Preset] = {
         budget_note="about 10 s on a 2-core CPU, no files",
     ),
     **_paper_presets(),
+    **_paper_presets(BENCHMARK_SETTINGS),
 }
 
 

@@ -11,8 +11,11 @@ Typical use::
 from __future__ import annotations
 
 from .archive import extract_zip
+from .cifar import find_cifar100, load_cifar_fewshot
 from .download import ChecksumError, download_file
 from .files import data_dir
+from .folder import load_folder_dataset
+from .images import Preprocessing
 from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, find_mini_imagenet, load_mini_imagenet
 from .omniglot import find_omniglot, load_omniglot, prepare_omniglot
 from .omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
@@ -22,6 +25,7 @@ from .sampler import Episodes, EpisodeSampler
 from .sources import download_mini_imagenet, download_omniglot
 from .structures import FewShotSplit, TaskBatch
 from .synthetic import make_synthetic
+from .tiered import find_tiered_imagenet, load_tiered_imagenet
 
 __all__ = [
     "DATASETS",
@@ -32,6 +36,7 @@ __all__ = [
     "EpisodeSampler",
     "Episodes",
     "FewShotSplit",
+    "Preprocessing",
     "Progress",
     "TaskBatch",
     "data_dir",
@@ -39,11 +44,16 @@ __all__ = [
     "download_mini_imagenet",
     "download_omniglot",
     "extract_zip",
+    "find_cifar100",
     "find_mini_imagenet",
     "find_omniglot",
+    "find_tiered_imagenet",
+    "load_cifar_fewshot",
     "load_dataset",
+    "load_folder_dataset",
     "load_mini_imagenet",
     "load_omniglot",
+    "load_tiered_imagenet",
     "make_synthetic",
     "prepare_omniglot",
     "reference_split",

@@ -6,9 +6,10 @@ import argparse
 import sys
 import time
 
+from ..errors import DataError
 from .files import ENV_VAR
 
-DOWNLOADABLE = ("omniglot", "mini-imagenet")
+DOWNLOADABLE = ("omniglot", "mini-imagenet", "cifar-fs", "fc100", "cifar-100", "tiered-imagenet")
 DATA_DIR_HELP = f"data folder (default: ${ENV_VAR}, else ~/.cache/mamlpp)"
 
 
@@ -46,9 +47,20 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from .sources import download_mini_imagenet, download_omniglot
+    from .files import data_dir
+    from .sources import download_cifar100, download_mini_imagenet, download_omniglot
+    from .tiered import how_to_get
 
-    fetch = download_omniglot if args.name == "omniglot" else download_mini_imagenet
+    if args.name == "tiered-imagenet":
+        folder = data_dir(args.data_dir) / "tiered-imagenet"
+        raise DataError(how_to_get(folder))
+    fetch = {
+        "omniglot": download_omniglot,
+        "mini-imagenet": download_mini_imagenet,
+        "cifar-fs": download_cifar100,  # CIFAR-FS and FC100 are class splits of CIFAR-100
+        "fc100": download_cifar100,
+        "cifar-100": download_cifar100,
+    }[args.name]
     folder = fetch(args.data_dir, progress=True)
     print(f"{args.name} is ready in {folder}")
     return 0
@@ -57,9 +69,15 @@ def run_download(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from .registry import load_dataset
 
-    opts = {} if args.name == "synthetic" else {"progress": True}
+    opts = {} if args.name in ("synthetic", "cifar-fs", "fc100") else {"progress": True}
     start = time.perf_counter()
-    splits = load_dataset(args.name, args.data_dir, **opts)
+    if args.name == "folder":  # the default preprocessing of data.dataset = "folder"
+        from ..datasource import load_splits
+        from ..experiment import DataSection
+
+        splits = load_splits(DataSection(dataset="folder"), args.data_dir)
+    else:
+        splits = load_dataset(args.name, args.data_dir, **opts)
     seconds = time.perf_counter() - start
     first = next(iter(splits.values()))
     print(f"dataset: {first.meta.get('dataset', args.name)}")

@@ -6,17 +6,31 @@ import os
 from typing import Any
 
 from ..errors import DataError
+from .cifar import find_cifar100, load_cifar_fewshot
 from .files import data_dir as resolve_data_dir
+from .folder import load_folder_dataset
 from .miniimagenet import find_mini_imagenet, load_mini_imagenet
 from .omniglot import find_omniglot, load_omniglot
 from .structures import FewShotSplit
 from .synthetic import make_synthetic
+from .tiered import find_tiered_imagenet, how_to_get, load_tiered_imagenet
 
-DATASETS = ("omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic")
+DATASETS = (
+    "omniglot",
+    "omniglot-vinyals",
+    "mini-imagenet",
+    "synthetic",
+    "cifar-fs",
+    "fc100",
+    "tiered-imagenet",
+    "folder",
+)
 _ALIASES = {
     "omniglot-mamlpp": "omniglot",
     "miniimagenet": "mini-imagenet",
     "mini_imagenet": "mini-imagenet",
+    "cifarfs": "cifar-fs",
+    "tieredimagenet": "tiered-imagenet",
 }
 
 
@@ -36,12 +50,28 @@ def load_dataset(
     ``data_dir`` is the folder given by ``--data-dir`` (else ``$MAMLPP_DATA`` or
     ``~/.cache/mamlpp``); the dataset is looked up in it and in its usual sub-folders
     (``omniglot/``, ``miniimagenet/``). ``opts`` go to the loader (e.g. ``cache_dir``,
-    ``image_size``, ``progress``; for synthetic ``classes``, ``seed`` ...).
+    ``image_size``, ``progress``; for synthetic ``classes``, ``seed`` ...). ``folder`` reads
+    ``data_dir`` itself and needs ``preprocessing`` (see :func:`load_folder_dataset`).
     """
     key = canonical_name(name)
     if key == "synthetic":
         return make_synthetic(**opts)
     root = resolve_data_dir(data_dir)
+    if key == "folder":
+        return load_folder_dataset(root, **opts)
+    if key in ("cifar-fs", "fc100"):
+        cifar = find_cifar100(root)
+        if cifar is None:
+            raise DataError(
+                f"CIFAR-100 not found in {root} (looked for cifar-100-python.tar.gz or the "
+                f"folder cifar-100-python/); run `mamlpp data download {key} --data-dir {root}`"
+            )
+        return load_cifar_fewshot(cifar, key, **opts)
+    if key == "tiered-imagenet":
+        tiered = find_tiered_imagenet(root)
+        if tiered is None:
+            raise DataError(how_to_get(root / "tiered-imagenet"))
+        return load_tiered_imagenet(tiered, **opts)
     if key in ("omniglot", "omniglot-vinyals"):
         source = find_omniglot(root)
         if source is None:

@@ -110,3 +110,18 @@ def download_mini_imagenet(
         except DataError as error:
             raise DataError(MINI_IMAGENET_HELP.format(why=error, folder=folder)) from None
     return folder
+
+
+CIFAR100_FILE = RemoteFile(
+    "cifar-100-python.tar.gz",
+    ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+    md5="eb9058c3a382ffc7106e4002c42a8d85",  # published on the CIFAR page
+)
+
+
+def download_cifar100(root: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
+    """Fetch the CIFAR-100 python tarball into ``<data dir>/cifar100`` (md5-verified); return
+    that folder. CIFAR-FS and FC100 are read from the tarball directly."""
+    folder = data_dir(root) / "cifar100"
+    _fetch(CIFAR100_FILE, folder, progress)
+    return folder

@@ -1,0 +1,204 @@
+"""Few-shot datasets from a folder of the user's own images (``data.dataset = "folder"``).
+
+Two layouts (the first that matches wins)::
+
+    DIR/train/<class>/*.png|jpg|jpeg, DIR/val/<class>/..., DIR/test/<class>/...   split folders
+    DIR/<class>/*.png|jpg|jpeg                                                      one flat folder
+
+A flat folder is split by class: the sorted class names are shuffled with
+``numpy.random.default_rng(split_seed)``; the last ``round(n * test_fraction)`` classes of that
+order are the test split, the ``round(n * val_fraction)`` before them validation, the rest train.
+
+Every image goes through one :class:`~mamlpp.data.images.Preprocessing` (size, channels,
+resizing rule), so ``mamlpp adapt`` can prepare new images exactly the same way. The first load
+decodes all images into a uint8 ``.npz`` cache keyed by a fingerprint of the files (path, size,
+mtime) and of the preprocessing; later loads read only that file. ``channels=None`` ("auto")
+keeps one channel when every image is grey (R = G = B after decoding), else three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .image_cache import cache_folder, decode_images, read_images, write_images
+from .images import Preprocessing, list_class_folders, list_images
+from .omniglot_splits import SPLIT_NAMES
+from .structures import FewShotSplit, build_class_index
+
+CACHE_VERSION = 1
+
+
+def folder_layout(root: Path) -> str:
+    """``"splits"`` if ``root`` has any of train/ val/ test/, else ``"flat"``."""
+    if any((root / name).is_dir() for name in SPLIT_NAMES):
+        return "splits"
+    return "flat"
+
+
+def class_files(folder: Path) -> dict[str, list[Path]]:
+    """``{class name: image files}`` of the class folders in ``folder``; refuses empty classes."""
+    classes = {}
+    for class_folder in list_class_folders(folder):
+        files = list_images(class_folder)
+        if not files:
+            raise DataError(f"class folder {class_folder} has no images (.png, .jpg, .jpeg)")
+        classes[class_folder.name] = files
+    if not classes:
+        raise DataError(f"{folder} has no class folders (expected {folder}/<class>/*.png|jpg)")
+    return classes
+
+
+def split_classes(
+    names: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """The seeded class split of a flat folder (see the module docstring); names sorted."""
+    order = sorted(names)
+    permuted = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+    n_test = round(len(order) * test_fraction)
+    n_val = round(len(order) * val_fraction)
+    n_train = len(order) - n_val - n_test
+    if min(n_train, n_val, n_test) < 1:
+        raise DataError(
+            f"{len(order)} classes cannot be split into train/val/test with "
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} "
+            f"({n_train}/{n_val}/{n_test} classes); add classes or use split folders"
+        )
+    return {
+        "train": sorted(permuted[:n_train]),
+        "val": sorted(permuted[n_train : n_train + n_val]),
+        "test": sorted(permuted[n_train + n_val :]),
+    }
+
+
+def _gather(
+    root: Path, val_fraction: float, test_fraction: float, split_seed: int
+) -> tuple[dict[str, list[str]], dict[str, list[Path]]]:
+    """(split -> class keys, class key -> files). Keys are ``split/class`` for split folders
+    (a class name may appear in two splits), plain class names for a flat folder."""
+    if folder_layout(root) == "flat":
+        files = class_files(root)
+        return split_classes(list(files), val_fraction, test_fraction, split_seed), files
+    missing = [name for name in SPLIT_NAMES if not (root / name).is_dir()]
+    if missing:
+        raise DataError(
+            f"{root} has split folders but no {', '.join(m + '/' for m in missing)} "
+            "(expected train/, val/ and test/, each with <class>/ folders)"
+        )
+    splits, files = {}, {}
+    for split in SPLIT_NAMES:
+        found = class_files(root / split)
+        splits[split] = [f"{split}/{name}" for name in found]
+        files.update({f"{split}/{name}": paths for name, paths in found.items()})
+    return splits, files
+
+
+def load_folder_dataset(
+    root: str | os.PathLike[str],
+    preprocessing: Preprocessing,
+    *,
+    auto_channels: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split_seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> dict[str, FewShotSplit]:
+    """``{"train", "val", "test"}`` FewShotSplits of the images under ``root``.
+
+    ``preprocessing`` gives the size, resizing rule and normalisation; with ``auto_channels``
+    its channel count is only the decoding width (use 3) and grey datasets keep one channel.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist (pass it with --data-dir DIR)")
+    splits, files = _gather(base, val_fraction, test_fraction, split_seed)
+    keys = sorted(files)  # all classes, the cache's order
+    paths = [path for key in keys for path in files[key]]
+    image_class = np.repeat(np.arange(len(keys)), [len(files[k]) for k in keys])
+    images, cache = _decode_cached(base, paths, preprocessing, auto_channels, cache_dir, progress)
+    channels = images.shape[1]
+    if channels != preprocessing.channels:  # auto: the grey dataset keeps one channel
+        preprocessing = replace(
+            preprocessing, channels=channels, mean=preprocessing.mean[:1], std=preprocessing.std[:1]
+        )
+    pixels = torch.from_numpy(images)
+    table, _ = build_class_index(torch.from_numpy(image_class), len(keys))
+    index = {key: i for i, key in enumerate(keys)}
+    meta = {
+        "dataset": f"folder ({folder_layout(base)} layout)",
+        "source": str(base),
+        "cache": str(cache) if cache else "(not written)",
+        "preprocessing": json.dumps(preprocessing.to_dict()),
+    }
+    result = {}
+    for split in SPLIT_NAMES:
+        rows = [table[index[key], : len(files[key])] for key in splits[split]]
+        counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+        ids = torch.cat(rows)
+        local = torch.repeat_interleave(torch.arange(len(rows)), counts)
+        class_images, _ = build_class_index(local, len(rows))
+        result[split] = FewShotSplit(
+            name=split,
+            images=pixels[ids].contiguous(),
+            class_images=class_images,
+            class_counts=counts,
+            class_names=[key.split("/", 1)[-1] for key in splits[split]],
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            rotate=False,
+            meta=dict(meta),
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------- decode + cache
+
+
+def _fingerprint(root: Path, paths: list[Path], preprocessing: Preprocessing, auto: bool) -> str:
+    recipe = {**preprocessing.to_dict(), "auto_channels": auto, "version": CACHE_VERSION}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+        rel = path.relative_to(root).as_posix()
+        digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_cached(
+    root: Path,
+    paths: list[Path],
+    preprocessing: Preprocessing,
+    auto_channels: bool,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+) -> tuple[np.ndarray, Path | None]:
+    """uint8 ``[M, C, S, S]`` of ``paths`` (from the cache when it is current)."""
+    key = _fingerprint(root, paths, preprocessing, auto_channels)
+    folder = cache_folder(root, cache_dir)
+    name = f"mamlpp-folder-{preprocessing.image_size}px-{key}.npz"
+    path = folder / (f".{name}" if folder == root else name)  # hidden: never taken for a class
+    images = read_images(path, len(paths), preprocessing.image_size)
+    if images is not None:
+        return images, path
+    images = decode_images(
+        paths,
+        lambda file, _: preprocessing.pixels(file, str(file)),
+        preprocessing.shape,
+        f"decoding {root.name}",
+        progress,
+    )
+    if auto_channels and images.shape[1] == 3:
+        if (images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all():
+            images = np.ascontiguousarray(images[:, :1])
+    return images, write_images(path, images)
