@@ -382,7 +382,9 @@ def _script(name: str, out: Path, **env: str) -> subprocess.CompletedProcess:
 def test_gpu_repro_dry_run(tmp_path) -> None:
     done = _script("gpu_repro.sh", tmp_path / "gpu")
     assert done.returncode == 0, done.stderr
-    assert "--time-budget 480" in done.stdout and "--test-tasks 600" in done.stdout
+    # Both settings, 4 minutes of training each, 600 test tasks.
+    assert done.stdout.count("--time-budget 240") == 2 and "--test-tasks 600" in done.stdout
+    assert "--ways 5 " in done.stdout and "--ways 20 " in done.stdout
     assert "maml++ seed 0 (to run)" in done.stdout and "device cuda" in done.stdout
     assert not (tmp_path / "gpu").exists()
     shorter = _script("gpu_repro.sh", tmp_path / "gpu", TRAIN_SECONDS="300")
