@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapt.add_argument(
         "--top-k",
         type=int,
+        metavar="K",
         help="average the top-k checkpoints by validation accuracy (run folders; default 1)",
     )
     adapt.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -52,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("out", metavar="MODEL.pt")
-    export.add_argument("--top-k", type=int, default=1, help="checkpoints to include (default 1)")
+    export.add_argument(
+        "--top-k", type=int, default=1, metavar="K", help="checkpoints to include (default 1)"
+    )
     export.set_defaults(handler=run_export)
 
 
