@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import MetaConfig
 from .errors import ConfigError
 from .learner import MAMLpp
-from .nn.backbones import Conv4
+from .nn.backbones import Conv4, conv4_sequential
+from .nn.resnet12 import ResNet12, resnet12_widths
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class BenchConfig:
     steps: int = 5
     second_order: bool = True
     msl: bool = True
+    # "conv4": the built-in grouped-convolution Conv4; "conv4-module": the same network as a
+    # plain nn.Sequential through the generic path (ModuleBackbone, vmap); "resnet12".
+    backbone: str = "conv4"
 
 
 def _configs() -> dict[str, BenchConfig]:
@@ -57,8 +61,24 @@ def _configs() -> dict[str, BenchConfig]:
         "omniglot-5w1s": BenchConfig("omniglot-5w1s", 5, 1, 1, 8, 28, 1, 64),
         "mini-imagenet-5w1s": BenchConfig("mini-imagenet-5w1s", 5, 1, 15, 2, 84, 3, 48),
         "mini-imagenet-5w5s": BenchConfig("mini-imagenet-5w5s", 5, 5, 15, 2, 84, 3, 48),
-        # A tiny problem for CI and smoke tests (its figures mean nothing).
+        # The generic path on the same networks, and ResNet-12 (64-160-320-640).
+        "omniglot-20w1s-module": BenchConfig(
+            "omniglot-20w1s-module", 20, 1, 1, 8, 28, 1, 64, backbone="conv4-module"
+        ),
+        "omniglot-5w1s-module": BenchConfig(
+            "omniglot-5w1s-module", 5, 1, 1, 8, 28, 1, 64, backbone="conv4-module"
+        ),
+        "mini-imagenet-5w1s-resnet12": BenchConfig(
+            "mini-imagenet-5w1s-resnet12", 5, 1, 15, 2, 84, 3, 64, backbone="resnet12"
+        ),
+        "mini-imagenet-5w5s-resnet12": BenchConfig(
+            "mini-imagenet-5w5s-resnet12", 5, 5, 15, 2, 84, 3, 64, backbone="resnet12"
+        ),
+        # Tiny problems for CI and smoke tests (their figures mean nothing).
         "tiny": BenchConfig("tiny", 3, 1, 1, 2, 16, 1, 4, steps=2),
+        "tiny-resnet12": BenchConfig(
+            "tiny-resnet12", 3, 1, 1, 2, 16, 1, 4, steps=2, backbone="resnet12"
+        ),
     }
     configs = dict(base)
     for name, c in base.items():
@@ -77,6 +97,15 @@ PAPER_REFERENCE = {  # authors' code on one H100 (spec section 5): s/iteration, 
 }
 
 
+def _network(config: BenchConfig) -> torch.nn.Module:
+    """The benchmark's network, before the learner gives it per-step batch norm."""
+    if config.backbone == "resnet12":
+        return ResNet12(config.ways, config.in_channels, resnet12_widths(config.channels))
+    if config.backbone == "conv4-module":
+        return conv4_sequential(config.ways, config.in_channels, config.channels, config.image_size)
+    return Conv4(config.ways, config.in_channels, config.channels, config.image_size)
+
+
 def build_problem(config: BenchConfig, device: torch.device, seed: int = 0):
     """Learner and one synthetic meta-batch (random images, balanced labels) on ``device``."""
     meta = MetaConfig(
@@ -86,8 +115,7 @@ def build_problem(config: BenchConfig, device: torch.device, seed: int = 0):
         msl=config.msl,
     )
     torch.manual_seed(seed)
-    backbone = Conv4(config.ways, config.in_channels, config.channels, config.image_size)
-    learner = MAMLpp(backbone, meta).to(device)
+    learner = MAMLpp(_network(config), meta).to(device)
     g = torch.Generator().manual_seed(seed)
     shape = (config.in_channels, config.image_size, config.image_size)
     sx = torch.rand(config.tasks, config.ways * config.shots, *shape, generator=g)

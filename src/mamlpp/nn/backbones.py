@@ -219,4 +219,27 @@ def conv4_for(ways: int, in_channels: int, image_size: int, channels: int | None
     return Conv4(ways, in_channels=in_channels, channels=channels, image_size=image_size)
 
 
-__all__ = ["Backbone", "BatchStats", "Conv4", "conv4_for"]
+def conv4_sequential(
+    ways: int, in_channels: int = 1, channels: int = 64, image_size: int = 28
+) -> nn.Sequential:
+    """Conv4 as a plain ``nn.Sequential`` of standard layers (what any user network looks like):
+    ``MAMLpp(conv4_sequential(...), config)`` runs it through the generic path
+    (:class:`~mamlpp.nn.module_backbone.ModuleBackbone`); same mathematics as :class:`Conv4`."""
+    layers: list[nn.Module] = []
+    for b in range(4):
+        layers += [
+            nn.Conv2d(in_channels if b == 0 else channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.LeakyReLU(0.01),
+            nn.MaxPool2d(2),
+        ]
+    spatial = image_size // 16
+    head = nn.Linear(channels * spatial * spatial, ways)
+    for layer in (*layers, head):  # the spec's initialisation, as Conv4's
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers, nn.Flatten(), head)
+
+
+__all__ = ["Backbone", "BatchStats", "Conv4", "conv4_for", "conv4_sequential"]
