@@ -171,17 +171,24 @@ def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict
 def evaluate_tiny(state: dict, shards=None):
     """A float32 learner (the sampler's dtype) holding ``state``, evaluated on 9 validation
     tasks, 4 per batch (with 2 processes the blocks are 4 and 5 tasks: uneven on purpose)."""
-    from mamlpp import MAMLpp, MetaConfig
     from mamlpp.data import EpisodeSampler, load_dataset
     from mamlpp.evaluate import evaluate
-    from mamlpp.nn.backbones import conv4_for
 
     splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
     sampler = EpisodeSampler(splits["val"], 3, 1, 2, seed=1)
-    config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
-    learner = MAMLpp(conv4_for(3, 1, 16, config, channels=4), config)
+    learner = tiny_eval_learner()
     learner.load_state_dict(state)
     return evaluate(learner, sampler, tasks=9, batch_size=4, shards=shards)
+
+
+def tiny_eval_learner():
+    """The float32 learner of the tiny problem, freshly initialised (seed 0)."""
+    from mamlpp import MAMLpp, MetaConfig
+    from mamlpp.nn.backbones import conv4_for
+
+    torch.manual_seed(0)
+    config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
+    return MAMLpp(conv4_for(3, 1, 16, config, channels=4), config)
 
 
 def _main(out: Path) -> None:
