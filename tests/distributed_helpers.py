@@ -8,8 +8,10 @@ state to ``OUT/rank<R>.pt``. The tests run the same function in one process and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
+import signal
 import socket
 import subprocess
 import sys
@@ -45,15 +47,38 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
         "MASTER_PORT": str(port),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        # A rank that waits for a dead or diverged peer gives up soon instead of after 30 min.
+        "MAMLPP_DIST_TIMEOUT": "60",
     }
 
 
 def start_ranks(command: list[str], world: int, **popen) -> list[subprocess.Popen]:
-    """Start ``command`` once per rank, as torchrun would on one node."""
+    """Start ``command`` once per rank, as torchrun would on one node (each in its own
+    process group, so :func:`wait_all` can stop it with everything it started)."""
     port = free_port()
     return [
-        subprocess.Popen(command, env=rank_env(rank, world, port), **popen) for rank in range(world)
+        subprocess.Popen(command, env=rank_env(rank, world, port), start_new_session=True, **popen)
+        for rank in range(world)
     ]
+
+
+def run_group(command: list[str], env: dict[str, str], timeout: float = 300.0):
+    """``subprocess.run`` whose timeout also stops the grandchildren (torchrun's workers)."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def read_only(command: list[str], folder: Path) -> list[str]:
@@ -93,7 +118,8 @@ def wait_all(processes: list[subprocess.Popen], timeout: float = 120.0) -> list[
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             for p in processes:
-                p.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
             raise
         codes.append(process.returncode)
     return codes
@@ -145,17 +171,24 @@ def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict
 def evaluate_tiny(state: dict, shards=None):
     """A float32 learner (the sampler's dtype) holding ``state``, evaluated on 9 validation
     tasks, 4 per batch (with 2 processes the blocks are 4 and 5 tasks: uneven on purpose)."""
-    from mamlpp import MAMLpp, MetaConfig
     from mamlpp.data import EpisodeSampler, load_dataset
     from mamlpp.evaluate import evaluate
-    from mamlpp.nn.backbones import conv4_for
 
     splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
     sampler = EpisodeSampler(splits["val"], 3, 1, 2, seed=1)
-    config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
-    learner = MAMLpp(conv4_for(3, 1, 16, channels=4), config)
+    learner = tiny_eval_learner()
     learner.load_state_dict(state)
     return evaluate(learner, sampler, tasks=9, batch_size=4, shards=shards)
+
+
+def tiny_eval_learner():
+    """The float32 learner of the tiny problem, freshly initialised (seed 0)."""
+    from mamlpp import MAMLpp, MetaConfig
+    from mamlpp.nn.backbones import conv4_for
+
+    torch.manual_seed(0)
+    config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
+    return MAMLpp(conv4_for(3, 1, 16, channels=4), config)
 
 
 def _main(out: Path) -> None:

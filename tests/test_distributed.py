@@ -10,10 +10,19 @@ import sys
 
 import pytest
 import torch
-from distributed_helpers import THIS, evaluate_tiny, start_ranks, train_tiny, wait_all
+from distributed_helpers import (
+    THIS,
+    evaluate_tiny,
+    start_ranks,
+    tiny_eval_learner,
+    train_tiny,
+    wait_all,
+)
 
+from mamlpp.data import EpisodeSampler, load_dataset
 from mamlpp.distributed import Distributed, block, check_divisible
 from mamlpp.errors import ConfigError
+from mamlpp.evaluate import evaluate
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -92,3 +101,23 @@ def test_meta_batch_not_divisible_by_processes_is_one_line_error() -> None:
     check_divisible(8, 4)
     with pytest.raises(ConfigError, match="tasks_per_batch=6 is not divisible by 4 processes"):
         check_divisible(6, 4)
+
+
+def test_a_process_without_evaluation_tasks_still_joins_the_gather() -> None:
+    """With fewer tasks than processes some ranks score nothing; they still contribute an
+    empty ``[0, 2]`` block, and the result is the gathered one."""
+    splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
+    sampler = EpisodeSampler(splits["val"], 3, 1, 2, seed=1)
+    learner = tiny_eval_learner()
+    whole = evaluate(learner, sampler, tasks=1, batch_size=4)
+
+    class FirstOfThree:  # rank 0 of 3: block(1, 0, 3) is empty
+        def my_tasks(self, tasks: int) -> range:
+            return block(tasks, 0, 3)
+
+        def gather_tasks(self, values: torch.Tensor, tasks: int) -> torch.Tensor:
+            assert values.shape == (0, 2)
+            return torch.tensor([[whole.accuracy, whole.loss]])
+
+    got = evaluate(learner, sampler, tasks=1, batch_size=4, shards=FirstOfThree())
+    assert got.num_tasks == 1 and got.accuracy == whole.accuracy

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_helpers import free_port, rank_env, read_only, start_ranks, wait_all
+from distributed_helpers import (
+    free_port,
+    rank_env,
+    read_only,
+    run_group,
+    start_ranks,
+    wait_all,
+)
 
 from mamlpp.cli import main
 from mamlpp.runs import read_metrics
@@ -57,12 +64,11 @@ def _one_process_env() -> dict[str, str]:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """The same tiny run by one process and by 2 ranks."""
     base = tmp_path_factory.mktemp("dist-cli")
-    one = subprocess.run(
-        _train(base / "one"), env=_one_process_env(), capture_output=True, text=True, timeout=300
-    )
+    one = run_group(_train(base / "one"), _one_process_env())
     assert one.returncode == 0, one.stderr[-3000:]
     # Rank 1 reports any attempt to create, write, rename or delete in the run folder.
     port, pipes = free_port(), {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    pipes["start_new_session"] = True  # wait_all stops the whole group on a timeout
     command = _train(base / "two")
     ranks = [
         subprocess.Popen(command, env=rank_env(0, 2, port), **pipes),
@@ -155,7 +161,7 @@ def test_sigkill_of_one_rank_fails_cleanly_and_resume_under_torchrun_is_exact(ru
         assert ranks[0].poll() is None and time.monotonic() < deadline, "no progress"
         time.sleep(0.01)
     ranks[1].send_signal(signal.SIGKILL)
-    ranks[0].wait(timeout=60)  # the survivor notices and stops by itself
+    wait_all(ranks, timeout=60)  # the survivor notices and stops by itself
     err = ranks[0].stderr.read()
     assert ranks[0].returncode == 1, err[-3000:]
     lines = err.strip().splitlines()
@@ -167,13 +173,7 @@ def test_sigkill_of_one_rank_fails_cleanly_and_resume_under_torchrun_is_exact(ru
         torch.load(path, weights_only=True)
     assert torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["progress"]["step"] < 12
     # Continue through the shortcut, which launches torchrun itself.
-    done = subprocess.run(
-        _train(out, "--resume", "--nproc", "2"),
-        env=_one_process_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_group(_train(out, "--resume", "--nproc", "2"), _one_process_env())
     assert done.returncode == 0, done.stderr[-3000:]
     want = torch.load(runs["two"] / "checkpoints" / "latest.pt", weights_only=True)
     got = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
@@ -206,9 +206,7 @@ def test_a_run_of_two_ranks_resumes_in_one_process(runs) -> None:
     shutil.copy(runs["two"] / "config.toml", out / "config.toml")
     shutil.copy(runs["two"] / "metrics.jsonl", out / "metrics.jsonl")  # truncated on resume
     shutil.copy(runs["two"] / "checkpoints" / "epoch-0001.pt", out / "checkpoints" / "latest.pt")
-    done = subprocess.run(
-        _train(out, "--resume"), env=_one_process_env(), capture_output=True, text=True
-    )
+    done = run_group(_train(out, "--resume"), _one_process_env())
     assert done.returncode == 0, done.stderr[-3000:]
     a = torch.load(runs["one"] / "checkpoints" / "latest.pt", weights_only=True)
     b = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
@@ -226,9 +224,10 @@ def test_meta_batch_not_divisible_by_processes(tmp_path, capsys, monkeypatch) ->
     assert main([*args, "--nproc", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tasks_per_batch=4 is not divisible by 3 processes" in err[0]
-    for name, value in rank_env(1, 3, 1).items():
+    for name, value in rank_env(1, 3, free_port()).items():
         if name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MAMLPP_DIST_TIMEOUT", "10")  # without the early check: fail, not hang
     assert main(args) == 2  # no peer is running: it must not wait for one
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not divisible by 3 processes" in err[0]

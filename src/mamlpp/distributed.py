@@ -220,14 +220,20 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> Distributed | None:
+def init_from_env(device: torch.device, timeout_s: float | None = None) -> Distributed | None:
     """Join the job torchrun started (None when not under torchrun, or for one process).
 
     The backend follows the device: NCCL for CUDA (rank ``r`` uses GPU ``LOCAL_RANK``), gloo on
-    the CPU. ``timeout_s`` bounds how long a collective waits for a rank that stopped answering.
+    the CPU. ``timeout_s`` bounds how long joining and each collective wait for a rank that
+    stopped answering (default: ``$MAMLPP_DIST_TIMEOUT`` seconds, else 1800).
     """
     if not launched_by_torchrun():
         return None
+    if timeout_s is None:
+        try:
+            timeout_s = float(os.environ.get("MAMLPP_DIST_TIMEOUT", "1800"))
+        except ValueError:
+            raise ConfigError("MAMLPP_DIST_TIMEOUT must be a number of seconds") from None
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))

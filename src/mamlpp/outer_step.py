@@ -46,7 +46,8 @@ class StepSync(Protocol):
         ...
 
     def reduce_metrics(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Metrics averaged over processes (each is a mean over that process's tasks)."""
+        """The whole meta-batch's metrics: each process's means over its tasks averaged over
+        processes, and ``loss`` summed (each process's loss is its part of the total)."""
         ...
 
 
