@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import re
 import shlex
 import signal
@@ -844,10 +845,39 @@ def collect(out: Path, plan: Plan) -> dict[str, Any]:
     }
 
 
-def environment() -> dict[str, Any]:
-    from .results import environment as env
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
-    return env()
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware of this machine, recorded with the results."""
+    import numpy
+    import torch
+
+    from . import __version__
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "mamlpp": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
