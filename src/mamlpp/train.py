@@ -231,30 +231,38 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
 
+    def train_step(self, epoch: int) -> dict[str, torch.Tensor]:
+        """ONE complete training meta-iteration, exactly as training runs it: the tasks of the
+        current global iteration (``step*B .. step*B+B-1``), epoch ``epoch``'s schedules, then
+        meta-loss, finite check (CPU), backward, clamp and Adam step; on CUDA a replay of the
+        captured graph. The position is not advanced. Returns the detached metrics.
+
+        Calibration (``ablate --time-budget``) times this very call, so a budget measured here
+        is the budget that trains."""
+        batch = self.config.train.tasks_per_batch
+        first = self.step * batch
+        tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
+        if self.fast_step is not None:
+            # Sets the epoch's outer lr itself; non-finite losses are caught per window.
+            return self.fast_step(*tasks, epoch)
+        lr = self.learner.outer_lr(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
+        if self.device.type == "cpu" and not torch.isfinite(loss):  # a sync is free on the CPU
+            self._non_finite(float(loss.detach()), self.iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.learner.clip_gradients_()
+        self.optimizer.step()
+        return metrics
+
     def _train_epoch(self) -> None:
         t = self.config.train
-        epoch, batch = self.epoch, t.tasks_per_batch
-        if self.fast_step is None:  # the fast step sets the lr in place (a tensor in the graph)
-            lr = self.learner.outer_lr(epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        check_every_step = self.device.type == "cpu"  # a sync per iteration is free on the CPU
         window = _Window()
         while self.iteration < t.iterations_per_epoch:
             start = time.perf_counter()
-            first = self.step * batch
-            tasks = self.samplers["train"].sample(torch.arange(first, first + batch))
-            if self.fast_step is not None:
-                # Sets the epoch's outer lr itself; non-finite losses are caught per window.
-                metrics = self.fast_step(*tasks, epoch)
-            else:
-                loss, metrics = self.learner.meta_loss(*tasks, epoch=epoch)
-                if check_every_step and not torch.isfinite(loss):
-                    self._non_finite(float(loss.detach()), self.iteration)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.learner.clip_gradients_()
-                self.optimizer.step()
+            metrics = self.train_step(self.epoch)
             self.iteration += 1
             window.add(metrics, time.perf_counter() - start)
             self.train_seconds += time.perf_counter() - start
