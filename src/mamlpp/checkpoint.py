@@ -69,11 +69,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MamlppError(f"checkpoint {path} does not exist") from None
+    except (PermissionError, IsADirectoryError) as error:
+        raise MamlppError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise MamlppError(f"cannot read checkpoint {path}: {error}".splitlines()[0]) from None
+        why = _why_damaged(path, error)
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({why})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise MamlppError(f"{path} is not a mamlpp checkpoint (format {FORMAT_VERSION})")
+        raise DamagedCheckpoint(f"{path} is not a mamlpp checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+class DamagedCheckpoint(MamlppError):
+    """A checkpoint file that exists but cannot be loaded (truncated, empty or foreign)."""
+
+
+def _why_damaged(path: Path, error: Exception) -> str:
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        return "an empty file"
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    return f"{size} bytes, truncated or not a torch file: {detail}"
 
 
 def remove_stale_temporaries(folder: Path) -> None:

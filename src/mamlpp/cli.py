@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as error:  # a full disk, a read-only or unreadable folder: one line, no trace
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mamlpp: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
+from .format import plural
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,8 +81,9 @@ def _train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if run is None:
         run = RunDir(default_run_dir(config.preset))
-    check_run_folder(run, args.resume)
-    print(f"{'resuming' if args.resume else 'run'} {run.root}: {describe_config(config)}")
+    check_run_folder(run, args.resume, config)  # before any data is loaded or downloaded
+    resuming = args.resume and run.config.is_file()
+    print(f"{'resuming' if resuming else 'run'} {run.root}: {describe_config(config)}")
     splits = load_splits(
         config.data, args.data_dir, download=not args.no_download, progress=not args.quiet
     )
@@ -96,7 +98,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="evaluate a run's top-k checkpoint ensemble on fixed tasks",
-        description="Mean accuracy and a 95%% confidence interval over fixed tasks, averaging "
+        description="Mean accuracy and a 95% confidence interval over fixed tasks, averaging "
         "the logits of the top-k checkpoints by validation accuracy. Writes "
         "RUN_DIR/eval-<split>-top<k>-<tasks>.json.",
     )
@@ -151,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     names = ", ".join(p.name for p in paths)
     if len(paths) < top_k:
-        print(f"note: only {len(paths)} checkpoints are kept in {run.checkpoints}")
+        print(f"note: only {plural(len(paths), 'checkpoint')} kept in {run.checkpoints}")
     print(f"{args.split}: {result.describe()} [{names}]")
     out = run.root / f"eval-{args.split}-top{top_k}-{tasks}.json"
     write_json(

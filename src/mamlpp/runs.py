@@ -10,19 +10,22 @@
         epoch-NNNN.pt      the top-k epochs by validation accuracy (the test ensemble)
       summary.json         test accuracy, 95% CI, tasks, ensemble size, wall time, it/s
       tensorboard/         only when the optional extra is installed
+      .lock                held by the process that trains in the folder (one writer at a time)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import epoch_checkpoint_name, epoch_of, fsync_dir
-from .errors import MamlppError
+from .errors import ConfigError, MamlppError
 from .experiment import ExperimentConfig, build_config, read_toml
 
 
@@ -69,6 +72,43 @@ class RunDir:
 
     def has_training_state(self) -> bool:
         return self.latest.is_file()
+
+
+@contextlib.contextmanager
+def locked(run: RunDir) -> Iterator[None]:
+    """Hold the run folder's lock while training writes into it; a second writer (another
+    process, or another rank started by ``torchrun``) is refused with a one-line error.
+
+    An advisory ``flock`` that the kernel releases when its holder exits, however it exits, so
+    a lock file left by a killed process never blocks ``--resume``. Where ``fcntl`` does not
+    exist (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not on POSIX)
+        yield
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    handle = open(run.root / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        by = f" (pid {holder})" if holder else ""
+        raise ConfigError(
+            f"{run.root} is in use by another mamlpp process{by}; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def default_run_dir(preset: str, base: Path = Path("runs"), now: float | None = None) -> Path:

@@ -27,6 +27,7 @@ import torch
 
 from .checkpoint import (
     FORMAT_VERSION,
+    DamagedCheckpoint,
     atomic_save,
     capture_rng,
     epoch_of,
@@ -36,13 +37,21 @@ from .checkpoint import (
     top_k_epochs,
 )
 from .data import EpisodeSampler, FewShotSplit, Progress
-from .errors import ConfigError, MamlppError
+from .errors import ConfigError, DataError, MamlppError
 from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
 from .experiment import ExperimentConfig, check_resumable, to_toml
 from .fast import FastMetaStep, configure_precision, make_capturable_optimizer
 from .learner import MAMLpp
 from .nn.backbones import conv4_for
-from .runs import MetricsLog, RunDir, truncate_metrics, write_json
+from .runs import (
+    MetricsLog,
+    RunDir,
+    locked,
+    read_metrics,
+    read_run_config,
+    truncate_metrics,
+    write_json,
+)
 
 
 class NonFiniteLoss(MamlppError):
@@ -145,6 +154,9 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.history: list[list[float]] = []  # [[epoch (1-based), val accuracy], ...]
+        # Epoch files kept: the top-k of the largest eval.top_k this run ever had, so re-testing
+        # a run with a smaller top-k never deletes checkpoints.
+        self.keep_top_k = config.eval.top_k
         self.train_seconds = 0.0  # time in training iterations, over all sessions
         self.wall_seconds = 0.0  # time in training and validation, over all sessions
         self._session_start = time.perf_counter()
@@ -180,6 +192,7 @@ class Trainer:
             "timing": {"train_seconds": self.train_seconds, "wall_seconds": self._wall_now()},
             "shape": list(self.shape),
             "adapted_names": list(self.learner.adapted_names),
+            "keep_top_k": self.keep_top_k,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -190,6 +203,7 @@ class Trainer:
         self.epoch = int(state["progress"]["epoch"])
         self.iteration = int(state["progress"]["iteration"])
         self.history = [[int(e), float(a)] for e, a in state["history"]]
+        self.keep_top_k = max(self.keep_top_k, kept_top_k(state))
         self.train_seconds = float(state["timing"]["train_seconds"])
         self._wall_at_start = float(state["timing"]["wall_seconds"])
         self._session_start = time.perf_counter()
@@ -203,7 +217,7 @@ class Trainer:
         self.metrics.sync()
         state = self.state()
         self.run.checkpoints.mkdir(parents=True, exist_ok=True)
-        keep = set(top_k_epochs(self.history, self.config.eval.top_k))
+        keep = set(top_k_epochs(self.history, self.keep_top_k))
         if epoch_file and self.epoch in keep:
             atomic_save(state, self.run.epoch_checkpoint(self.epoch))
         atomic_save(state, self.run.latest)
@@ -374,18 +388,64 @@ def _tensorboard_writer(run: RunDir, enabled: bool, step: int):
     return SummaryWriter(str(run.tensorboard), purge_step=step if step else None)
 
 
-def check_run_folder(run: RunDir, resume: bool) -> None:
-    """Refuse a folder that already holds a run unless resuming (cheap: call it early)."""
+def check_run_folder(run: RunDir, resume: bool, config: ExperimentConfig | None = None) -> None:
+    """Refuse a folder that already holds a run unless resuming, and (given ``config``) a
+    resume whose config would change the run. Cheap: call it before loading any data."""
     if run.root.exists() and not run.root.is_dir():
         raise ConfigError(f"--out {run.root} exists and is not a folder")
-    started = run.has_training_state() or run.metrics.is_file()
+    started = run.has_training_state() or run.metrics.is_file() or bool(run.epoch_checkpoints())
     if started and not resume:
         raise ConfigError(
             f"{run.root} already holds a run; continue it with --resume or choose another --out"
         )
+    if not (resume and started and config is not None):
+        return
+    if not run.config.is_file():
+        raise ConfigError(f"cannot resume {run.root}: it has training files but no config.toml")
+    check_resumable(read_run_config(run).to_dict(), config.to_dict())
 
 
-def prepare_run(config: ExperimentConfig, run: RunDir, resume: bool) -> dict[str, Any] | None:
+def kept_top_k(state: dict[str, Any]) -> int:
+    """The top-k whose epoch files a checkpoint's run keeps (older checkpoints: its eval.top_k)."""
+    return int(state.get("keep_top_k", state["config"]["eval"]["top_k"]))
+
+
+def resume_state(run: RunDir, say: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The state to resume from: ``latest.pt``, else (announced) the newest intact epoch file.
+
+    None only for a run with no checkpoint and no finished epoch; a run with history whose
+    checkpoints are all damaged or gone is refused, never silently restarted."""
+    problem = None
+    if run.latest.is_file():
+        try:
+            return load_checkpoint(run.latest)
+        except DamagedCheckpoint as error:
+            problem = str(error)
+    elif run.epoch_checkpoints():
+        problem = f"{run.latest} is missing"
+    for epoch, path in sorted(run.epoch_checkpoints().items(), reverse=True):
+        try:
+            state = load_checkpoint(path)
+        except DamagedCheckpoint as error:
+            say(f"warning: {error}")
+            continue
+        say(f"warning: {problem}; resuming from {path.name}, the end of epoch {epoch}")
+        atomic_save(state, run.latest)  # the intact state becomes latest.pt again
+        return state
+    finished = sum(r.get("kind") == "val" for r in read_metrics(run.metrics))
+    if problem or finished:
+        why = problem or f"{run.checkpoints} holds no checkpoint"
+        raise MamlppError(
+            f"cannot resume {run.root}: {why}, no intact epoch checkpoint remains and "
+            f"metrics.jsonl records {finished} finished epoch(s); move the folder away to start "
+            "again"
+        )
+    return None
+
+
+def prepare_run(
+    config: ExperimentConfig, run: RunDir, resume: bool, say: Callable[[str], None] = print
+) -> dict[str, Any] | None:
     """Check the folder against ``resume``; return the checkpoint to resume from (or None).
 
     A folder that already holds training state is never reused without ``--resume``, so two
@@ -394,16 +454,20 @@ def prepare_run(config: ExperimentConfig, run: RunDir, resume: bool) -> dict[str
     check_run_folder(run, resume)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run.checkpoints)
-    state = load_checkpoint(run.latest) if resume and run.latest.is_file() else None
+    state = resume_state(run, say) if resume else None
     if state is not None:
         check_resumable(state["config"], config.to_dict())
         truncate_metrics(run.metrics, int(state["progress"]["step"]))
-        # Reconcile the epoch files with the checkpoint (a kill may have come mid-way).
-        keep = set(top_k_epochs(state["history"], config.eval.top_k))
+        # Reconcile the epoch files with the checkpoint (a kill may have come mid-way); the
+        # largest top-k ever used decides, so a smaller eval.top_k never deletes a checkpoint.
+        keep_k = max(config.eval.top_k, kept_top_k(state))
+        keep = set(top_k_epochs(state["history"], keep_k))
         for epoch, path in run.epoch_checkpoints().items():
             if epoch not in keep or epoch > int(state["progress"]["epoch"]):
                 path.unlink(missing_ok=True)
     elif run.metrics.is_file():
+        if resume:
+            say(f"no checkpoint yet in {run.checkpoints}: starting again from iteration 0")
         truncate_metrics(run.metrics, 0)  # killed before the first checkpoint: start over
     header = "mamlpp run configuration (preset, then --config file, then --set overrides)"
     run.config.write_text(to_toml(config, header), encoding="utf-8")
@@ -452,22 +516,30 @@ def run_training(
     on_start: Callable[[Trainer], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the run in ``run``, then evaluate the test ensemble in the same
-    process and write ``summary.json``. Returns the summary."""
-    state = prepare_run(config, run, resume)
-    trainer = Trainer(config, run, splits, device, out=out, progress=progress)
-    if state is not None:
-        trainer.restore(state)
-    if on_start is not None:
-        on_start(trainer)
-    threads = torch.get_num_threads()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    process and write ``summary.json``. Returns the summary.
+
+    The trainer is built before the folder is touched, so impossible episode sizes are refused
+    without leaving a stub run folder; the folder is locked against a second writer."""
+    check_run_folder(run, resume)
     try:
-        trainer.fit()
-        result, ensemble = trainer.test()
-    finally:
-        torch.set_num_threads(threads)  # a library call leaves no global trace
-    summary = summarise(trainer, result, ensemble)
-    write_json(run.summary, summary)
+        trainer = Trainer(config, run, splits, device, out=out, progress=progress)
+    except DataError as error:  # the data cannot give these episodes: a configuration error
+        raise ConfigError(str(error)) from None
+    with locked(run):
+        state = prepare_run(config, run, resume, say=trainer._say)
+        if state is not None:
+            trainer.restore(state)
+        if on_start is not None:
+            on_start(trainer)
+        threads = torch.get_num_threads()
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        try:
+            trainer.fit()
+            result, ensemble = trainer.test()
+        finally:
+            torch.set_num_threads(threads)  # a library call leaves no global trace
+        summary = summarise(trainer, result, ensemble)
+        write_json(run.summary, summary)
     trainer._say(f"test: {result.describe()}; summary in {run.summary}")
     return summary
