@@ -161,6 +161,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("collections", "OrderedDict"),
+        # Protocol 2 has no bytes opcode: numpy's raw buffers are pickled as
+        # _codecs.encode(latin-1 text), which only turns a str into bytes.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
