@@ -19,6 +19,7 @@ from .data import (
     find_omniglot,
     load_dataset,
 )
+from .data.omniglot import partial_omniglot
 from .errors import DataError
 from .experiment import DataSection
 
@@ -43,7 +44,7 @@ def load_splits(
     root = data_dir(data_dir_arg)
     if data.dataset in ("omniglot", "omniglot-vinyals"):
         if find_omniglot(root) is None:
-            _fetch_omniglot(root, download, say, progress)
+            _fetch_omniglot(root, download, say, progress, partial_omniglot(root))
     elif find_mini_imagenet(root) is None:
         if not download:
             raise DataError(f"mini-ImageNet is not in {root} and --no-download was given")
@@ -52,15 +53,28 @@ def load_splits(
     return load_dataset(data.dataset, root, image_size=data.image_size, progress=progress)
 
 
-def _fetch_omniglot(root, download: bool, say: Callable[[str], None], progress: bool) -> None:
-    if not download:
-        raise DataError(f"Omniglot is not in {root} and --no-download was given: {OFFLINE_HINT}")
-    say(
-        f"Omniglot is not in {root}; downloading the two official zips (about 16 MB, "
-        f"md5-checked) to {root / 'omniglot'}"
-    )
+def _fetch_omniglot(
+    root, download: bool, say: Callable[[str], None], progress: bool, partial
+) -> None:
+    """Download Omniglot, or only the zip missing beside one already there (``partial``)."""
+    if partial is not None:
+        folder, (subset,) = partial
+        missing = f"missing {subset}.zip (or the folder {subset}/) in {folder}"
+        if not download:
+            raise DataError(f"{missing} and --no-download was given")
+        say(f"{missing}; downloading {subset}.zip (md5-checked) beside the other")
+    else:
+        if not download:
+            raise DataError(
+                f"Omniglot is not in {root} and --no-download was given: {OFFLINE_HINT}"
+            )
+        folder = root / "omniglot"
+        say(
+            f"Omniglot is not in {root}; downloading the two official zips (about 16 MB, "
+            f"md5-checked) to {folder}"
+        )
     try:
-        download_omniglot(root, progress=progress)
+        download_omniglot(root, progress=progress, folder=folder)
     except ChecksumError:
         raise
     except DataError as error:

@@ -60,6 +60,17 @@ def find_omniglot(root: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+def partial_omniglot(root: str | os.PathLike[str] | None = None) -> tuple[Path, list[str]] | None:
+    """A folder among those :func:`find_omniglot` searches that holds one subset but not the
+    other: ``(folder, [the missing subset])``; None if there is none."""
+    base = data_dir(root)
+    for candidate in (base, base / "omniglot", base / "omniglot-py"):
+        missing = [s for s in SUBSETS if _subset_location(candidate, s) is None]
+        if len(missing) == 1:
+            return candidate, missing
+    return None
+
+
 def _subset_location(source: Path, subset: str) -> Path | None:
     folder, archive = source / subset, source / f"{subset}.zip"
     if folder.is_dir():
