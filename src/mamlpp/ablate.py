@@ -1041,7 +1041,7 @@ def aggregate(out: Path, make_plots: bool = True) -> dict[str, Any]:
 
 
 def _plots(out: Path, plan: Plan, results: dict[str, Any]) -> dict[str, str]:
-    from .pngplot import Series, heatmap, line_chart
+    from .plots import Series, heatmap, line_chart
     from .report import make_report
     from .runs import read_metrics
 
@@ -1067,7 +1067,8 @@ def _plots(out: Path, plan: Plan, results: dict[str, Any]) -> dict[str, str]:
             matrix,
             labels,
             [f"seed {s}" for s in plan.seeds] + ["mean"],
-            "test accuracy % (colour: above/below MAML's mean)",
+            "test accuracy % per variant and seed",
+            "test accuracy % (centred on MAML's mean)" if center is not None else "test accuracy %",
             center=center,
         )
         plots["test accuracy per variant and seed"] = "test-accuracy.png"

@@ -321,6 +321,11 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, iteration {iteration + 1}"
         step = self.epoch * t.iterations_per_epoch + iteration + 1
         keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint yet"
+        # Reports show the run as failed; a resume truncates this line away (its step is past
+        # the checkpoint's).
+        self.metrics.write(
+            {"kind": "failed", "epoch": self.epoch + 1, "step": step, "value": repr(value)}
+        )
         raise NonFiniteLoss(
             f"non-finite meta-loss ({value}) at {where} (global iteration {step}); training "
             f"stopped, {keep} (try a smaller meta.meta_lr or meta.inner_lr, or meta.grad_clip)"
