@@ -36,13 +36,14 @@ from .checkpoint import (
     restore_rng,
     top_k_epochs,
 )
-from .data import EpisodeSampler, FewShotSplit, Progress
+from .data import EpisodeSampler, FewShotSplit
 from .errors import ConfigError, DataError, MamlppError
 from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
 from .experiment import ExperimentConfig, check_resumable, to_toml
 from .fast import FastMetaStep, configure_precision, make_capturable_optimizer
 from .learner import MAMLpp
 from .nn.backbones import conv4_for
+from .progress import progress_bar
 from .runs import (
     MetricsLog,
     RunDir,
@@ -234,7 +235,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run.metrics)
         self.writer = _tensorboard_writer(self.run, t.tensorboard, self.step)
         total = t.epochs * t.iterations_per_epoch
-        self.bar = Progress(total, desc="train", initial=self.step, enabled=self.show_progress)
+        self.bar = progress_bar(total, "train", initial=self.step, enabled=self.show_progress)
         try:
             while not self.done:
                 self._train_epoch()
@@ -309,7 +310,7 @@ class Trainer:
             "it_per_s": len(window) / max(window.seconds, 1e-9),
         }
         self.metrics.write(record)
-        self.bar.update(0, loss=means["loss"], acc=means["accuracy"])
+        self.bar.set_postfix(loss=f"{means['loss']:.4g}", acc=f"{means['accuracy']:.4g}")
         if self.writer is not None:
             self.writer.add_scalar("train/loss", means["loss"], self.step)
             self.writer.add_scalar("train/accuracy", means["accuracy"], self.step)
@@ -365,10 +366,11 @@ class Trainer:
 
     def _say(self, text: str) -> None:
         bar = getattr(self, "bar", None)
-        if bar is not None and bar.enabled and bar.interactive:
-            bar.file.write("\r\033[K")  # clear the bar's line; it redraws on its next update
-            bar.file.flush()
-        print(text, file=self.out, flush=True)
+        if bar is None:
+            print(text, file=self.out, flush=True)
+            return
+        with bar.external_write_mode():  # clears the bar's line; it redraws afterwards
+            print(text, file=self.out, flush=True)
 
     # -- test ----------------------------------------------------------------------------------
     def test(self, top_k: int | None = None, tasks: int | None = None) -> tuple[EvalResult, list]:

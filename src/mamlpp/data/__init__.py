@@ -16,7 +16,6 @@ from .files import data_dir
 from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, find_mini_imagenet, load_mini_imagenet
 from .omniglot import find_omniglot, load_omniglot, prepare_omniglot
 from .omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
-from .progress import Progress
 from .registry import DATASETS, load_dataset
 from .sampler import Episodes, EpisodeSampler
 from .sources import download_mini_imagenet, download_omniglot
@@ -32,7 +31,6 @@ __all__ = [
     "EpisodeSampler",
     "Episodes",
     "FewShotSplit",
-    "Progress",
     "TaskBatch",
     "data_dir",
     "download_file",

@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from ..progress import progress_bar
 from .files import atomic_path, data_dir, is_writable_dir
 from .omniglot_splits import SPLIT_NAMES, SPLITS_DIR
-from .progress import Progress
 from .structures import FewShotSplit, build_class_index
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -306,7 +306,7 @@ def _decode_cached(
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable cache: rebuild below
     images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
-    bar = Progress(len(files), desc=f"decoding mini-ImageNet {split}", unit="img", enabled=progress)
+    bar = progress_bar(len(files), f"decoding mini-ImageNet {split}", "img", enabled=progress)
     try:
         for i, file in enumerate(files):
             images[i] = _decode_image(file, image_size)

@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from ..progress import progress_bar
 from .archive import member_parts, open_zip, read_member
 from .files import atomic_path, data_dir, is_writable_dir
 from .omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
-from .progress import Progress
 from .structures import FewShotSplit, build_class_index
 
 SUBSETS = {"images_background": 964, "images_evaluation": 659}  # characters per subset
@@ -262,12 +262,13 @@ def _decode_all_open(root: Path, image_size: int, progress: bool, stack: context
     # Class-major order, drawers sorted by file name (XXXX_01 .. XXXX_20).
     entries.sort(key=lambda entry: (index[entry[0]], entry[1]))
     images = np.empty((len(entries), image_size, image_size), dtype=np.uint8)
-    bar = Progress(len(entries), desc="preprocessing Omniglot", unit="img", enabled=progress)
+    bar = progress_bar(len(entries), "preprocessing Omniglot", "img", enabled=progress)
     try:
         for i, (class_name, file_name, handle) in enumerate(entries):
             images[i] = _decode_png(_read_bytes(handle), f"{class_name}/{file_name}", image_size)
             if i % 512 == 511:
                 bar.update(512)
+        bar.update(len(entries) - bar.n)  # the last partial block: the bar ends at 100%
     finally:
         bar.close()
     image_class = np.array([index[entry[0]] for entry in entries], dtype=np.int64)
