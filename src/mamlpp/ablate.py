@@ -194,15 +194,13 @@ def base_preset(dataset: str, ways: int, shots: int) -> str:
     return exact if exact in PRESETS else f"{family}-5w1s"
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        bare = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", value) and value not in ("true", "false")
-        return value if bare else json.dumps(value)
-    if value is None:
-        return '"none"'
-    return repr(value)
+def _set_value(value: Any) -> str:
+    """A ``--set`` value: a bare word where the parser takes it as text (readable commands),
+    else the TOML literal."""
+    from .experiment import toml_value
+
+    bare = isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", value)
+    return value if bare and value not in ("true", "false", "inf", "nan") else toml_value(value)
 
 
 def common_sets(plan: Plan, iterations_per_epoch: int | None) -> list[str]:
@@ -238,7 +236,7 @@ def run_sets(plan: Plan, variant: Variant, seed: int, threads: int = 0) -> list[
     base = base_config(plan)
     on_values = {key: getattr(base.meta, key) for keys in TECHNIQUE_KEYS.values() for key in keys}
     sets = common_sets(plan, plan.iterations_per_epoch)
-    sets += [f"meta.{k}={_toml(v)}" for k, v in variant_meta(variant, on_values).items()]
+    sets += [f"meta.{k}={_set_value(v)}" for k, v in variant_meta(variant, on_values).items()]
     sets.append(f"train.seed={seed}")
     if threads:
         sets.append(f"train.threads={threads}")
