@@ -19,7 +19,6 @@ at any moment leaves either the previous file or the new one, never a mixture.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import MamlppError
 
 FORMAT_VERSION = 1
@@ -34,32 +34,8 @@ FORMAT_VERSION = 1
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that readers see the old file or the new one, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import epoch_checkpoint_name, epoch_of, fsync_dir
+from .atomic import atomic_write
+from .checkpoint import epoch_checkpoint_name, epoch_of
 from .errors import ConfigError, MamlppError
 from .experiment import ExperimentConfig, build_config, read_toml
 
@@ -175,26 +176,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the lines up to iteration ``step`` (those the resumed checkpoint had seen):
     the resumed run writes the rest again, so nothing is duplicated."""
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         for record in kept:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic JSON write (summary.json is read by `report` while runs may still be writing)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

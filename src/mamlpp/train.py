@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import torch
 
+from .atomic import atomic_write
 from .checkpoint import (
     FORMAT_VERSION,
     DamagedCheckpoint,
@@ -477,7 +478,8 @@ def prepare_run(
             say(f"no checkpoint yet in {run.checkpoints}: starting again from iteration 0")
         truncate_metrics(run.metrics, 0)  # killed before the first checkpoint: start over
     header = "mamlpp run configuration (preset, then --config file, then --set overrides)"
-    run.config.write_text(to_toml(config, header), encoding="utf-8")
+    with atomic_write(run.config, "w", encoding="utf-8") as handle:
+        handle.write(to_toml(config, header))
     return state
 
 

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import DataError
 from ..progress import progress_bar
-from .files import atomic_path, data_dir, is_writable_dir
+from .files import data_dir, is_writable_dir, make_dirs
 from .omniglot_splits import SPLIT_NAMES, SPLITS_DIR
 from .structures import FewShotSplit, build_class_index
 
@@ -314,7 +315,8 @@ def _decode_cached(
     finally:
         bar.close()
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        make_dirs(path.parent)
+        with atomic_write(path) as handle:
             meta = json.dumps({"version": CACHE_VERSION, "split": split})
             np.savez(handle, images=images, meta=np.array(meta))
     except (DataError, OSError) as error:

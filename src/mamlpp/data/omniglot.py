@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import DataError
 from ..progress import progress_bar
 from .archive import member_parts, open_zip, read_member
-from .files import atomic_path, data_dir, is_writable_dir
+from .files import data_dir, is_writable_dir, make_dirs
 from .omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
 from .structures import FewShotSplit, build_class_index
 
@@ -142,7 +143,8 @@ def prepare_omniglot(
     images, image_class, class_names = _decode_all(root, image_size, progress)
     meta = {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
     try:
-        with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
+        make_dirs(cache_path.parent)
+        with atomic_write(cache_path) as handle:
             np.savez(
                 handle,
                 packed=np.packbits(images > 127),  # 1 bit per pixel: 1 = background
