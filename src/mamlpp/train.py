@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .data import EpisodeSampler, FewShotSplit
 from .errors import ConfigError, DataError, MamlppError
-from .evaluate import EvalResult, ensemble_paths, evaluate, load_member
+from .evaluate import EvalResult, ensemble_paths, evaluate, load_member, task_fingerprint
 from .experiment import ExperimentConfig, check_resumable, to_toml
 from .fast import FastMetaStep, configure_precision, make_capturable_optimizer
 from .learner import MAMLpp
@@ -325,9 +325,10 @@ class Trainer:
         keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint yet"
         # Reports show the run as failed; a resume truncates this line away (its step is past
         # the checkpoint's).
-        self.metrics.write(
-            {"kind": "failed", "epoch": self.epoch + 1, "step": step, "value": repr(value)}
-        )
+        if getattr(self, "metrics", None) is not None:  # not while calibration times a step
+            self.metrics.write(
+                {"kind": "failed", "epoch": self.epoch + 1, "step": step, "value": repr(value)}
+            )
         raise NonFiniteLoss(
             f"non-finite meta-loss ({value}) at {where} (global iteration {step}); training "
             f"stopped, {keep} (try a smaller meta.meta_lr or meta.inner_lr, or meta.grad_clip)"
@@ -499,6 +500,7 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "test_ci95": result.ci95,
         "test_loss": result.loss,
         "test_tasks": result.num_tasks,
+        "test_fingerprint": task_fingerprint(trainer.samplers["test"], result.num_tasks),
         "ensemble_size": result.ensemble_size,
         "ensemble_epochs": [epoch_of(p) for p in ensemble if epoch_of(p) is not None],
         "best_val_epoch": best[0] if best else None,
