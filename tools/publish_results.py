@@ -28,9 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.errors import ConfigError, MamlppError
-from mamlpp.format import duration
+from mamlpp.format import duration, markdown_table, percent
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+TABLE_HEADER = [
+    "variant",
+    "techniques",
+    "seeds",
+    "test % (mean ± std over seeds)",
+    "Δ vs MAML (pp)",
+    "95% CI over tasks",
+    "it/s",
+    "published (MAML: Finn et al.; MAML++: the paper)",
+]
 
 # Spec section 4 (test accuracy %, 5 inner steps, 50,000 iterations): MAML (Finn et al. 2017)
 # and MAML++ (the paper), keyed by (dataset, ways, shots).
@@ -131,15 +141,11 @@ def load_study(folder: Path) -> dict[str, Any]:
         raise MamlppError(f"cannot read {folder / 'results.json'}: {error}") from None
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def _acc(row: dict[str, Any]) -> str:
     mean, std = row.get("mean_test_accuracy"), row.get("std_test_accuracy")
     if mean is None:
         return "-"
-    return _pct(mean) + (f" ± {_pct(std)}" if std is not None else "")
+    return percent(mean) + (f" ± {percent(std)}" if std is not None else "")
 
 
 def _delta(name: str, delta: float | None) -> str:
@@ -184,21 +190,24 @@ def results_section(
             f"test tasks, device {_device_of(study)}. Details: "
             f"[{base}{name}/results.md]({base}{name}/results.md).",
             "",
-            "| variant | techniques | seeds | test % (mean ± std over seeds) | Δ vs MAML (pp) "
-            "| 95% CI over tasks | it/s | published (MAML: Finn et al.; MAML++: the paper) |",
-            "|---|---|---|---|---|---|---|---|",
         ]
+        rows = []
         for row in study["variants"]:
-            delta = row.get("delta_vs_maml")
             ci = row.get("mean_test_ci95")
             its = row.get("mean_iterations_per_second")
-            lines.append(
-                f"| `{row['name']}` | {row['label']} | {len(row['seeds_complete'])}/"
-                f"{row['seeds_requested']} | {_acc(row)} | "
-                f"{_delta(row['name'], delta)} | "
-                f"{'-' if not ci else f'± {_pct(ci)}'} | "
-                f"{'-' if its is None else f'{its:.2f}'} | {paper.get(row['name'], '-')} |"
+            rows.append(
+                [
+                    f"`{row['name']}`",
+                    row["label"],
+                    f"{len(row['seeds_complete'])}/{row['seeds_requested']}",
+                    _acc(row),
+                    _delta(row["name"], row.get("delta_vs_maml")),
+                    "-" if not ci else f"± {percent(ci)}",
+                    "-" if its is None else f"{its:.2f}",
+                    paper.get(row["name"], "-"),
+                ]
             )
+        lines += markdown_table(TABLE_HEADER, rows)
         findings = _study_findings(study)
         if findings:
             lines += ["", *findings]
@@ -268,9 +277,9 @@ def _gpu_line(studies: dict[str, dict[str, Any]]) -> str:
         within = f" (time budget {limit:g} s of training)" if limit else ""
         return (
             f"{name}: Omniglot 5-way 1-shot MAML++ on {study['environment'].get('gpu') or 'cuda'}, "
-            f"{s['budget']} meta-iterations{within}: test {_pct(acc)}% ± {_pct(ci)} (95% CI over "
-            f"{study['test_tasks']['count']} tasks). Target >= 99.0%: {met}. The paper: 99.47% "
-            "after 50,000 iterations."
+            f"{s['budget']} meta-iterations{within}: test {percent(acc)}% ± {percent(ci)} "
+            f"(95% CI over {study['test_tasks']['count']} tasks). Target >= 99.0%: {met}. "
+            "The paper: 99.47% after 50,000 iterations."
         )
     return (
         "`benchmarks/gpu_repro.sh` (Omniglot 5-way 1-shot MAML++, at most 8 minutes of training "
