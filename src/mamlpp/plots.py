@@ -76,6 +76,10 @@ def line_figure(series: Sequence[Series], title: str, xlabel: str, ylabel: str) 
         style = "--" if item.dashed else "-"
         marker = "o" if item.markers and len(item.xs) <= 40 else None
         axes.plot(item.xs, item.ys, style, marker=marker, markersize=3, label=item.label)
+    if all(float(x).is_integer() for item in series for x in item.xs):  # epochs: 1, 2, 3
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if needs_log_axis(series):
         axes.set_yscale("log")
         ylabel += " (log scale)"
@@ -106,7 +110,7 @@ def heatmap_figure(
     values = np.asarray(matrix, dtype=float)
     finite = values[np.isfinite(values)]
     height = max(2.5, 0.35 * len(rows) + 1.5)
-    figure, axes = plt.subplots(figsize=(max(5.0, 1.1 * len(columns) + 3.5), height), dpi=110)
+    figure, axes = plt.subplots(figsize=(max(6.5, 1.1 * len(columns) + 4.0), height), dpi=110)
     options: dict[str, Any] = {"cmap": "viridis"}
     if center is not None and finite.size:
         spread = float(np.abs(finite - center).max()) or abs(center) * 0.1 or 1.0

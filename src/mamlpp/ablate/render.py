@@ -175,8 +175,9 @@ def plots(out: Path, plan: Plan, results: dict[str, Any]) -> dict[str, str]:
             matrix,
             labels,
             [f"seed {s}" for s in plan.seeds] + ["mean"],
-            "test accuracy % per variant and seed",
-            "test accuracy % (centred on MAML's mean)" if center is not None else "test accuracy %",
+            "test accuracy % per variant and seed"
+            + (" (colours centred on MAML's mean)" if center is not None else ""),
+            "test accuracy %",
             center=center,
         )
         plots["test accuracy per variant and seed"] = "test-accuracy.png"
