@@ -54,7 +54,7 @@ grid_cmd=(ablate "${common[@]}" --budget "$grid_budget" --variants all --seeds 0
 bench_cmd=(bench --configs omniglot-5w1s --paths batched,loop --modes fp32 --device cpu
            --iters 5 --warmup 1 --threads "$jobs" --no-grad-check --json "$out/bench-cpu.json")
 show() { printf 'mamlpp'; printf ' %q' "$@"; printf '\n'; }
-publish_cmd=(-m mamlpp.results publish --dest "$docs"
+publish_cmd=("$repo/tools/publish_results.py" publish --dest "$docs"
              --study "cpu-5w1s-b$main_budget=$main_out"
              --study "cpu-grid-5w1s-b$grid_budget=$grid_out"
              --bench "$out/bench-cpu.json" --fill "$repo/docs/reproduce.md"
@@ -76,7 +76,7 @@ mkdir -p "$out"
 log="$out/study.log"
 say() { echo "[$(date '+%F %T')] $*" | tee -a "$log"; }
 say "study in $out (data $data, $jobs jobs); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-"$py" -m mamlpp.results env --out "$out/environment.json" > /dev/null
+"$py" "$repo/tools/publish_results.py" env --out "$out/environment.json" > /dev/null
 if [ ! -s "$out/bench-cpu.json" ]; then  # first, while our own runs are not competing
     say "1/3 bench: $(show "${bench_cmd[@]}")"
     "$py" -m mamlpp "${bench_cmd[@]}" 2>&1 | tee -a "$log"

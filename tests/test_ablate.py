@@ -4,6 +4,7 @@ time budgets, argument errors; and the study scripts' dry runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -51,25 +52,11 @@ def _ablate(out: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> tuple[Path, dict]:
-    """maml and maml++ x seeds 0 and 1, trained in this process; every trainer's test episodes
-    are captured through the trainer hook."""
+def grid(tmp_path_factory) -> Path:
+    """maml and maml++ x seeds 0 and 1, each trained by a `mamlpp train --resume` worker."""
     out = tmp_path_factory.mktemp("ablate") / "grid"
-    episodes: dict[str, tuple] = {}
-    original = ablate.run_one
-
-    def run_one(plan, out_, variant, seed, *args, **kwargs):
-        def capture(variant_, seed_, trainer):
-            sampler = trainer.samplers["test"]
-            episodes[f"{variant_.name}/{seed_}"] = tuple(sampler.sample(range(6)))
-
-        kwargs["on_start"] = capture
-        return original(plan, out_, variant, seed, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ablate, "run_one", run_one)
-        assert _ablate(out, *VARIANTS) == 0
-    return out, episodes
+    assert _ablate(out, *VARIANTS) == 0
+    return out
 
 
 def _summary(out: Path, folder: str, seed: int) -> dict:
@@ -77,7 +64,7 @@ def _summary(out: Path, folder: str, seed: int) -> dict:
 
 
 def test_runs_use_the_grid_configs_and_the_budget(grid) -> None:
-    out, _ = grid
+    out = grid
     for folder, techniques in (("maml", []), ("mamlpp", list(ablate.TECHNIQUES))):
         for seed in (0, 1):
             run = out / folder / f"seed{seed}"
@@ -130,7 +117,7 @@ def test_every_variant_switches_exactly_its_techniques() -> None:
 
 
 def test_aggregation_matches_the_run_summaries(grid) -> None:
-    out, _ = grid
+    out = grid
     results = json.loads((out / "results.json").read_text())
     rows = {row["name"]: row for row in results["variants"]}
     assert list(rows) == ["maml", "maml++"]
@@ -169,27 +156,25 @@ def test_aggregation_matches_the_run_summaries(grid) -> None:
 
 
 def test_all_variants_see_identical_test_tasks(grid) -> None:
-    out, episodes = grid
-    assert sorted(episodes) == ["maml++/0", "maml++/1", "maml/0", "maml/1"]
-    first = episodes["maml/0"]
-    for key, batch in episodes.items():
-        for mine, theirs in zip(batch, first, strict=True):
-            assert torch.equal(mine, theirs), key
-    results = json.loads((out / "results.json").read_text())
-    tests = results["test_tasks"]
-    assert tests["identical"] and tests["runs_checked"] == 4 and len(tests["fingerprints"]) == 1
-    assert "Same test tasks in all 4 finished runs" in (out / "results.md").read_text()
-    # the fingerprint does see a different task set
+    out = grid
     from mamlpp.data import EpisodeSampler, load_dataset
+    from mamlpp.evaluate import task_fingerprint
 
     split = load_dataset("synthetic", image_size=28)["test"]
-    same = ablate.test_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=2), 6)
-    other = ablate.test_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=3), 6)
-    assert same == tests["fingerprints"][0] and other != same
+    expected = task_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=2), 6)
+    for folder in ("maml", "mamlpp"):
+        for seed in (0, 1):  # each run records the tasks its own trainer was tested on
+            assert _summary(out, folder, seed)["test_fingerprint"] == expected
+    results = json.loads((out / "results.json").read_text())
+    tests = results["test_tasks"]
+    assert tests["identical"] and tests["runs_checked"] == 4 and tests["fingerprints"] == [expected]
+    assert "Same test tasks in all 4 finished runs" in (out / "results.md").read_text()
+    # the fingerprint does see a different task set
+    assert task_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=3), 6) != expected
 
 
 def test_rerun_skips_finished_runs_and_aggregate_only_rewrites(grid, capsys) -> None:
-    out, _ = grid
+    out = grid
     runs = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "report"]
     before = {p: p.read_bytes() for p in runs if "seed" in p.relative_to(out).as_posix()}
     assert _ablate(out, *VARIANTS) == 0
@@ -205,11 +190,18 @@ def test_rerun_skips_finished_runs_and_aggregate_only_rewrites(grid, capsys) -> 
 
 
 def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, capsys) -> None:
-    """Killed mid-run (here: an interrupt after epoch 2), the re-run continues from the
-    checkpoint and ends where an uninterrupted run ends."""
-    out, _ = grid
-    from mamlpp.train import Trainer
+    """A run interrupted after epoch 2 (trained here with the library, as a killed worker
+    leaves it) is continued by the re-run's worker and ends where an uninterrupted run ends."""
+    out = grid
+    from mamlpp.data import load_dataset
+    from mamlpp.runs import RunDir
+    from mamlpp.train import Trainer, run_training
 
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy2(out / "ablation.json", resumed / "ablation.json")
+    config = ablate.run_config(ablate.read_plan(out), ablate.VARIANTS["maml"], 0)
+    run = resumed / "maml" / "seed0"
     original = Trainer._end_epoch
 
     def interrupted(self):
@@ -217,15 +209,15 @@ def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, caps
         if self.epoch == 2:
             raise KeyboardInterrupt
 
-    resumed = tmp_path / "resumed"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "_end_epoch", interrupted)
-        assert _ablate(resumed, "--variants", "maml", "--seeds", "0") == 130
-    run = resumed / "maml" / "seed0"
+        with pytest.raises(KeyboardInterrupt):
+            run_training(config, RunDir(run), load_dataset("synthetic"), torch.device("cpu"))
     assert not (run / "summary.json").exists() and (run / "checkpoints" / "latest.pt").is_file()
     capsys.readouterr()
     assert _ablate(resumed, "--variants", "maml", "--seeds", "0") == 0
-    assert "epoch 3/5" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "epoch 3/5" in printed and "epoch 2/5" not in printed  # continued, not restarted
     mine, reference = _summary(resumed, "maml", 0), _summary(out, "maml", 0)
     assert mine["test_accuracy"] == reference["test_accuracy"]
     assert mine["test_loss"] == reference["test_loss"]
@@ -235,7 +227,7 @@ def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, caps
 
 
 def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None:
-    out, _ = grid
+    out = grid
     parallel = tmp_path / "parallel"
     assert _ablate(parallel, "--variants", "maml", "--seeds", "0,1", "--jobs", "2") == 0
     for seed in (0, 1):
@@ -248,6 +240,84 @@ def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None
         )
     results = json.loads((parallel / "results.json").read_text())
     assert results["variants"][0]["seeds_complete"] == [0, 1]
+
+
+def test_time_calls_discards_warm_up_and_times_each_call(monkeypatch) -> None:
+    from mamlpp.ablate import calibration
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def step() -> None:
+        clock["calls"] += 1
+        clock["now"] += 10.0 if clock["calls"] <= 2 else 0.25  # two slow warm-up calls
+
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: clock["now"])
+    times = calibration.time_calls(step, warmup=2, repeats=3, device=torch.device("cpu"))
+    assert clock["calls"] == 5 and times == [0.25, 0.25, 0.25]
+
+
+def test_calibration_times_the_training_step_of_a_real_trainer(monkeypatch) -> None:
+    """The budget comes from Trainer.train_step (what an epoch calls; on CUDA a graph replay)
+    per schedule regime, after the warm-up calls, and from a validation after its warm-up."""
+    from mamlpp.ablate import calibration
+    from mamlpp.data import load_dataset
+    from mamlpp.train import Trainer
+
+    clock = {"now": 0.0}
+    steps: list[tuple[int, int]] = []
+    validations: list[int] = []
+
+    def train_step(self, epoch):
+        steps.append((epoch, self.iteration))
+        first_of_regime = len([e for e, _ in steps if e == epoch]) == 1
+        clock["now"] += 10.0 if first_of_regime else 0.25
+
+    def validate(self):
+        validations.append(1)
+        clock["now"] += 10.0 if len(validations) == 1 else 1.0
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: clock["now"])
+    plan = ablate.Plan(
+        dataset="synthetic",
+        ways=5,
+        shots=1,
+        base_preset="synthetic",
+        epochs=5,
+        budget=None,
+        tasks_per_batch=2,
+        val_tasks=4,
+        test_tasks=6,
+        top_k=2,
+        sets=["model.channels=4"],
+        variants=["maml++"],
+        seeds=[0],
+        time_budget_s=1000.0,
+    )
+    splits = load_dataset("synthetic")
+    budget, measured = ablate.calibrate(
+        plan, [ablate.VARIANTS["maml++"]], splits, torch.device("cpu"), 1000.0, say=lambda _: None
+    )
+    # Synthetic MAML++: MSL for epochs 0-1, first order until epoch 3: three regimes, each one
+    # warm-up call (eager CPU path) and three timed calls on successive tasks.
+    assert [e for e, _ in steps] == [0] * 4 + [2] * 4 + [3] * 4
+    assert [i for _, i in steps] == list(range(12))
+    cost = measured["variants"]["maml++"]
+    assert {r["s_per_it"] for r in cost["regimes"].values()} == {0.25} and cost["val_s"] == 1.0
+    # (1000 s x 0.9 safety - 5 validations x 1 s) / (5 epochs x 0.25 s) = 716 per epoch
+    assert cost["iterations_per_epoch"] == 716 and budget == 716 * 5
+
+
+def test_warm_up_covers_the_cuda_graph_capture() -> None:
+    from types import SimpleNamespace
+
+    from mamlpp.ablate.calibration import warmup_calls
+
+    eager = SimpleNamespace(fast_step=SimpleNamespace(warmup_steps=3, use_cuda_graph=False))
+    assert warmup_calls(eager) == 1
+    fast = SimpleNamespace(fast_step=SimpleNamespace(warmup_steps=3, use_cuda_graph=True))
+    assert warmup_calls(fast) == 5  # 3 eager warm-ups, the capture, one replay
 
 
 def test_time_budget_is_measured_and_kept(tmp_path, capsys) -> None:
@@ -303,7 +373,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message) -> 
 
 
 def test_a_folder_keeps_its_settings(grid, tmp_path, capsys) -> None:
-    out, _ = grid
+    out = grid
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy2(out / "ablation.json", copy / "ablation.json")
@@ -325,10 +395,18 @@ def test_dry_run_and_list_train_nothing(tmp_path, capsys) -> None:
     assert all(v.name in listing for v in ablate.GRID)
 
 
-def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) -> None:
-    from mamlpp import results
+def _publisher():
+    """tools/publish_results.py, a script outside the library, loaded as a module."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "publish_results.py"
+    spec = importlib.util.spec_from_file_location("publish_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    out, _ = grid
+
+def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) -> None:
+    results = _publisher()
+    out = grid
     doc = tmp_path / "reproduce.md"
     doc.write_text(f"# How\n\n{results.BEGIN}\nplaceholder\n{results.END}\n\nafter\n")
     dest = tmp_path / "results"
@@ -340,14 +418,19 @@ def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) ->
             "--study",
             f"syn={out}",
             "--command",
-            "make it",
+            f"mamlpp ablate --data-dir {tmp_path / 'data'} --out {out}",
             "--fill",
             str(doc),
         ]
     )
     assert code == 0
     data = json.loads((out / "results.json").read_text())
-    assert json.loads((dest / "syn" / "results.json").read_text()) == data
+    published = (dest / "syn" / "results.json").read_text()
+    assert json.loads(published.replace("STUDY_DIR", str(out.parent))) == data
+    # No folder of this machine in anything published: placeholders instead.
+    for path in [doc, *dest.rglob("*.md"), *dest.rglob("*.json"), *dest.rglob("*.txt")]:
+        assert str(tmp_path) not in path.read_text() and str(out.parent) not in path.read_text()
+    assert "--data-dir DATA_DIR --out STUDY_DIR/" in doc.read_text()
     assert (dest / "syn" / "test-accuracy.png").is_file()
     assert (dest / "syn" / "report" / "report.md").is_file()
     assert not list((dest / "syn").rglob("*.pt"))  # results only, no checkpoints
@@ -361,7 +444,9 @@ def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) ->
     assert "[results/syn/results.md](results/syn/results.md)" in filled  # relative to the doc
     assert "has not been run for these results" in section  # no GPU study
     provenance = (dest / "PROVENANCE.md").read_text()
-    assert "make it" in provenance and torch.__version__ in provenance
+    assert (
+        "--data-dir DATA_DIR --out STUDY_DIR/grid" in provenance and torch.__version__ in provenance
+    )
     assert data["environment"]["cpu_count"] == os.cpu_count()
     missing = tmp_path / "plain.md"
     missing.write_text("no markers\n")

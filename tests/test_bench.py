@@ -76,7 +76,9 @@ def test_bench_script_and_cpu_memory_probe(tmp_path):
     report = json.loads(out.read_text())
     memory = report["results"][0]["peak_memory_gb"]
     assert set(memory) == {"batched", "batched-ckpt", "loop"}
-    assert all(v >= 0 for v in memory.values())
+    # Measured, not a placeholder: a real peak above the set-up (an earlier version read 0)
+    # and sane for this tiny problem.
+    assert all(0 < v < 1 for v in memory.values()), memory
 
 
 def test_bench_rejects_unknown_config(capsys):
@@ -85,8 +87,7 @@ def test_bench_rejects_unknown_config(capsys):
     assert "unknown benchmark config" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("flops_path", ["loop"])
-def test_flop_count_matches_spec_for_omniglot_20w1s(flops_path):
+def test_flop_count_matches_spec_for_omniglot_20w1s():
     """The FLOP counter charges the spec's 185 GFLOP for Omniglot 20-way 1-shot (MSL on)."""
     import torch
 

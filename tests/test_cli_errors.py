@@ -69,7 +69,7 @@ def test_missing_omniglot_with_no_download(tmp_path: Path, capsys) -> None:
 def test_offline_download_failure_names_the_ways_out(tmp_path: Path, capsys, monkeypatch):
     calls = []
 
-    def offline(root, progress=True):
+    def offline(root, progress=True, folder=None):
         calls.append(Path(root))
         raise DataError(
             "cannot download https://raw.githubusercontent.com/x/images_background.zip: "
@@ -89,7 +89,7 @@ def test_offline_download_failure_names_the_ways_out(tmp_path: Path, capsys, mon
 
 
 def test_corrupt_download_is_reported_as_such(tmp_path: Path, capsys, monkeypatch) -> None:
-    def corrupt(root, progress=True):
+    def corrupt(root, progress=True, folder=None):
         raise DataError("checksum mismatch for https://x/images_background.zip: expected md5 a")
 
     monkeypatch.setattr(datasource, "download_omniglot", corrupt)

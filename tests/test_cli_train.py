@@ -52,8 +52,9 @@ def test_progress_and_epoch_lines(tmp_path: Path, capsys) -> None:
     assert len(epochs) == 2 and epochs[0].startswith("epoch 1/2: val ")
     assert "95% CI over 6 tasks" in epochs[0] and "lr 1.00e-03" in epochs[0]
     assert "test: " in captured.out
-    bar = captured.err.strip().splitlines()[-1]  # the bar's final line (stderr is no tty here)
-    assert bar.startswith("train 100%") and "it/s" in bar and "loss=" in bar and "acc=" in bar
+    bar = captured.err.replace("\r", "\n").strip().splitlines()[-1]  # its final state (no tty)
+    assert bar.startswith("train: 100%") and "6/6" in bar and "it/s" in bar
+    assert "loss=" in bar and "acc=" in bar
 
 
 def test_an_existing_run_is_never_reused_without_resume(tiny_run: Path, capsys) -> None:

@@ -76,6 +76,18 @@ def test_pickle_caches_load_as_uint8_nchw(pickle_source):
     assert splits["train"].meta["format"] == "pickle"
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_older_pickle_protocols_load(tmp_path, protocol):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (2 * PER_CLASS, 84, 84, 3), dtype=np.uint8)
+    class_dict = {"n0": list(range(PER_CLASS)), "n1": list(range(PER_CLASS, 2 * PER_CLASS))}
+    with open(tmp_path / "mini-imagenet-cache-train.pkl", "wb") as handle:
+        pickle.dump({"image_data": data, "class_dict": class_dict}, handle, protocol=protocol)
+    split = load_mini_imagenet(tmp_path, splits=("train",))["train"]
+    assert split.class_names == ["n0", "n1"]
+    assert torch.equal(split.images[0], torch.from_numpy(data[0]).permute(2, 0, 1))
+
+
 def test_pickle_episodes_are_imagenet_normalised(pickle_source):
     root, _ = pickle_source
     split = load_mini_imagenet(root, splits=("train",))["train"]

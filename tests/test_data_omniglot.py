@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -35,8 +36,22 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def arrays(omniglot_dir, cache_dir):
-    return prepare_omniglot(omniglot_dir, cache_dir=cache_dir)
+def built(omniglot_dir, cache_dir):
+    """The first preparation (it decodes every PNG), with its progress bar's output."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        arrays = prepare_omniglot(omniglot_dir, cache_dir=cache_dir, progress=True)
+    return arrays, stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def arrays(built):
+    return built[0]
+
+
+def test_the_preprocessing_bar_ends_at_100_percent(built):
+    final = built[1].replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("preprocessing Omniglot: 100%") and "32460/32460" in final
 
 
 @pytest.fixture(scope="module")

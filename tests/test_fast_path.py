@@ -1,7 +1,9 @@
-"""The fast-path step (CUDA-graph runner; eager on CPU) against the plain loop path."""
+"""The fast-path step against the plain loop path: eagerly on the CPU (no CUDA graph can be
+captured there), and captured and replayed from CUDA graphs where a GPU exists."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from core_helpers import clone_learner, tiny_learner, tiny_tasks
 
@@ -18,7 +20,7 @@ def test_fast_step_matches_loop_path_updates():
     fast_learner = clone_learner(reference)
     fast_learner.execution = "batched"
     runner = FastMetaStep(fast_learner)
-    assert not runner.use_cuda_graph  # CPU: eager, same code path as captured on a GPU
+    assert not runner.use_cuda_graph  # CPU: eager, the body a GPU captures (tested below)
     optimizer = reference.make_optimizer()
     for epoch in range(4):
         for group in optimizer.param_groups:
@@ -41,6 +43,31 @@ def test_fast_step_matches_loop_path_updates():
         for a, b in zip(reference.buffers(), fast_learner.buffers(), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
     assert runner.optimizer.param_groups[0]["lr"] == reference.outer_lr(3)
+    assert runner.captures == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_graph_replays_match_the_loop_path():
+    """One warm-up step per graph, then capture and replays: the replayed meta-iterations give
+    the loop path's loss and parameters (float64, so rounding cannot hide a wrong graph)."""
+    device = torch.device("cuda")
+    config = MetaConfig(num_inner_steps=2, msl_epochs=2, first_order_epochs=1, total_epochs=4)
+    reference = tiny_learner(config, execution="loop").to(device)
+    fast_learner = clone_learner(reference)
+    fast_learner.execution = "batched"
+    runner = FastMetaStep(fast_learner, warmup_steps=1)
+    assert runner.use_cuda_graph
+    optimizer = reference.make_optimizer()
+    for iteration, epoch in enumerate([1, 1, 1, 1, 2, 2, 2]):  # warm-up, capture, replays
+        for group in optimizer.param_groups:
+            group["lr"] = reference.outer_lr(epoch)
+        batch = [t.to(device) for t in tiny_tasks(seed=iteration)]
+        expected = reference.meta_step(optimizer, *batch, epoch)
+        got = runner(*batch, epoch)
+        torch.testing.assert_close(got["loss"], expected["loss"], rtol=1e-9, atol=1e-12)
+        for a, b in zip(reference.parameters(), fast_learner.parameters(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+    assert runner.captures == 2  # one graph per (MSL, derivative order) regime
 
 
 def test_msl_weights_tensor_equals_schedule_floats():

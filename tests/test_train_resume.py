@@ -78,9 +78,24 @@ def _assert_same_tensors(a, b, where: str) -> None:
         for key in a:
             _assert_same_tensors(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
+        assert type(a) is type(b) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:  # numbers, strings, None: Adam's lr, betas, step counts must match exactly too
+        assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_the_state_comparison_sees_every_leaf() -> None:
+    same = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1}]}
+    _assert_same_tensors(same, same, "optimizer")
+    for other in (
+        {"state": {0: {"step": torch.tensor(4.0)}}, "param_groups": [{"lr": 0.1}]},
+        {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.2}]},
+        {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": "0.1"}]},
+        {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": ({"lr": 0.1},)},
+    ):
+        with pytest.raises(AssertionError):
+            _assert_same_tensors(same, other, "optimizer")
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ at any moment leaves either the previous file or the new one, never a mixture.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import MamlppError
 
 FORMAT_VERSION = 1
@@ -34,32 +34,8 @@ FORMAT_VERSION = 1
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that readers see the old file or the new one, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -69,11 +45,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MamlppError(f"checkpoint {path} does not exist") from None
+    except (PermissionError, IsADirectoryError) as error:
+        raise MamlppError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise MamlppError(f"cannot read checkpoint {path}: {error}".splitlines()[0]) from None
+        why = _why_damaged(path, error)
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({why})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise MamlppError(f"{path} is not a mamlpp checkpoint (format {FORMAT_VERSION})")
+        raise DamagedCheckpoint(f"{path} is not a mamlpp checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+class DamagedCheckpoint(MamlppError):
+    """A checkpoint file that exists but cannot be loaded (truncated, empty or foreign)."""
+
+
+def _why_damaged(path: Path, error: Exception) -> str:
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        return "an empty file"
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    return f"{size} bytes, truncated or not a torch file: {detail}"
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -1,26 +1,17 @@
 """The ``mamlpp`` command.
 
-Each feature module contributes its sub-commands through a ``register(subparsers)`` function, so
-this file only wires them together and turns :class:`~mamlpp.errors.MamlppError` into a one-line
-message and an exit code (2 for configuration errors, 1 otherwise).
+Each feature module contributes its sub-commands through a ``register(subparsers)`` function
+(imported explicitly), so this file only wires them together and turns
+:class:`~mamlpp.errors.MamlppError` into a one-line message and an exit code (2 for
+configuration errors, 1 otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from .errors import MamlppError
-
-# Modules that define ``register(subparsers)``; each adds its own sub-commands.
-COMMAND_MODULES = [
-    "mamlpp.data.cli",
-    "mamlpp.bench",
-    "mamlpp.commands",
-    "mamlpp.ablate",
-    "mamlpp.adapt_cli",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mamlpp {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    # Each feature module adds its own sub-commands (imported here: `mamlpp --version` stays
+    # light, and each module's imports stay its own).
+    from . import adapt_cli, bench, commands
+    from .ablate import cli as ablate_cli
+    from .data import cli as data_cli
+
+    for module in (data_cli, bench, commands, ablate_cli, adapt_cli):
+        module.register(subparsers)
     return parser
 
 
@@ -57,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as error:  # a full disk, a read-only or unreadable folder: one line, no trace
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mamlpp: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
+from .format import plural
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,13 +100,13 @@ def _train(args: argparse.Namespace) -> int:
 
         def choose_folder() -> RunDir:  # on rank 0 only under torchrun: one folder, one clock
             chosen = run if run is not None else RunDir(default_run_dir(config.preset))
-            check_run_folder(chosen, args.resume)
+            check_run_folder(chosen, args.resume, config)  # before any data is loaded
             return chosen
 
         run = choose_folder() if dist is None else dist.from_writer(choose_folder)
         if writer:
             world = f" on {dist.world_size} processes ({dist.backend})" if dist else ""
-            verb = "resuming" if args.resume else "run"
+            verb = "resuming" if args.resume and run.config.is_file() else "run"
             print(f"{verb} {run.root}{world}: {describe_config(config)}")
 
         def load():
@@ -148,7 +149,7 @@ def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
         )
     if run is None:
         run = RunDir(default_run_dir(config.preset))
-    check_run_folder(run, args.resume)
+    check_run_folder(run, args.resume, config)  # before any data is loaded or downloaded
     forwarded = ["--out", str(run.root), "--device", args.device]
     for flag, value in (("--preset", args.preset), ("--config", args.config)):
         if value is not None:
@@ -172,7 +173,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="evaluate a run's top-k checkpoint ensemble on fixed tasks",
-        description="Mean accuracy and a 95%% confidence interval over fixed tasks, averaging "
+        description="Mean accuracy and a 95% confidence interval over fixed tasks, averaging "
         "the logits of the top-k checkpoints by validation accuracy. Writes "
         "RUN_DIR/eval-<split>-top<k>-<tasks>.json.",
     )
@@ -227,7 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     names = ", ".join(p.name for p in paths)
     if len(paths) < top_k:
-        print(f"note: only {len(paths)} checkpoints are kept in {run.checkpoints}")
+        print(f"note: only {plural(len(paths), 'checkpoint')} kept in {run.checkpoints}")
     print(f"{args.split}: {result.describe()} [{names}]")
     out = run.root / f"eval-{args.split}-top{top_k}-{tasks}.json"
     write_json(

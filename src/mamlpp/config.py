@@ -131,6 +131,9 @@ def validate_meta_config(config: MetaConfig) -> None:
         )
     if config.total_epochs < 1:
         raise ConfigError(f"total_epochs must be >= 1, got {config.total_epochs}")
+    if not 0 < config.inner_lr < float("inf"):
+        # The initial (or fixed) inner step size; LSLR may still learn negative rates later.
+        raise ConfigError(f"inner_lr must be > 0, got {config.inner_lr}")
     if config.meta_lr <= 0:
         raise ConfigError(f"meta_lr must be > 0, got {config.meta_lr}")
     if config.meta_lr_min < 0 or config.meta_lr_min > config.meta_lr:

@@ -22,7 +22,7 @@ from .data import (
 from .data.cifar import CIFAR100_MEAN, CIFAR100_STD, find_cifar100
 from .data.images import Preprocessing, normalisation
 from .data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
-from .data.omniglot import OMNIGLOT_MEAN, OMNIGLOT_STD
+from .data.omniglot import OMNIGLOT_MEAN, OMNIGLOT_STD, partial_omniglot
 from .data.sources import download_cifar100
 from .errors import ConfigError, DataError
 from .experiment import DataSection
@@ -91,7 +91,7 @@ def load_splits(
         return load_dataset(data.dataset, root, image_size=data.image_size, progress=progress)
     if data.dataset in ("omniglot", "omniglot-vinyals"):
         if find_omniglot(root) is None:
-            _fetch_omniglot(root, download, say, progress)
+            _fetch_omniglot(root, download, say, progress, partial_omniglot(root))
     elif find_mini_imagenet(root) is None:
         if not download:
             raise DataError(f"mini-ImageNet is not in {root} and --no-download was given")
@@ -117,15 +117,28 @@ def _load_folder(
     )
 
 
-def _fetch_omniglot(root, download: bool, say: Callable[[str], None], progress: bool) -> None:
-    if not download:
-        raise DataError(f"Omniglot is not in {root} and --no-download was given: {OFFLINE_HINT}")
-    say(
-        f"Omniglot is not in {root}; downloading the two official zips (about 16 MB, "
-        f"md5-checked) to {root / 'omniglot'}"
-    )
+def _fetch_omniglot(
+    root, download: bool, say: Callable[[str], None], progress: bool, partial
+) -> None:
+    """Download Omniglot, or only the zip missing beside one already there (``partial``)."""
+    if partial is not None:
+        folder, (subset,) = partial
+        missing = f"missing {subset}.zip (or the folder {subset}/) in {folder}"
+        if not download:
+            raise DataError(f"{missing} and --no-download was given")
+        say(f"{missing}; downloading {subset}.zip (md5-checked) beside the other")
+    else:
+        if not download:
+            raise DataError(
+                f"Omniglot is not in {root} and --no-download was given: {OFFLINE_HINT}"
+            )
+        folder = root / "omniglot"
+        say(
+            f"Omniglot is not in {root}; downloading the two official zips (about 16 MB, "
+            f"md5-checked) to {folder}"
+        )
     try:
-        download_omniglot(root, progress=progress)
+        download_omniglot(root, progress=progress, folder=folder)
     except ChecksumError:
         raise
     except DataError as error:

@@ -10,6 +10,7 @@ ensemble member is a copy of a template learner with a checkpoint's state loaded
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,3 +160,15 @@ def ensemble_paths(run: RunDir, k: int) -> list[Path]:
     if not paths:
         raise MamlppError(f"no checkpoints in {run.checkpoints}")
     return paths
+
+
+def task_fingerprint(sampler: EpisodeSampler, tasks: int) -> str:
+    """A hash of the classes, images and rotations of tasks ``0..tasks-1``: two runs with the
+    same fingerprint were tested on the same tasks."""
+    episodes = sampler.sample_indices(torch.arange(tasks))
+    digest = hashlib.sha256()
+    split = sampler.split
+    digest.update(f"{split.name}:{split.num_classes}:{split.num_images}:{tasks}".encode())
+    for tensor in (episodes.classes, episodes.images, episodes.rotations):
+        digest.update(tensor.to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
+
 from .config import MetaConfig
 from .errors import ConfigError
 
@@ -366,34 +368,22 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_toml(config: ExperimentConfig, header: str = "") -> str:
-    """The resolved configuration as TOML that :func:`read_toml` + :func:`build_config` read
-    back to an equal config (no tomli-w dependency: the values are flat scalars)."""
+    """The resolved configuration as TOML (written by tomli-w) that :func:`read_toml` +
+    :func:`build_config` read back to an equal config; ``None`` is written as ``"none"``."""
     tree = config.to_dict()
-    lines = [f"# {line}" for line in header.splitlines()]
-    lines.append(f"preset = {_toml_value(tree['preset'])}")
-    for name in SECTIONS:
-        lines.append("")
-        lines.append(f"[{name}]")
-        if name == "meta":
-            lines.append("# total_epochs = train.epochs")
-        for key, value in tree[name].items():
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    tables = {name: {k: _toml_safe(v) for k, v in tree[name].items()} for name in SECTIONS}
+    comments = [*header.splitlines(), "meta.total_epochs is train.epochs"]
+    body = tomli_w.dumps({"preset": tree["preset"], **tables})
+    return "".join(f"# {line}\n" for line in comments) + body
 
 
-def _toml_value(value: Any) -> str:
-    if value is None:
-        return '"none"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # shortest round-trip form; always has '.', 'e', 'inf' or 'nan'
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    raise TypeError(f"cannot write {value!r} as TOML")
+def toml_value(value: Any) -> str:
+    """One value as a TOML literal (what ``--set section.key=VALUE`` reads back)."""
+    return tomli_w.dumps({"v": _toml_safe(value)}).removeprefix("v = ").strip()
+
+
+def _toml_safe(value: Any) -> Any:
+    return "none" if value is None else value
 
 
 # ------------------------------------------------------------------------------ resume checks

@@ -1,12 +1,15 @@
 """`mamlpp report`: PNG plots and a Markdown summary of one or more run folders.
 
-Plots (drawn with Pillow, see :mod:`mamlpp.pngplot`):
+Plots (matplotlib, see :mod:`mamlpp.plots`; epochs are 1-based as everywhere):
 
 * ``accuracy.png``, ``loss.png``: training (dashed, per metrics line) and validation (per epoch)
-  curves of every run on shared axes, x in epochs
+  curves of every run on shared axes, x in epochs done (a log axis when a run diverged)
 * ``<run>-inner-lrs.png``: the learned inner learning rates (LSLR) as adapted tensor x step
 * ``<run>-msl-weights.png``: the multi-step-loss weight of every inner step over the epochs
 * ``<run>-bn-gamma.png``: the mean BN gamma of every layer at every inner step (BNWB)
+
+A run stopped by a non-finite loss is marked "failed" (its metrics.jsonl ends with a
+``"failed"`` line written by the trainer).
 
 ``report.md`` has one table row per run and embeds the plots.
 """
@@ -21,7 +24,8 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .errors import MamlppError
 from .experiment import ExperimentConfig
-from .pngplot import Series, heatmap, line_chart
+from .format import duration, markdown_table, percent
+from .plots import Series, heatmap, line_chart, merge_equal
 from .runs import RunDir, read_json, read_metrics, read_run_config, require_run_dir
 from .schedules import step_loss_weights
 
@@ -84,14 +88,23 @@ def make_report(paths: list[Path], out: Path) -> Path:
 
 
 def _curve_chart(runs: list[RunData], key: str, path: Path) -> Path:
+    label = "accuracy (query, final step)" if key == "accuracy" else "loss (query)"
+    title = f"{key}: training (dashed) and validation"
+    return line_chart(path, _curve_series(runs, key), title, "epochs done", label)
+
+
+def _curve_series(runs: list[RunData], key: str) -> list[Series]:
+    """Training (per metrics line, at the fraction of epochs done) and validation (at the end
+    of each 1-based epoch) curves of ``key``."""
     series = []
     for run in runs:
         per_epoch = run.config.train.iterations_per_epoch
         train = [r for r in run.metrics if r.get("kind") == "train" and key in r]
         val = [r for r in run.metrics if r.get("kind") == "val" and key in r]
+        failed = " (failed)" if _failure(run) else ""
         series.append(
             Series(
-                f"{run.name} train",
+                f"{run.name} train{failed}",
                 [r["step"] / per_epoch for r in train],
                 [r[key] for r in train],
                 dashed=True,
@@ -99,14 +112,13 @@ def _curve_chart(runs: list[RunData], key: str, path: Path) -> Path:
         )
         series.append(
             Series(
-                f"{run.name} val",
+                f"{run.name} val{failed}",
                 [r["epoch"] for r in val],
                 [r[key] for r in val],
                 markers=len(val) <= 40,
             )
         )
-    label = "accuracy (query, final step)" if key == "accuracy" else "loss (query)"
-    return line_chart(path, series, f"{key}: training and validation", "epoch", label)
+    return series
 
 
 def _run_charts(run: RunData, out: Path) -> dict[str, Path]:
@@ -119,18 +131,24 @@ def _run_charts(run: RunData, out: Path) -> dict[str, Path]:
 
 
 def _msl_chart(run: RunData, path: Path) -> Path:
+    title = f"{run.name}: MSL weights per epoch" + ("" if run.config.meta.msl else " (MSL off)")
+    return line_chart(path, _msl_series(run), title, "epoch", "weight of the step's target loss")
+
+
+def _msl_series(run: RunData) -> list[Series]:
+    """One line per inner step; equal non-final steps merged into one visible line."""
     meta, epochs = run.config.meta, run.config.train.epochs
     steps = meta.num_inner_steps
     rows = []
     for epoch in range(epochs):
         weights = step_loss_weights(epoch, meta)
         rows.append(weights if weights is not None else [0.0] * (steps - 1) + [1.0])
+    # The weights of epoch e (0-based) apply during epoch e + 1 (1-based, as everywhere).
     series = [
-        Series(f"step {i + 1}", list(range(epochs)), [row[i] for row in rows], markers=epochs < 30)
+        Series(f"step {i + 1}", list(range(1, epochs + 1)), [row[i] for row in rows], markers=True)
         for i in range(steps)
     ]
-    title = f"{run.name}: MSL weights per epoch" + ("" if meta.msl else " (MSL off)")
-    return line_chart(path, series, title, "epoch (0-based)", "weight of the step's target loss")
+    return merge_equal(series, "steps {}-{} (each)")
 
 
 def _lr_heatmap(run: RunData, path: Path) -> Path:
@@ -144,6 +162,7 @@ def _lr_heatmap(run: RunData, path: Path) -> Path:
         names,
         [f"step {i + 1}" for i in range(table.shape[1])],
         f"{run.name}: inner learning rates, {learned}",
+        f"inner learning rate (initial {run.config.meta.inner_lr:g})",
         center=run.config.meta.inner_lr,
     )
 
@@ -171,6 +190,7 @@ def _gamma_heatmap(run: RunData, path: Path) -> Path:
         layers or ["-"],
         columns or ["-"],
         f"{run.name}: mean BN gamma per layer and step",
+        "mean gamma (initial 1)",
         center=1.0,
     )
 
@@ -181,7 +201,14 @@ def _gamma_heatmap(run: RunData, path: Path) -> Path:
 def _pct(value: float | None, ci: float | None = None) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.2f}" + (f" ± {100 * ci:.2f}" if ci is not None else "")
+    return percent(value) + (f" ± {percent(ci)}" if ci is not None else "")
+
+
+def _failure(run: RunData) -> dict[str, Any] | None:
+    """The trainer's "failed" line, if the run stopped on a non-finite loss (and was not
+    resumed since: a resume truncates it away)."""
+    last = run.metrics[-1] if run.metrics else None
+    return last if last is not None and last.get("kind") == "failed" else None
 
 
 def _row(run: RunData) -> list[str]:
@@ -190,6 +217,9 @@ def _row(run: RunData) -> list[str]:
     best = max(val, key=lambda r: (r["accuracy"], -r["epoch"])) if val else None
     done_epochs = max((r["epoch"] for r in val), default=0)
     status = "complete" if s else f"epoch {done_epochs}/{c.train.epochs}"
+    failure = _failure(run)
+    if failure is not None:
+        status = f"failed in epoch {failure['epoch']} (non-finite loss)"
     techniques = " ".join(c.techniques) or "MAML"
     return [
         run.name,
@@ -202,7 +232,7 @@ def _row(run: RunData) -> list[str]:
         _pct(s["test_accuracy"], s["test_ci95"]) if s else "-",
         str(s["test_tasks"]) if s else "-",
         str(s["ensemble_size"]) if s else "-",
-        f"{s['wall_time_s'] / 60:.1f} min" if s else "-",
+        duration(s["wall_time_s"]) if s else "-",
         f"{s['iterations_per_second']:.2f}" if s else "-",
         status,
     ]
@@ -225,9 +255,7 @@ def _markdown(runs, curves, per_run, out: Path) -> str:
         "status",
     ]
     lines = ["# mamlpp report", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(_row(run)) + " |" for run in runs]
+    lines += markdown_table(header, [_row(run) for run in runs])
     lines += [
         "",
         "Test accuracy: the logits of the top-k validation checkpoints averaged, on fixed tasks; "

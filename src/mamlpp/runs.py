@@ -10,19 +10,23 @@
         epoch-NNNN.pt      the top-k epochs by validation accuracy (the test ensemble)
       summary.json         test accuracy, 95% CI, tasks, ensemble size, wall time, it/s
       tensorboard/         only when the optional extra is installed
+      .lock                held by the process that trains in the folder (one writer at a time)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import epoch_checkpoint_name, epoch_of, fsync_dir
-from .errors import MamlppError
+from .atomic import atomic_write
+from .checkpoint import epoch_checkpoint_name, epoch_of
+from .errors import ConfigError, MamlppError
 from .experiment import ExperimentConfig, build_config, read_toml
 
 
@@ -69,6 +73,43 @@ class RunDir:
 
     def has_training_state(self) -> bool:
         return self.latest.is_file()
+
+
+@contextlib.contextmanager
+def locked(run: RunDir) -> Iterator[None]:
+    """Hold the run folder's lock while training writes into it; a second writer (another
+    process, or another rank started by ``torchrun``) is refused with a one-line error.
+
+    An advisory ``flock`` that the kernel releases when its holder exits, however it exits, so
+    a lock file left by a killed process never blocks ``--resume``. Where ``fcntl`` does not
+    exist (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not on POSIX)
+        yield
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    handle = open(run.root / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        by = f" (pid {holder})" if holder else ""
+        raise ConfigError(
+            f"{run.root} is in use by another mamlpp process{by}; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def default_run_dir(preset: str, base: Path = Path("runs"), now: float | None = None) -> Path:
@@ -135,26 +176,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the lines up to iteration ``step`` (those the resumed checkpoint had seen):
     the resumed run writes the rest again, so nothing is duplicated."""
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         for record in kept:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic JSON write (summary.json is read by `report` while runs may still be writing)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

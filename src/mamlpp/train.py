@@ -16,6 +16,7 @@ Order of one epoch ``e`` (0-based; files and messages count epochs from 1)::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from typing import Any, TextIO
 
 import torch
 
+from .atomic import atomic_write
 from .checkpoint import (
     FORMAT_VERSION,
+    DamagedCheckpoint,
     atomic_save,
     capture_rng,
     epoch_of,
@@ -35,16 +38,32 @@ from .checkpoint import (
     restore_rng,
     top_k_epochs,
 )
-from .data import EpisodeSampler, FewShotSplit, Progress
+from .data import EpisodeSampler, FewShotSplit
 from .distributed import Distributed, check_divisible
-from .errors import ConfigError, MamlppError
-from .evaluate import EvalResult, ensemble_paths, evaluate, load_member, member_from_state
+from .errors import ConfigError, DataError, MamlppError
+from .evaluate import (
+    EvalResult,
+    ensemble_paths,
+    evaluate,
+    load_member,
+    member_from_state,
+    task_fingerprint,
+)
 from .experiment import ExperimentConfig, check_resumable, to_toml
 from .fast import FastMetaStep, choose_execution
 from .learner import MAMLpp
 from .nn.backbones import conv4_for
 from .nn.resnet12 import ResNet12, resnet12_widths
-from .runs import MetricsLog, RunDir, truncate_metrics, write_json
+from .progress import progress_bar
+from .runs import (
+    MetricsLog,
+    RunDir,
+    locked,
+    read_metrics,
+    read_run_config,
+    truncate_metrics,
+    write_json,
+)
 
 
 class NonFiniteLoss(MamlppError):
@@ -137,7 +156,7 @@ class Trainer:
         # One outer step everywhere (mamlpp.outer_step); on CUDA it is captured once as a CUDA
         # graph and replayed, on the CPU it runs eagerly.
         t = config.train
-        # "auto": on CUDA the candidates are measured on the first batch (see _choose_execution);
+        # "auto": on CUDA the candidates are measured on the first batch (see choose_execution);
         # on the CPU the batched path is the measured fastest.
         self._measure_execution = t.execution == "auto" and device.type == "cuda" and t.cuda_graph
         self.learner.execution = "batched" if t.execution == "auto" else t.execution
@@ -160,6 +179,9 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.history: list[list[float]] = []  # [[epoch (1-based), val accuracy], ...]
+        # Epoch files kept: the top-k of the largest eval.top_k this run ever had, so re-testing
+        # a run with a smaller top-k never deletes checkpoints.
+        self.keep_top_k = config.eval.top_k
         self.train_seconds = 0.0  # time in training iterations, over all sessions
         self.wall_seconds = 0.0  # time in training and validation, over all sessions
         self._session_start = time.perf_counter()
@@ -206,6 +228,7 @@ class Trainer:
             "adapted_names": list(self.learner.adapted_names),
             # Informational: task ids fix the stream, so any world size may resume it.
             "world_size": self.world_size,
+            "keep_top_k": self.keep_top_k,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -216,6 +239,7 @@ class Trainer:
         self.epoch = int(state["progress"]["epoch"])
         self.iteration = int(state["progress"]["iteration"])
         self.history = [[int(e), float(a)] for e, a in state["history"]]
+        self.keep_top_k = max(self.keep_top_k, kept_top_k(state))
         self.train_seconds = float(state["timing"]["train_seconds"])
         self._wall_at_start = float(state["timing"]["wall_seconds"])
         self._session_start = time.perf_counter()
@@ -231,7 +255,7 @@ class Trainer:
         self.metrics.sync()
         state = self.state()
         self.run.checkpoints.mkdir(parents=True, exist_ok=True)
-        keep = set(top_k_epochs(self.history, self.config.eval.top_k))
+        keep = set(top_k_epochs(self.history, self.keep_top_k))
         if epoch_file and self.epoch in keep:
             atomic_save(state, self.run.epoch_checkpoint(self.epoch))
         atomic_save(state, self.run.latest)
@@ -248,10 +272,10 @@ class Trainer:
         self.metrics = MetricsLog(self.run.metrics) if self.is_writer else _NoMetrics()
         self.writer = _tensorboard_writer(self.run, t.tensorboard and self.is_writer, self.step)
         total = t.epochs * t.iterations_per_epoch
-        if self._measure_execution and not self.done:
-            self._choose_execution()
+        if not self.done:
+            self.choose_execution()
         self._say(f"training: {self.describe_path()}")
-        self.bar = Progress(total, desc="train", initial=self.step, enabled=self.show_progress)
+        self.bar = progress_bar(total, "train", initial=self.step, enabled=self.show_progress)
         try:
             while not self.done:
                 self._train_epoch()
@@ -262,22 +286,31 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
 
+    def train_step(self, epoch: int) -> dict[str, torch.Tensor]:
+        """ONE complete training meta-iteration, exactly as training runs it: this process's
+        share of the tasks of the current global iteration (``step*B .. step*B+B-1``), epoch
+        ``epoch``'s schedules, then the one outer step (on CUDA a replay of the captured graph;
+        a non-finite loss stops training, checked every step on the CPU). The position is not
+        advanced. Returns the detached metrics.
+
+        Calibration (``ablate --time-budget``) times this very call, so a budget measured here
+        is the budget that trains."""
+        batch = self.config.train.tasks_per_batch
+        first = self.step * batch
+        ids = torch.arange(first, first + batch)
+        tasks = self.samplers["train"].sample(ids if self.dist is None else self.dist.shard(ids))
+        # Sets the epoch's outer lr and MSL weights itself (tensors inside a CUDA graph).
+        metrics = self.fast_step(*tasks, epoch)
+        if self.device.type == "cpu" and not torch.isfinite(metrics["loss"]):
+            self._non_finite(float(metrics["loss"]), self.iteration)  # a sync is free on the CPU
+        return metrics
+
     def _train_epoch(self) -> None:
         t = self.config.train
-        epoch, batch = self.epoch, t.tasks_per_batch
-        check_every_step = self.device.type == "cpu"  # a sync per iteration is free on the CPU
         window = _Window()
         while self.iteration < t.iterations_per_epoch:
             start = time.perf_counter()
-            first = self.step * batch
-            ids = torch.arange(first, first + batch)
-            tasks = self.samplers["train"].sample(
-                ids if self.dist is None else self.dist.shard(ids)
-            )
-            # Sets the epoch's outer lr and MSL weights itself (tensors inside a CUDA graph).
-            metrics = self.fast_step(*tasks, epoch)
-            if check_every_step and not torch.isfinite(metrics["loss"]):
-                self._non_finite(float(metrics["loss"]), self.iteration)
+            metrics = self.train_step(self.epoch)
             self.iteration += 1
             window.add(metrics, time.perf_counter() - start)
             self.train_seconds += time.perf_counter() - start
@@ -290,8 +323,11 @@ class Trainer:
                 if mid_checkpoint and not end_of_epoch:
                     self._save(epoch_file=False)
 
-    def _choose_execution(self) -> None:
-        """Time each execution candidate's graph replays on a copy of the learner (first batch)."""
+    def choose_execution(self) -> None:
+        """With ``train.execution=auto`` on CUDA: time each execution candidate's graph replays
+        on a copy of the learner (first batch) and keep the fastest; otherwise nothing to do."""
+        if not self._measure_execution or self.execution_timings:
+            return
         batch = self.config.train.tasks_per_batch
         ids = torch.arange(0, batch)
         tasks = self.samplers["train"].sample(ids if self.dist is None else self.dist.shard(ids))
@@ -335,7 +371,7 @@ class Trainer:
             "it_per_s": len(window) / max(window.seconds, 1e-9),
         }
         self.metrics.write(record)
-        self.bar.update(0, loss=means["loss"], acc=means["accuracy"])
+        self.bar.set_postfix(loss=f"{means['loss']:.4g}", acc=f"{means['accuracy']:.4g}")
         if self.writer is not None:
             self.writer.add_scalar("train/loss", means["loss"], self.step)
             self.writer.add_scalar("train/accuracy", means["accuracy"], self.step)
@@ -347,6 +383,12 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, iteration {iteration + 1}"
         step = self.epoch * t.iterations_per_epoch + iteration + 1
         keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint yet"
+        # Reports show the run as failed; a resume truncates this line away (its step is past
+        # the checkpoint's).
+        if getattr(self, "metrics", None) is not None:  # not while calibration times a step
+            self.metrics.write(
+                {"kind": "failed", "epoch": self.epoch + 1, "step": step, "value": repr(value)}
+            )
         raise NonFiniteLoss(
             f"non-finite meta-loss ({value}) at {where} (global iteration {step}); training "
             f"stopped, {keep} (try a smaller meta.meta_lr or meta.inner_lr, or meta.grad_clip)"
@@ -390,10 +432,11 @@ class Trainer:
         if not self.is_writer:
             return
         bar = getattr(self, "bar", None)
-        if bar is not None and bar.enabled and bar.interactive:
-            bar.file.write("\r\033[K")  # clear the bar's line; it redraws on its next update
-            bar.file.flush()
-        print(text, file=self.out, flush=True)
+        if bar is None:
+            print(text, file=self.out, flush=True)
+            return
+        with bar.external_write_mode():  # clears the bar's line; it redraws afterwards
+            print(text, file=self.out, flush=True)
 
     # -- test ----------------------------------------------------------------------------------
     def test(self, top_k: int | None = None, tasks: int | None = None) -> tuple[EvalResult, list]:
@@ -445,18 +488,64 @@ def _tensorboard_writer(run: RunDir, enabled: bool, step: int):
     return SummaryWriter(str(run.tensorboard), purge_step=step if step else None)
 
 
-def check_run_folder(run: RunDir, resume: bool) -> None:
-    """Refuse a folder that already holds a run unless resuming (cheap: call it early)."""
+def check_run_folder(run: RunDir, resume: bool, config: ExperimentConfig | None = None) -> None:
+    """Refuse a folder that already holds a run unless resuming, and (given ``config``) a
+    resume whose config would change the run. Cheap: call it before loading any data."""
     if run.root.exists() and not run.root.is_dir():
         raise ConfigError(f"--out {run.root} exists and is not a folder")
-    started = run.has_training_state() or run.metrics.is_file()
+    started = run.has_training_state() or run.metrics.is_file() or bool(run.epoch_checkpoints())
     if started and not resume:
         raise ConfigError(
             f"{run.root} already holds a run; continue it with --resume or choose another --out"
         )
+    if not (resume and started and config is not None):
+        return
+    if not run.config.is_file():
+        raise ConfigError(f"cannot resume {run.root}: it has training files but no config.toml")
+    check_resumable(read_run_config(run).to_dict(), config.to_dict())
 
 
-def prepare_run(config: ExperimentConfig, run: RunDir, resume: bool) -> dict[str, Any] | None:
+def kept_top_k(state: dict[str, Any]) -> int:
+    """The top-k whose epoch files a checkpoint's run keeps (older checkpoints: its eval.top_k)."""
+    return int(state.get("keep_top_k", state["config"]["eval"]["top_k"]))
+
+
+def resume_state(run: RunDir, say: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The state to resume from: ``latest.pt``, else (announced) the newest intact epoch file.
+
+    None only for a run with no checkpoint and no finished epoch; a run with history whose
+    checkpoints are all damaged or gone is refused, never silently restarted."""
+    problem = None
+    if run.latest.is_file():
+        try:
+            return load_checkpoint(run.latest)
+        except DamagedCheckpoint as error:
+            problem = str(error)
+    elif run.epoch_checkpoints():
+        problem = f"{run.latest} is missing"
+    for epoch, path in sorted(run.epoch_checkpoints().items(), reverse=True):
+        try:
+            state = load_checkpoint(path)
+        except DamagedCheckpoint as error:
+            say(f"warning: {error}")
+            continue
+        say(f"warning: {problem}; resuming from {path.name}, the end of epoch {epoch}")
+        atomic_save(state, run.latest)  # the intact state becomes latest.pt again
+        return state
+    finished = sum(r.get("kind") == "val" for r in read_metrics(run.metrics))
+    if problem or finished:
+        why = problem or f"{run.checkpoints} holds no checkpoint"
+        raise MamlppError(
+            f"cannot resume {run.root}: {why}, no intact epoch checkpoint remains and "
+            f"metrics.jsonl records {finished} finished epoch(s); move the folder away to start "
+            "again"
+        )
+    return None
+
+
+def prepare_run(
+    config: ExperimentConfig, run: RunDir, resume: bool, say: Callable[[str], None] = print
+) -> dict[str, Any] | None:
     """Check the folder against ``resume``; return the checkpoint to resume from (or None).
 
     A folder that already holds training state is never reused without ``--resume``, so two
@@ -465,19 +554,24 @@ def prepare_run(config: ExperimentConfig, run: RunDir, resume: bool) -> dict[str
     check_run_folder(run, resume)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run.checkpoints)
-    state = load_checkpoint(run.latest) if resume and run.latest.is_file() else None
+    state = resume_state(run, say) if resume else None
     if state is not None:
         check_resumable(state["config"], config.to_dict())
         truncate_metrics(run.metrics, int(state["progress"]["step"]))
-        # Reconcile the epoch files with the checkpoint (a kill may have come mid-way).
-        keep = set(top_k_epochs(state["history"], config.eval.top_k))
+        # Reconcile the epoch files with the checkpoint (a kill may have come mid-way); the
+        # largest top-k ever used decides, so a smaller eval.top_k never deletes a checkpoint.
+        keep_k = max(config.eval.top_k, kept_top_k(state))
+        keep = set(top_k_epochs(state["history"], keep_k))
         for epoch, path in run.epoch_checkpoints().items():
             if epoch not in keep or epoch > int(state["progress"]["epoch"]):
                 path.unlink(missing_ok=True)
     elif run.metrics.is_file():
+        if resume:
+            say(f"no checkpoint yet in {run.checkpoints}: starting again from iteration 0")
         truncate_metrics(run.metrics, 0)  # killed before the first checkpoint: start over
     header = "mamlpp run configuration (preset, then --config file, then --set overrides)"
-    run.config.write_text(to_toml(config, header), encoding="utf-8")
+    with atomic_write(run.config, "w", encoding="utf-8") as handle:
+        handle.write(to_toml(config, header))
     return state
 
 
@@ -497,6 +591,7 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "test_ci95": result.ci95,
         "test_loss": result.loss,
         "test_tasks": result.num_tasks,
+        "test_fingerprint": task_fingerprint(trainer.samplers["test"], result.num_tasks),
         "ensemble_size": result.ensemble_size,
         "ensemble_epochs": [epoch_of(p) for p in ensemble if epoch_of(p) is not None],
         "best_val_epoch": best[0] if best else None,
@@ -532,28 +627,39 @@ def run_training(
     """Train (or continue) the run in ``run``, then evaluate the test ensemble in the same
     process and write ``summary.json``. Returns the summary.
 
-    Under ``dist`` (data parallel) every rank calls this; rank 0 alone prepares and writes the
-    run folder and sends the resume checkpoint to the others."""
-    if dist is None:
-        state = prepare_run(config, run, resume)
-    else:
+    The trainer is built before the folder is touched, so impossible episode sizes are refused
+    without leaving a stub run folder; the folder is locked against a second writer. Under
+    ``dist`` (data parallel) every rank calls this; rank 0 alone checks, locks, prepares and
+    writes the run folder and sends the resume checkpoint to the others."""
+    writer = dist is None or dist.is_writer
+    if dist is not None:
         check_divisible(config.train.tasks_per_batch, dist.world_size)
-        state = dist.from_writer(lambda: prepare_run(config, run, resume))
-    trainer = Trainer(config, run, splits, device, out=out, progress=progress, dist=dist)
-    if state is not None:
-        trainer.restore(state)
-    if on_start is not None:
-        on_start(trainer)
-    threads = torch.get_num_threads()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    if writer:
+        check_run_folder(run, resume)
     try:
-        trainer.fit()
-        result, ensemble = trainer.test()
-    finally:
-        torch.set_num_threads(threads)  # a library call leaves no global trace
-    summary = summarise(trainer, result, ensemble)
-    if trainer.is_writer:
-        write_json(run.summary, summary)
+        trainer = Trainer(config, run, splits, device, out=out, progress=progress, dist=dist)
+    except DataError as error:  # the data cannot give these episodes: a configuration error
+        raise ConfigError(str(error)) from None
+    with locked(run) if writer else contextlib.nullcontext():
+
+        def prepare() -> dict[str, Any] | None:
+            return prepare_run(config, run, resume, say=trainer._say)
+
+        state = prepare() if dist is None else dist.from_writer(prepare)
+        if state is not None:
+            trainer.restore(state)
+        if on_start is not None:
+            on_start(trainer)
+        threads = torch.get_num_threads()
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        try:
+            trainer.fit()
+            result, ensemble = trainer.test()
+        finally:
+            torch.set_num_threads(threads)  # a library call leaves no global trace
+        summary = summarise(trainer, result, ensemble)
+        if writer:
+            write_json(run.summary, summary)
     trainer._say(f"test: {result.describe()}; summary in {run.summary}")
     return summary

@@ -19,7 +19,6 @@ from .images import Preprocessing
 from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, find_mini_imagenet, load_mini_imagenet
 from .omniglot import find_omniglot, load_omniglot, prepare_omniglot
 from .omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
-from .progress import Progress
 from .registry import DATASETS, load_dataset
 from .sampler import Episodes, EpisodeSampler
 from .sources import download_mini_imagenet, download_omniglot
@@ -37,7 +36,6 @@ __all__ = [
     "Episodes",
     "FewShotSplit",
     "Preprocessing",
-    "Progress",
     "TaskBatch",
     "data_dir",
     "download_file",

@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
+from ..progress import progress_bar
 from .files import file_digest, make_dirs
-from .progress import Progress
 
 USER_AGENT = "mamlpp-data/0.1 (+https://github.com/)"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -119,9 +119,8 @@ def _fetch_into(url: str, part: Path, *, progress: bool, timeout: float, chunk_s
             offset = 0  # the server ignored Range and sends everything: start the file again
         total = offset + body_size if body_size is not None else None
         received = offset
-        bar = Progress(
-            total, desc=part.name.removesuffix(".part"), unit="B", initial=offset, enabled=progress
-        )
+        name = part.name.removesuffix(".part")
+        bar = progress_bar(total, name, "B", initial=offset, enabled=progress)
         try:
             with open(part, "ab" if offset else "wb") as out:
                 while True:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import secrets
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataError
@@ -27,29 +24,6 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DATA_DIR.expanduser()
-
-
-@contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
-
-    The temp file sits in the same folder so ``os.replace`` is atomic; it is deleted on failure.
-    """
-    dest = Path(dest)
-    make_dirs(dest.parent)
-    # O_EXCL with mode 0o666 gives a fresh file with the usual umask permissions (mkstemp's
-    # 0600 would make a shared cache unreadable to other users).
-    tmp_path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError as error:
-        raise DataError(f"cannot write in {dest.parent}: {error.strerror or error}") from None
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
 
 
 def make_dirs(path: Path) -> None:

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import DataError
-from .files import atomic_path, data_dir, is_writable_dir
+from ..progress import progress_bar
+from .files import data_dir, is_writable_dir, make_dirs
 from .omniglot_splits import SPLIT_NAMES, SPLITS_DIR
-from .progress import Progress
 from .structures import FewShotSplit, build_class_index
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -161,6 +162,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("collections", "OrderedDict"),
+        # Protocol 2 has no bytes opcode: numpy's raw buffers are pickled as
+        # _codecs.encode(latin-1 text), which only turns a str into bytes.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -303,7 +307,7 @@ def _decode_cached(
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable cache: rebuild below
     images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
-    bar = Progress(len(files), desc=f"decoding mini-ImageNet {split}", unit="img", enabled=progress)
+    bar = progress_bar(len(files), f"decoding mini-ImageNet {split}", "img", enabled=progress)
     try:
         for i, file in enumerate(files):
             images[i] = _decode_image(file, image_size)
@@ -311,7 +315,8 @@ def _decode_cached(
     finally:
         bar.close()
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        make_dirs(path.parent)
+        with atomic_write(path) as handle:
             meta = json.dumps({"version": CACHE_VERSION, "split": split})
             np.savez(handle, images=images, meta=np.array(meta))
     except (DataError, OSError) as error:

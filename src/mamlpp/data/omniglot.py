@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import DataError
+from ..progress import progress_bar
 from .archive import member_parts, open_zip, read_member
-from .files import atomic_path, data_dir, is_writable_dir
+from .files import data_dir, is_writable_dir, make_dirs
 from .omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
-from .progress import Progress
 from .structures import FewShotSplit, build_class_index
 
 SUBSETS = {"images_background": 964, "images_evaluation": 659}  # characters per subset
@@ -57,6 +58,17 @@ def find_omniglot(root: str | os.PathLike[str] | None = None) -> Path | None:
     for candidate in (base, base / "omniglot", base / "omniglot-py"):
         if all(_subset_location(candidate, subset) for subset in SUBSETS):
             return candidate
+    return None
+
+
+def partial_omniglot(root: str | os.PathLike[str] | None = None) -> tuple[Path, list[str]] | None:
+    """A folder among those :func:`find_omniglot` searches that holds one subset but not the
+    other: ``(folder, [the missing subset])``; None if there is none."""
+    base = data_dir(root)
+    for candidate in (base, base / "omniglot", base / "omniglot-py"):
+        missing = [s for s in SUBSETS if _subset_location(candidate, s) is None]
+        if len(missing) == 1:
+            return candidate, missing
     return None
 
 
@@ -131,7 +143,8 @@ def prepare_omniglot(
     images, image_class, class_names = _decode_all(root, image_size, progress)
     meta = {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
     try:
-        with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
+        make_dirs(cache_path.parent)
+        with atomic_write(cache_path) as handle:
             np.savez(
                 handle,
                 packed=np.packbits(images > 127),  # 1 bit per pixel: 1 = background
@@ -251,12 +264,13 @@ def _decode_all_open(root: Path, image_size: int, progress: bool, stack: context
     # Class-major order, drawers sorted by file name (XXXX_01 .. XXXX_20).
     entries.sort(key=lambda entry: (index[entry[0]], entry[1]))
     images = np.empty((len(entries), image_size, image_size), dtype=np.uint8)
-    bar = Progress(len(entries), desc="preprocessing Omniglot", unit="img", enabled=progress)
+    bar = progress_bar(len(entries), "preprocessing Omniglot", "img", enabled=progress)
     try:
         for i, (class_name, file_name, handle) in enumerate(entries):
             images[i] = _decode_png(_read_bytes(handle), f"{class_name}/{file_name}", image_size)
             if i % 512 == 511:
                 bar.update(512)
+        bar.update(len(entries) - bar.n)  # the last partial block: the bar ends at 100%
     finally:
         bar.close()
     image_class = np.array([index[entry[0]] for entry in entries], dtype=np.int64)

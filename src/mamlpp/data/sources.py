@@ -5,6 +5,7 @@ Downloads happen only here (``mamlpp data download ...``); loaders never touch t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,14 +89,30 @@ def _fetch(remote: RemoteFile, folder: Path, progress: bool) -> Path:
     raise kind("; ".join(str(e) for e in errors))
 
 
-def download_omniglot(root: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
-    """Fetch the two official zips into ``<data dir>/omniglot`` (md5-verified); return that folder.
+def download_omniglot(
+    root: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    *,
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Fetch the two official zips into ``folder`` (default ``<data dir>/omniglot``,
+    md5-verified); return that folder. A zip already there is kept, not fetched again.
 
-    The loader reads the zips directly, so nothing is extracted.
+    The loader reads the zips directly, so nothing is extracted. A failed download leaves no
+    empty folder behind (a kept ``.part`` file for a later resume keeps its folder).
     """
-    folder = data_dir(root) / "omniglot"
-    for remote in OMNIGLOT_FILES:
-        _fetch(remote, folder, progress)
+    folder = Path(folder) if folder is not None else data_dir(root) / "omniglot"
+    created = [p for p in (folder.parent, folder) if not p.exists()]
+    try:
+        for remote in OMNIGLOT_FILES:
+            subset = folder / remote.name.removesuffix(".zip")
+            if not (subset.is_dir() or (folder / remote.name).is_file()):  # kept as it is
+                _fetch(remote, folder, progress)
+    except BaseException:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only an empty folder goes
+        raise
     return folder
 
 

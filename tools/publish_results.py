@@ -1,13 +1,16 @@
 """Publishing measured results: provenance, copies of ablation outputs, the "Results" section.
 
-Used by ``benchmarks/cpu_study.sh`` and ``benchmarks/gpu_repro.sh``; nothing here trains.
-``python -m mamlpp.results publish`` copies each study's generated files (``results.md``,
+A documentation tool, not part of the library: used by ``benchmarks/cpu_study.sh`` (and by hand
+after ``benchmarks/gpu_repro.sh``); nothing here trains. ``python tools/publish_results.py
+publish`` copies each study's generated files (``results.md``,
 ``results.json``, plots, ``report/``) from its ablation folder into ``docs/results/<name>/``,
 writes ``docs/results/PROVENANCE.md`` (commands, git commit, versions, hardware, wall times)
 and ``docs/results/RESULTS.md`` (the Results section: numbers next to the paper's, speed next
 to the authors' code, commands), and can fill that section into a Markdown file between the
 markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
 Every number in these files is read from the studies' ``results.json``; none is typed in.
+Nothing published names a folder of the machine it ran on: the study folder becomes
+``STUDY_DIR``, the data folder ``DATA_DIR`` and the home folder ``~`` (:func:`portable`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -25,10 +27,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .ablate import duration
-from .errors import ConfigError, MamlppError
+from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.format import duration, markdown_table, percent
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+TABLE_HEADER = [
+    "variant",
+    "techniques",
+    "seeds",
+    "test % (mean ± std over seeds)",
+    "Δ vs MAML (pp)",
+    "95% CI over tasks",
+    "it/s",
+    "published (MAML: Finn et al.; MAML++: the paper)",
+]
 
 # Spec section 4 (test accuracy %, 5 inner steps, 50,000 iterations): MAML (Finn et al. 2017)
 # and MAML++ (the paper), keyed by (dataset, ways, shots).
@@ -45,7 +57,7 @@ REFERENCE_S_PER_IT = {("omniglot", 5, 1): 0.454, ("omniglot", 20, 1): 0.459}
 
 
 def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         done = subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20
@@ -55,48 +67,51 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
-    """Versions, hardware and the git commit, for provenance."""
-    import numpy
-    import torch
+    """The machine's description (versions, hardware) plus the git commit, for provenance."""
+    from mamlpp.ablate import environment as machine
 
-    from . import __version__
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    gpu = None
-    if torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name(0)
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "mamlpp": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "torch_threads": torch.get_num_threads(),
-        "gpu": gpu,
+        **machine(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
     }
 
 
 # ------------------------------------------------------------------------------ publishing
+
+
+_OUT_VALUE = re.compile(r"--out[ =](/[^\s`'\"]+)")
+_STUDY_SCRIPT = re.compile(r"cpu_study\.sh (/[^\s`'\"]+)")
+_DATA_DIR = re.compile(r"(--data-dir[ =])[^\s`'\"]+")
+
+
+def study_roots(commands: Sequence[str]) -> list[str]:
+    """The folders the studies were written under: the parents of ``--out`` folders and the
+    argument of ``cpu_study.sh``, keeping only the outermost of nested ones."""
+    found = {m for line in commands for m in _STUDY_SCRIPT.findall(line)}
+    found |= {str(Path(m).parent) for line in commands for m in _OUT_VALUE.findall(line)}
+    outer = [r for r in found if not any(r != o and r.startswith(o + "/") for o in found)]
+    return sorted(outer, key=len, reverse=True)
+
+
+def portable(text: str, roots: Sequence[str]) -> str:
+    """``text`` without this machine's folders: study roots -> ``STUDY_DIR``, ``--data-dir X``
+    -> ``--data-dir DATA_DIR``, the home folder -> ``~``."""
+    text = _DATA_DIR.sub(r"\1DATA_DIR", text)
+    for root in roots:
+        text = text.replace(root, "STUDY_DIR")
+    return text.replace(str(Path.home()) + "/", "~/")
+
+
+def make_portable(dest: Path, roots: Sequence[str]) -> None:
+    """Rewrite every published text file under ``dest`` with :func:`portable`."""
+    for path in sorted(dest.rglob("*")):
+        if path.is_file() and path.suffix in (".md", ".json", ".txt"):
+            text = path.read_text(encoding="utf-8")
+            if portable(text, roots) != text:
+                path.write_text(portable(text, roots), encoding="utf-8")
 
 
 def copy_study(source: Path, dest: Path) -> list[Path]:
@@ -126,15 +141,11 @@ def load_study(folder: Path) -> dict[str, Any]:
         raise MamlppError(f"cannot read {folder / 'results.json'}: {error}") from None
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def _acc(row: dict[str, Any]) -> str:
     mean, std = row.get("mean_test_accuracy"), row.get("std_test_accuracy")
     if mean is None:
         return "-"
-    return _pct(mean) + (f" ± {_pct(std)}" if std is not None else "")
+    return percent(mean) + (f" ± {percent(std)}" if std is not None else "")
 
 
 def _delta(name: str, delta: float | None) -> str:
@@ -159,7 +170,7 @@ def results_section(
     lines = [
         "## Results",
         "",
-        f"Generated by `python -m mamlpp.results publish` from the files in [{base or './'}]"
+        f"Generated by `python tools/publish_results.py publish` from the files in [{base or './'}]"
         f"({base or './'}); every number below is a measurement of this code (only the paper's "
         f"column is quoted, from the paper). Commands, versions and hardware: "
         f"[{base}PROVENANCE.md]({base}PROVENANCE.md).",
@@ -179,21 +190,24 @@ def results_section(
             f"test tasks, device {_device_of(study)}. Details: "
             f"[{base}{name}/results.md]({base}{name}/results.md).",
             "",
-            "| variant | techniques | seeds | test % (mean ± std over seeds) | Δ vs MAML (pp) "
-            "| 95% CI over tasks | it/s | published (MAML: Finn et al.; MAML++: the paper) |",
-            "|---|---|---|---|---|---|---|---|",
         ]
+        rows = []
         for row in study["variants"]:
-            delta = row.get("delta_vs_maml")
             ci = row.get("mean_test_ci95")
             its = row.get("mean_iterations_per_second")
-            lines.append(
-                f"| `{row['name']}` | {row['label']} | {len(row['seeds_complete'])}/"
-                f"{row['seeds_requested']} | {_acc(row)} | "
-                f"{_delta(row['name'], delta)} | "
-                f"{'-' if not ci else f'± {_pct(ci)}'} | "
-                f"{'-' if its is None else f'{its:.2f}'} | {paper.get(row['name'], '-')} |"
+            rows.append(
+                [
+                    f"`{row['name']}`",
+                    row["label"],
+                    f"{len(row['seeds_complete'])}/{row['seeds_requested']}",
+                    _acc(row),
+                    _delta(row["name"], row.get("delta_vs_maml")),
+                    "-" if not ci else f"± {percent(ci)}",
+                    "-" if its is None else f"{its:.2f}",
+                    paper.get(row["name"], "-"),
+                ]
             )
+        lines += markdown_table(TABLE_HEADER, rows)
         findings = _study_findings(study)
         if findings:
             lines += ["", *findings]
@@ -263,9 +277,9 @@ def _gpu_line(studies: dict[str, dict[str, Any]]) -> str:
         within = f" (time budget {limit:g} s of training)" if limit else ""
         return (
             f"{name}: Omniglot 5-way 1-shot MAML++ on {study['environment'].get('gpu') or 'cuda'}, "
-            f"{s['budget']} meta-iterations{within}: test {_pct(acc)}% ± {_pct(ci)} (95% CI over "
-            f"{study['test_tasks']['count']} tasks). Target >= 99.0%: {met}. The paper: 99.47% "
-            "after 50,000 iterations."
+            f"{s['budget']} meta-iterations{within}: test {percent(acc)}% ± {percent(ci)} "
+            f"(95% CI over {study['test_tasks']['count']} tasks). Target >= 99.0%: {met}. "
+            "The paper: 99.47% after 50,000 iterations."
         )
     return (
         "`benchmarks/gpu_repro.sh` (Omniglot 5-way 1-shot MAML++, at most 8 minutes of training "
@@ -325,7 +339,7 @@ def provenance(
     lines = [
         "# Provenance of docs/results",
         "",
-        "Generated by `python -m mamlpp.results publish`; do not edit by hand.",
+        "Generated by `python tools/publish_results.py publish`; do not edit by hand.",
         "",
         f"* Published: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
         f"* git commit: {env.get('git_commit')}"
@@ -419,7 +433,6 @@ def regenerate(dest: Path, fill_files: Sequence[Path] = ()) -> dict[str, Path]:
     folders = sorted(p for p in dest.iterdir() if (p / "results.json").is_file())
     if not folders:
         raise MamlppError(f"{dest} holds no published study (no */results.json)")
-    loaded = {folder.name: load_study(folder) for folder in folders}
     commands: list[str] = []
     benches = []
     for folder in folders:
@@ -428,6 +441,11 @@ def regenerate(dest: Path, fill_files: Sequence[Path] = ()) -> dict[str, Path]:
             for line in listed.read_text(encoding="utf-8").splitlines():
                 if line.strip() and line not in commands:
                     commands.append(line)
+    roots = study_roots(commands)
+    make_portable(dest, roots)
+    commands = [portable(line, roots) for line in commands]
+    loaded = {folder.name: load_study(folder) for folder in folders}
+    for folder in folders:
         if (folder / "bench.json").is_file():
             benches.append(json.loads((folder / "bench.json").read_text(encoding="utf-8")))
     env = environment()
@@ -442,7 +460,7 @@ def regenerate(dest: Path, fill_files: Sequence[Path] = ()) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mamlpp.results")
+    parser = argparse.ArgumentParser(prog="python tools/publish_results.py")
     sub = parser.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="copy studies into docs/results and write the section")
     pub.add_argument("--dest", default="docs/results")

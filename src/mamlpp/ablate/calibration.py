@@ -1,0 +1,143 @@
+"""``--time-budget``: the largest budget that trains within a time, measured on the path that
+trains.
+
+For every variant a real :class:`~mamlpp.train.Trainer` is built (on CUDA it captures and replays
+CUDA graphs, as training does) and its :meth:`~mamlpp.train.Trainer.train_step`, the very call
+an epoch makes, is timed once per schedule regime (MSL on/off x first/second order, as the
+epochs will see them). Warm-up calls (eager steps and the graph capture on CUDA) are discarded,
+and the device is synchronised before each clock read. A validation is timed the same way.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..runs import RunDir
+from ..schedules import msl_active, second_order_at
+from ..train import Trainer
+from .grid import Variant
+from .plan import Plan, run_config
+
+
+def warmup_calls(trainer: Trainer) -> int:
+    """Calls of one regime to discard: the fast step's eager warm-ups, its capture and one
+    replay; on the eager path one call (first-use allocations)."""
+    fast = trainer.fast_step
+    return fast.warmup_steps + 2 if fast.use_cuda_graph else 1
+
+
+def time_calls(
+    step: Callable[[], Any], warmup: int, repeats: int, device: torch.device
+) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``step`` after ``warmup`` discarded ones."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def calibrate(
+    plan: Plan,
+    variants: list[Variant],
+    splits,
+    device: torch.device,
+    seconds: float,
+    threads: int = 0,
+    *,
+    repeats: int = 3,
+    safety: float = 0.9,
+    say: Callable[[str], None] = print,
+) -> tuple[int, dict[str, Any]]:
+    """The largest budget (a multiple of the epochs) whose training and validations fit in
+    ``seconds`` for every variant; returns it and the measurements."""
+    old_threads = torch.get_num_threads()
+    measured: dict[str, Any] = {}
+    budgets = []
+    probe = Plan.from_dict({**plan.to_dict(), "budget": plan.epochs})  # 1 iteration per epoch
+    try:
+        with tempfile.TemporaryDirectory() as scratch:  # train_step writes nothing there
+            for variant in variants:
+                config = run_config(probe, variant, 0, threads)
+                if config.train.threads:  # as run_training will run it
+                    torch.set_num_threads(config.train.threads)
+                trainer = Trainer(config, RunDir(Path(scratch)), splits, device, progress=False)
+                trainer.choose_execution()  # the execution training will run (CUDA: measured)
+                per_iteration_sum, costs = 0.0, {}
+                for (msl, second), epochs in _regimes(config).items():
+                    step = _stepper(trainer, epochs[0])
+                    times = time_calls(step, warmup_calls(trainer), repeats, device)
+                    cost = statistics.median(times)
+                    costs[f"msl={msl},second_order={second}"] = {
+                        "s_per_it": cost,
+                        "epochs": len(epochs),
+                    }
+                    per_iteration_sum += cost * len(epochs)
+                (val_s,) = time_calls(trainer.validate, 1, 1, device)
+                available = seconds * safety - val_s * config.train.epochs
+                per_epoch = int(available // per_iteration_sum) if available > 0 else 0
+                measured[variant.name] = {
+                    "regimes": costs,
+                    "val_s": val_s,
+                    "iterations_per_epoch": per_epoch,
+                    "timed": "Trainer.train_step",
+                }
+                say(
+                    f"calibration {variant.name}: "
+                    + ", ".join(f"{k} {v['s_per_it'] * 1000:.1f} ms/it" for k, v in costs.items())
+                    + f", validation {val_s:.2f} s -> {per_epoch} iterations per epoch"
+                )
+                if per_epoch < 1:
+                    need = (per_iteration_sum + val_s * config.train.epochs) / safety
+                    raise ConfigError(
+                        f"--time-budget {seconds:g} s is too short for {variant.name} on "
+                        f"{device}: one iteration per epoch and the validations need about "
+                        f"{need:.0f} s"
+                    )
+                budgets.append(per_epoch * config.train.epochs)
+    finally:
+        torch.set_num_threads(old_threads)
+    budget = min(budgets)
+    return budget, {
+        "time_budget_s": seconds,
+        "safety": safety,
+        "device": str(device),
+        "variants": measured,
+        "budget": budget,
+    }
+
+
+def _stepper(trainer: Trainer, epoch: int) -> Callable[[], None]:
+    """One training iteration at ``epoch``'s schedules, then on to the next tasks."""
+
+    def step() -> None:
+        trainer.train_step(epoch)
+        trainer.iteration += 1
+
+    return step
+
+
+def _regimes(config) -> dict[tuple[bool, bool], list[int]]:
+    """The epochs of each (MSL active, second order) combination."""
+    regimes: dict[tuple[bool, bool], list[int]] = {}
+    for epoch in range(config.train.epochs):
+        key = (msl_active(epoch, config.meta), second_order_at(epoch, config.meta))
+        regimes.setdefault(key, []).append(epoch)
+    return regimes

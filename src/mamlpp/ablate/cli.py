@@ -1,0 +1,329 @@
+"""``mamlpp ablate``: arguments, the plan they ask for, a dry run, and the runner's call."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MamlppError
+from ..presets import MAML_META, resolve_config
+from ..train import resolve_device
+from .aggregate import aggregate
+from .grid import GRID, Variant, parse_variants
+from .plan import (
+    DATASETS,
+    PLAN_FILE,
+    Plan,
+    base_preset,
+    common_sets,
+    merge_plan,
+    read_plan,
+    run_config,
+    run_dir_of,
+    train_command,
+    write_plan,
+)
+from .runner import RunOutcome, pending_runs, run_ablation
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ablate",
+        help="the paper's ablation grid over seeds at an equal budget, aggregated",
+        description="Train every variant of the ablation grid (MAML, MAML + each technique, "
+        "MAML++ with transductive or per-step BN, first-order MAML) for each seed at the same "
+        "budget on the same fixed test tasks, then write OUT/results.md, results.json and "
+        "plots. Re-running continues: finished runs are skipped, interrupted ones resume.",
+    )
+    parser.add_argument("--dataset", default="omniglot", help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=1)
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget",
+        type=int,
+        metavar="ITERS",
+        help="meta-iterations per run, a multiple of the preset's epochs (default: the "
+        "preset's, 100 x 500 for the paper presets); iterations per epoch = ITERS / epochs",
+    )
+    budget.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="instead of --budget: measure this device's speed and train each run for at "
+        "most about SECONDS (training and validation; the test comes after)",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument(
+        "--variants", default="all", help="comma-separated subset of the grid (see --list)"
+    )
+    parser.add_argument("--out", metavar="DIR", help="default: runs/ablate-<task>-<budget>")
+    parser.add_argument("--val-tasks", type=int, help="validation tasks (default: the preset's)")
+    parser.add_argument("--test-tasks", type=int, default=600, help="fixed test tasks (600)")
+    parser.add_argument("--tasks-per-batch", type=int, default=8, help="tasks per meta-batch")
+    parser.add_argument("--top-k", type=int, help="test ensemble size (default: the preset's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="extra override for every run (repeatable), e.g. --set model.channels=32",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per run (0: the preset's; with --jobs N, cores / N)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the datasets")
+    parser.add_argument("--no-download", action="store_true", help="never download data")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--list", action="store_true", help="print the grid and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check the arguments, print the runs, train nothing"
+    )
+    parser.add_argument(
+        "--aggregate-only",
+        metavar="OUT",
+        help="only (re)write OUT/results.md, results.json and the plots from its runs",
+    )
+    parser.set_defaults(handler=_ablate)
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise ConfigError(
+                f"--seeds expects comma-separated non-negative integers, got {text!r}"
+            )
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {text!r}")
+    return seeds
+
+
+def _check_positive(**values: int | float | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} must be >= 1, got {value:g}")
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The plan of a ``mamlpp ablate`` invocation (not yet merged with OUT's)."""
+    if args.dataset not in DATASETS:
+        close = difflib.get_close_matches(args.dataset, DATASETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}{hint}"
+        )
+    _check_positive(
+        ways=args.ways,
+        shots=args.shots,
+        budget=args.budget,
+        test_tasks=args.test_tasks,
+        tasks_per_batch=args.tasks_per_batch,
+        val_tasks=args.val_tasks,
+        top_k=args.top_k,
+        jobs=args.jobs,
+    )
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ConfigError(f"--time-budget must be > 0 seconds, got {args.time_budget:g}")
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    seeds = parse_seeds(args.seeds)
+    variants = parse_variants(args.variants)
+    preset = base_preset(args.dataset, args.ways, args.shots)
+    plan = Plan(
+        dataset=args.dataset,
+        ways=args.ways,
+        shots=args.shots,
+        base_preset=preset,
+        epochs=0,
+        budget=None,
+        tasks_per_batch=args.tasks_per_batch,
+        val_tasks=args.val_tasks,
+        test_tasks=args.test_tasks,
+        top_k=args.top_k,
+        sets=list(args.set),
+        variants=[v.name for v in variants],
+        seeds=seeds,
+        time_budget_s=args.time_budget,
+    )
+    base = resolve_config(preset, None, common_sets(plan, None))  # validates --set too
+    plan.epochs = base.train.epochs
+    if args.time_budget is None:
+        budget = args.budget
+        if budget is None:
+            budget = base.train.epochs * base.train.iterations_per_epoch
+        if budget < plan.epochs:
+            raise ConfigError(
+                f"--budget {budget} is below the preset's {plan.epochs} epochs: the budget "
+                "shortens each epoch (iterations per epoch = budget / epochs), so it needs at "
+                f"least one iteration per epoch (--budget {plan.epochs} or more)"
+            )
+        if budget % plan.epochs:
+            low = budget // plan.epochs * plan.epochs
+            raise ConfigError(
+                f"--budget {budget} is not a multiple of the preset's {plan.epochs} epochs "
+                f"(iterations per epoch = budget / epochs); use {low} or {low + plan.epochs}"
+            )
+        plan.budget = budget
+    return plan
+
+
+def default_out(plan: Plan) -> Path:
+    size = f"b{plan.budget}" if plan.budget is not None else f"t{plan.time_budget_s:g}s"
+    return Path("runs") / f"ablate-{plan.dataset}-{plan.ways}w{plan.shots}s-{size}"
+
+
+def _list() -> None:
+    print("The ablation grid (each variant over plain MAML; on values from the MAML++ preset):")
+    for variant in GRID:
+        extra = ", ".join(f"{k}={v}" for k, v in variant.fixed.items())
+        techniques = " ".join(variant.techniques) or "-"
+        print(f"  {variant.name:<20} {techniques:<26} {extra}")
+    off = ", ".join(f"{k}={v}" for k, v in MAML_META.items())
+    print(f"MAML (all off): {off}, bn_mode=transductive, second_order=True")
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    if args.aggregate_only:
+        out = Path(args.aggregate_only)
+        results = aggregate(out)
+        print(f"results: {out / 'results.md'} ({_count(results)})")
+        return 0
+    if args.list:
+        _list()
+        return 0
+    plan = make_plan(args)
+    out = Path(args.out) if args.out else default_out(plan)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    stored = read_plan(out)
+    if stored is not None and plan.time_budget_s is not None and stored.budget is not None:
+        plan.budget = stored.budget  # measured when the folder was started
+        plan.time_budget_s = stored.time_budget_s
+        plan.calibration = stored.calibration
+    plan = merge_plan(stored, plan, out)
+    variants = parse_variants(args.variants)
+    seeds = parse_seeds(args.seeds)
+    if args.dry_run:
+        return _dry_run(plan, out, variants, seeds, args)
+    start, started_at = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    say = _printer()
+    say(f"ablation {out}: {len(variants)} variants x {len(seeds)} seeds; {plan.command(out)}")
+    failures: list[RunOutcome] = []
+    try:
+        outcomes = run_ablation(
+            plan,
+            out,
+            variants,
+            seeds,
+            jobs=args.jobs,
+            device=args.device,
+            data_dir=args.data_dir,
+            download=not args.no_download,
+            threads=args.threads,
+            progress=not args.quiet,
+            say=say,
+        )
+        failures = [o for o in outcomes if o.status.startswith("failed")]
+    finally:
+        if (out / PLAN_FILE).is_file():
+            stored = read_plan(out) or plan
+            stored.sessions.append(
+                {
+                    "started": started_at,
+                    "elapsed_s": round(time.perf_counter() - start, 1),
+                    "jobs": args.jobs,
+                    "device": args.device,
+                    "threads": args.threads,
+                    "runs": [f"{v.name}/seed{s}" for v in variants for s in seeds],
+                }
+            )
+            write_plan(out, stored)
+    results = aggregate(out)
+    say(f"results: {out / 'results.md'} ({_count(results)})")
+    if failures:
+        names = ", ".join(f"{f.variant} seed {f.seed}" for f in failures[:3])
+        more = f" and {len(failures) - 3} more" if len(failures) > 3 else ""
+        raise MamlppError(
+            f"{len(failures)} run(s) failed: {names}{more}; see their ablate.json and "
+            "train.log, or re-run to retry"
+        )
+    return 0
+
+
+def _count(results: dict[str, Any]) -> str:
+    runs = [r for v in results["variants"] for r in v["runs"]]
+    done = sum(r["status"] == "complete" for r in runs)
+    return f"{done}/{len(runs)} runs complete"
+
+
+def _printer() -> Callable[[str], None]:
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    return say
+
+
+def _dry_run(
+    plan: Plan, out: Path, variants: list[Variant], seeds: list[int], args: argparse.Namespace
+) -> int:
+    """Print what would run (and check every run's configuration); write nothing."""
+    threads = args.threads
+    if threads == 0 and args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    device = resolve_device(args.device) if args.device != "cuda" else "cuda"
+    probe = (
+        plan
+        if plan.budget is not None
+        else Plan.from_dict({**plan.to_dict(), "budget": plan.epochs})
+    )
+    todo, done = pending_runs(plan, out, variants, seeds)
+    print(f"dry run: {plan.command(out)}")
+    if plan.budget is None:
+        print(
+            f"budget: measured at the start for {plan.time_budget_s:g} s on {device} "
+            f"({plan.epochs} epochs; the commands below show 1 iteration per epoch)"
+        )
+    else:
+        print(
+            f"budget: {plan.budget} meta-iterations = {plan.epochs} epochs x "
+            f"{plan.iterations_per_epoch} x {plan.tasks_per_batch} tasks"
+        )
+    print(f"device {device}, jobs {args.jobs}, threads per run {threads or 'preset default'}")
+    print(_data_note(plan.dataset, args.data_dir))
+    for variant, seed in [*done, *todo]:
+        run_config(probe, variant, seed, threads)  # raises on any bad configuration
+        state = "finished, skipped" if (variant, seed) in done else "to run"
+        run_dir = run_dir_of(out, variant, seed)
+        print(
+            f"{variant.name} seed {seed} ({state}): "
+            f"{train_command(probe, variant, seed, run_dir, threads)}"
+        )
+    print(f"{len(todo)} to run, {len(done)} finished; results would go to {out / 'results.md'}")
+    return 0
+
+
+def _data_note(dataset: str, data_dir_arg: str | None) -> str:
+    """Where the data would come from (the dry run only reports; it never downloads)."""
+    from ..data import data_dir, find_mini_imagenet, find_omniglot
+
+    if dataset == "synthetic":
+        return "data: generated in memory (synthetic)"
+    root = data_dir(data_dir_arg)
+    found = find_mini_imagenet(root) if dataset == "mini-imagenet" else find_omniglot(root)
+    if found is None:
+        return f"data: {dataset} NOT found in {root} (a real run downloads it unless --no-download)"
+    return f"data: {dataset} found in {found}"

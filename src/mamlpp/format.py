@@ -1,0 +1,38 @@
+"""Text formatting shared by reports, tables and messages: durations, percentages, Markdown.
+
+One place for each rule, so every table and message of the project writes a number the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def duration(seconds: float | None) -> str:
+    """``42 s``, ``12.3 min`` or ``1.52 h``; ``-`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def percent(fraction: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage without the sign (``0.9123`` -> ``91.23``); ``-`` if unknown."""
+    if fraction is None or not math.isfinite(fraction):
+        return "-"
+    return f"{100 * fraction:.{digits}f}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 checkpoint``, ``3 checkpoints``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
