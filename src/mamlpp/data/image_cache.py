@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import DataError
-from .files import atomic_path, data_dir, is_writable_dir
-from .progress import Progress
+from ..progress import progress_bar
+from .files import data_dir, is_writable_dir
 
 
 def cache_folder(source: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -51,7 +52,7 @@ def decode_images(
 ) -> np.ndarray:
     """uint8 ``[len(items), *shape]`` with ``out[i] = decode(items[i], i)``."""
     images = np.empty((len(items), *shape), dtype=np.uint8)
-    bar = Progress(len(items), desc=desc, unit="img", enabled=progress)
+    bar = progress_bar(len(items), desc, "img", enabled=progress)
     try:
         for i, item in enumerate(items):
             images[i] = decode(item, i)
@@ -64,7 +65,7 @@ def decode_images(
 def write_images(path: Path, images: np.ndarray) -> Path | None:
     """Store ``images`` at ``path`` (atomically); the path, or None (with a warning) on failure."""
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        with atomic_write(path) as handle:
             np.savez(handle, images=images)
     except (DataError, OSError) as error:
         warnings.warn(f"could not write the image cache {path}: {error}", stacklevel=2)
