@@ -58,9 +58,12 @@ def _meta(learner: MAMLpp, batch, epoch: int, execution: str | None = None):
     return loss.detach(), metrics, grads_of(learner)
 
 
-@pytest.mark.parametrize("epoch", [0, 1], ids=["first-order", "second-order"])
-@pytest.mark.parametrize("execution", ["batched", "loop"])
-def test_sequential_conv4_equals_builtin_conv4(epoch, execution):
+@pytest.mark.parametrize(
+    "execution, epoch",
+    [("batched", 0), ("batched", 1), ("loop", 1)],
+    ids=["batched-first-order", "batched-second-order", "loop-second-order"],
+)
+def test_sequential_conv4_equals_builtin_conv4(execution, epoch):
     builtin, generic = generic_twin(ALL_SIX, execution)
     assert builtin.second_order_at(epoch) == (epoch == 1)
     assert builtin.msl_weights(epoch) is not None
@@ -137,7 +140,7 @@ def test_bn1d_mlp_second_order_meta_gradient_matches_central_finite_differences(
     fd_values, an_values = [], []
     for p in named.values():
         flat = p.data.view(-1)
-        for idx in torch.randperm(flat.numel(), generator=g)[:5].tolist():
+        for idx in torch.randperm(flat.numel(), generator=g)[:3].tolist():
             original = flat[idx].item()
             with torch.no_grad():
                 flat[idx] = original + eps
