@@ -10,6 +10,7 @@ from torch import nn
 
 from mamlpp import MAMLpp, MetaConfig, ModuleBackbone
 from mamlpp.errors import ConfigError
+from mamlpp.nn.module_backbone import _TaskBatchNorm
 
 # Six techniques on (DA: first order at epoch 0, second order from epoch 1; MSL active to 3).
 ALL_SIX = MetaConfig(num_inner_steps=2, first_order_epochs=1, msl_epochs=3)
@@ -234,3 +235,20 @@ def test_supported_stateless_norms_and_bad_patterns():
         ModuleBackbone(sequential_conv4(3, 4, 16), 2, exclude=["*"])
     with pytest.raises(ConfigError, match="list of patterns"):
         ModuleBackbone(sequential_conv4(3, 4, 16), 2, adapt="17.*")
+
+
+def test_batch_norm_function_is_also_right_outside_vmap():
+    """_TaskBatchNorm's own forward/backward (used when no vmap rule applies) match PyTorch's
+    batch norm, first and second derivatives included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    gamma = torch.rand(3, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
+    beta = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def normalise(x, gamma, beta):
+        return _TaskBatchNorm.apply(x, gamma, beta, 1e-5)[0]
+
+    assert torch.autograd.gradcheck(normalise, (x, gamma, beta))
+    assert torch.autograd.gradgradcheck(normalise, (x, gamma, beta))
+    expected = torch.nn.functional.batch_norm(x, None, None, gamma, beta, True, 0.0, 1e-5)
+    assert torch.allclose(normalise(x, gamma, beta), expected, rtol=0, atol=1e-12)
