@@ -27,7 +27,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class _ForwardContext:
     step: int = 0
     running: Mapping[str, Tensor] | None = None
     batched: bool = False
-    stats: BatchStats | None = field(default=None)
+    stats: BatchStats | None = None
 
     @contextmanager
     def call(
@@ -122,7 +122,10 @@ class _TaskBatchNorm(torch.autograd.Function):
 
 class StepBatchNorm(PerStepBatchNorm):
     """Stands in for an ``nn.BatchNorm1d/2d/3d`` of a wrapped module: per-step rows, and
-    statistics handed to the surrounding :class:`ModuleBackbone` call instead of mutated."""
+    statistics handed to the surrounding :class:`ModuleBackbone` call instead of mutated.
+
+    Takes ``eps`` and the current values of the source layer; its ``momentum`` is not used (the
+    learner folds the statistics in with ``MetaConfig.bn_momentum``)."""
 
     def __init__(
         self,
