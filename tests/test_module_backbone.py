@@ -252,3 +252,26 @@ def test_batch_norm_function_is_also_right_outside_vmap():
     assert torch.autograd.gradgradcheck(normalise, (x, gamma, beta))
     expected = torch.nn.functional.batch_norm(x, None, None, gamma, beta, True, 0.0, 1e-5)
     assert torch.allclose(normalise(x, gamma, beta), expected, rtol=0, atol=1e-12)
+
+
+class _CountsCalls(nn.Module):
+    """A layer with state between calls: a buffer incremented in place by every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+def test_a_layer_that_mutates_a_buffer_is_a_one_line_error_naming_it():
+    module = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), _CountsCalls())
+    learner = MAMLpp(module, MetaConfig(num_inner_steps=1))
+    sx, sy, qx, qy = tiny_tasks(image_size=2)
+    with pytest.raises(ConfigError) as error:
+        learner.meta_loss(sx.float(), sy, qx.float(), qy)
+    message = str(error.value)
+    assert "layer 2 (_CountsCalls) changed its buffer calls in place" in message
+    assert "\n" not in message
