@@ -37,6 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ..config import MetaConfig
 from ..errors import ConfigError
 from .backbones import BatchStats
 from .batch_norm_fn import batch_norm_train
@@ -288,7 +289,7 @@ class ModuleBackbone(nn.Module):
     def for_config(
         cls,
         module: nn.Module,
-        config,
+        config: MetaConfig,
         adapt: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
     ) -> ModuleBackbone:
