@@ -10,6 +10,7 @@ from torch import nn
 
 from mamlpp import MAMLpp, MetaConfig, ModuleBackbone
 from mamlpp.errors import ConfigError
+from mamlpp.nn.module_backbone import _TaskBatchNorm
 
 # Six techniques on (DA: first order at epoch 0, second order from epoch 1; MSL active to 3).
 ALL_SIX = MetaConfig(num_inner_steps=2, first_order_epochs=1, msl_epochs=3)
@@ -58,9 +59,12 @@ def _meta(learner: MAMLpp, batch, epoch: int, execution: str | None = None):
     return loss.detach(), metrics, grads_of(learner)
 
 
-@pytest.mark.parametrize("epoch", [0, 1], ids=["first-order", "second-order"])
-@pytest.mark.parametrize("execution", ["batched", "loop"])
-def test_sequential_conv4_equals_builtin_conv4(epoch, execution):
+@pytest.mark.parametrize(
+    "execution, epoch",
+    [("batched", 0), ("batched", 1), ("loop", 1)],
+    ids=["batched-first-order", "batched-second-order", "loop-second-order"],
+)
+def test_sequential_conv4_equals_builtin_conv4(execution, epoch):
     builtin, generic = generic_twin(ALL_SIX, execution)
     assert builtin.second_order_at(epoch) == (epoch == 1)
     assert builtin.msl_weights(epoch) is not None
@@ -137,7 +141,7 @@ def test_bn1d_mlp_second_order_meta_gradient_matches_central_finite_differences(
     fd_values, an_values = [], []
     for p in named.values():
         flat = p.data.view(-1)
-        for idx in torch.randperm(flat.numel(), generator=g)[:5].tolist():
+        for idx in torch.randperm(flat.numel(), generator=g)[:3].tolist():
             original = flat[idx].item()
             with torch.no_grad():
                 flat[idx] = original + eps
@@ -231,3 +235,43 @@ def test_supported_stateless_norms_and_bad_patterns():
         ModuleBackbone(sequential_conv4(3, 4, 16), exclude=["*"])
     with pytest.raises(ConfigError, match="list of patterns"):
         ModuleBackbone(sequential_conv4(3, 4, 16), adapt="17.*")
+
+
+def test_batch_norm_function_is_also_right_outside_vmap():
+    """_TaskBatchNorm's own forward/backward (used when no vmap rule applies) match PyTorch's
+    batch norm, first and second derivatives included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    gamma = torch.rand(3, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
+    beta = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def normalise(x, gamma, beta):
+        return _TaskBatchNorm.apply(x, gamma, beta, 1e-5)[0]
+
+    assert torch.autograd.gradcheck(normalise, (x, gamma, beta))
+    assert torch.autograd.gradgradcheck(normalise, (x, gamma, beta))
+    expected = torch.nn.functional.batch_norm(x, None, None, gamma, beta, True, 0.0, 1e-5)
+    assert torch.allclose(normalise(x, gamma, beta), expected, rtol=0, atol=1e-12)
+
+
+class _CountsCalls(nn.Module):
+    """A layer with state between calls: a buffer incremented in place by every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+def test_a_layer_that_mutates_a_buffer_is_a_one_line_error_naming_it():
+    module = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), _CountsCalls())
+    learner = MAMLpp(module, MetaConfig(num_inner_steps=1))
+    sx, sy, qx, qy = tiny_tasks(image_size=2)
+    with pytest.raises(ConfigError) as error:
+        learner.meta_loss(sx.float(), sy, qx.float(), qy)
+    message = str(error.value)
+    assert "layer 2 (_CountsCalls) changed its buffer calls in place" in message
+    assert "\n" not in message

@@ -27,7 +27,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class _ForwardContext:
     step: int = 0
     running: Mapping[str, Tensor] | None = None
     batched: bool = False
-    stats: BatchStats | None = field(default=None)
+    stats: BatchStats | None = None
 
     @contextmanager
     def call(
@@ -122,7 +122,10 @@ class _TaskBatchNorm(torch.autograd.Function):
 
 class StepBatchNorm(PerStepBatchNorm):
     """Stands in for an ``nn.BatchNorm1d/2d/3d`` of a wrapped module: per-step rows, and
-    statistics handed to the surrounding :class:`ModuleBackbone` call instead of mutated."""
+    statistics handed to the surrounding :class:`ModuleBackbone` call instead of mutated.
+
+    Takes ``eps`` and the current values of the source layer; its ``momentum`` is not used (the
+    learner folds the statistics in with ``MetaConfig.bn_momentum``)."""
 
     def __init__(self, name: str, source: _BatchNorm, context: _ForwardContext) -> None:
         super().__init__(source.num_features, source.eps)
@@ -266,6 +269,26 @@ class ModuleBackbone(nn.Module):
         """Backbone names -> the wrapped module's own names (what functional_call wants)."""
         return {n.removeprefix(PREFIX): t for n, t in params.items()}
 
+    @contextmanager
+    def _call(
+        self, step: int, running: Mapping[str, Tensor] | None, batched: bool
+    ) -> Iterator[BatchStats]:
+        """One forward pass of the module: sets the BN context and checks that no layer
+        changed a buffer in place (state kept across calls has no place in the inner loop)."""
+        buffers = dict(self.module.named_buffers())
+        versions = {name: b._version for name, b in buffers.items()}
+        with self._context.call(step, running, batched) as stats:
+            yield stats
+        for name, b in buffers.items():
+            if b._version != versions[name]:
+                owner = name.rpartition(".")[0]
+                kind = type(self.module.get_submodule(owner)).__name__
+                raise ConfigError(
+                    f"layer {owner or '(root)'} ({kind}) changed its buffer "
+                    f"{name.rpartition('.')[2]} in place during a forward pass; MAML++ needs "
+                    "layers without state between calls"
+                )
+
     def functional_forward(
         self,
         params: Mapping[str, Tensor],
@@ -275,7 +298,7 @@ class ModuleBackbone(nn.Module):
     ) -> tuple[Tensor, BatchStats]:
         """One task: logits ``[n, ways]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``
         (no statistics when ``running`` is given: BN then normalises with row ``step``)."""
-        with self._context.call(step, running, batched=False) as stats:
+        with self._call(step, running, batched=False) as stats:
             logits = functional_call(self.module, self._local(params), (x,))
         return logits, stats
 
@@ -291,7 +314,7 @@ class ModuleBackbone(nn.Module):
         task dimension."""
 
         def one_task(task_params: dict[str, Tensor], task_x: Tensor):
-            with self._context.call(step, running, batched=True) as stats:
+            with self._call(step, running, batched=True) as stats:
                 logits = functional_call(self.module, task_params, (task_x,))
             return logits, stats
 
