@@ -46,14 +46,15 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         record["loss"] = record["loss"] * 1e6
     (diverged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
-    def poison(trainer) -> None:  # NaN from the first meta-loss on
-        real = trainer.learner.meta_loss
+    def poison(trainer) -> None:  # NaN from the first meta-loss on (what the outer step calls)
+        real = trainer.learner.meta_loss_and_stats
 
-        def meta_loss(*args, **kwargs):
-            loss, metrics = real(*args, **kwargs)
-            return loss * float("nan"), metrics
+        def meta_loss_and_stats(*args, **kwargs):
+            loss, metrics, stats = real(*args, **kwargs)
+            loss = loss * float("nan")
+            return loss, {**metrics, "loss": loss.detach()}, stats
 
-        trainer.learner.meta_loss = meta_loss
+        trainer.learner.meta_loss_and_stats = meta_loss_and_stats
 
     failed = root / "failed"
     with pytest.raises(NonFiniteLoss):
