@@ -57,6 +57,17 @@ def test_tiny_resnet12_meta_loss_backward_and_per_step_bn_rows():
         assert ((value - before[name]).abs().amax(dim=1) > 0).all(), name
 
 
+def test_every_natural_image_benchmark_has_resnet12_presets():
+    for base in ("mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet"):
+        for shots in (1, 5):
+            conv4 = resolve_config(f"{base}-5w{shots}s").to_dict()
+            resnet = resolve_config(f"{base}-5w{shots}s-resnet12").to_dict()
+            assert resnet["model"] == {"backbone": "resnet12", "channels": 64}
+            assert {k: v for k, v in resnet.items() if k not in ("model", "preset")} == {
+                k: v for k, v in conv4.items() if k not in ("model", "preset")
+            }
+
+
 def test_resnet12_presets_build_the_generic_learner():
     for shots in (1, 5):
         config = resolve_config(f"mini-imagenet-5w{shots}s-resnet12")

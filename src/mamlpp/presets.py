@@ -15,8 +15,8 @@ order (MetaConfig's default). The reference configs differ: always second order 
 (``--set meta.first_order_epochs=0``) and 10 first-order epochs on mini-ImageNet
 (``--set meta.first_order_epochs=10``).
 
-The ``mini-imagenet-5w{1,5}s-resnet12`` presets replace conv4 by ResNet-12 (widths
-64-160-320-640, the standard few-shot backbone) and keep everything else of the paper's run.
+The ``-resnet12`` presets (mini-ImageNet, CIFAR-FS, FC100, tieredImageNet) replace conv4 by
+ResNet-12 (widths 64-160-320-640, the standard few-shot backbone) and keep everything else.
 
 The ``-maml`` presets switch all six techniques off (``MetaConfig.maml()``: one shared inner
 learning rate, final-step loss only, second order throughout, shared BN, constant outer lr) and
@@ -115,7 +115,7 @@ def _paper_presets(settings=PAPER_SETTINGS) -> dict[str, Preset]:
             presets[name] = Preset(name, tree)
             maml = merge(tree, {"meta": MAML_META})
             presets[f"{name}-maml"] = Preset(f"{name}-maml", maml)
-            if base is MINI_IMAGENET:
+            if base_name != "omniglot":  # ResNet-12 is a backbone of the natural-image sets
                 resnet = merge(tree, {"model": RESNET12})
                 presets[f"{name}-resnet12"] = Preset(f"{name}-resnet12", resnet)
     return presets
