@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-BnMode = Literal["transductive", "per_step"]
+BnMode = Literal["transductive", "per_step", "per_step_trained", "per_step_query", "support"]
+BN_MODES = ("transductive", "per_step", "per_step_trained", "per_step_query", "support")
 TaskReduction = Literal["mean", "sum"]
 
 
@@ -44,7 +45,12 @@ class MetaConfig:
     # Epochs trained first order before switching to second order; 0 = second order throughout.
     first_order_epochs: int = 50
     per_step_bn_stats: bool = True
+    # How BN normalises each pass; see bn_pass_norms() for the exact table (support pass,
+    # target/query pass) in training and at evaluation.
     bn_mode: BnMode = "transductive"
+    # bn_mode "per_step_trained"/"per_step_query": epochs trained with batch statistics (as
+    # "per_step" does) before training switches to the stored statistics.
+    bn_warmup_epochs: int = 0
     per_step_bn_affine: bool = True
     # Also adapt BN gamma/beta (shape (C,)) in the inner loop; the reference's extra flag.
     adapt_bn_affine: bool = False
@@ -97,6 +103,45 @@ class MetaConfig:
         }
 
 
+# How the BN layers of one pass normalise: "batch" = the pass's own batch statistics
+# (transductive over that pass's images), "running" = the stored per-step running statistics of
+# the pass's BN row (a detached snapshot taken before the meta-iteration), "support" = the
+# statistics of the task's support images under the same weights and BN row (the query images
+# are appended to a support forward pass; each query prediction then depends on the support
+# set and on itself only: "MetaBN", Bronskill et al. 2020, "TaskNorm").
+PassNorm = Literal["batch", "running", "support"]
+
+
+def bn_pass_norms(config: MetaConfig, epoch: int | None) -> tuple[PassNorm, PassNorm]:
+    """(support-pass norm, target-pass norm) at training epoch ``epoch``, or at evaluation
+    (``epoch=None``). The running statistics are updated from every training pass's batch
+    statistics whatever normalises it.
+
+    =================  ==================  ==================  ===================
+    bn_mode            training (warm-up)  training            evaluation
+    =================  ==================  ==================  ===================
+    transductive       batch, batch        batch, batch        batch, batch
+    per_step           batch, batch        batch, batch        running, running
+    per_step_trained   batch, batch        running, running    running, running
+    per_step_query     batch, batch        batch, running      batch, running
+    support            batch, support      batch, support      batch, support
+    =================  ==================  ==================  ===================
+
+    The warm-up is the first ``bn_warmup_epochs`` epochs.
+    """
+    mode = config.bn_mode
+    warm = epoch is not None and epoch < config.bn_warmup_epochs
+    if mode == "transductive" or (mode == "per_step" and epoch is not None):
+        return "batch", "batch"
+    if mode == "per_step":
+        return "running", "running"
+    if mode == "support":
+        return "batch", "support"
+    if warm:
+        return "batch", "batch"
+    return ("running" if mode == "per_step_trained" else "batch"), "running"
+
+
 def _check_type(config: MetaConfig, name: str, kinds: tuple[type, ...], optional: bool = False):
     value = getattr(config, name)
     if optional and value is None:
@@ -114,7 +159,13 @@ def validate_meta_config(config: MetaConfig) -> None:
         _check_type(config, name, (bool,))
     for name in ("per_step_bn_affine", "adapt_bn_affine", "cosine_lr"):
         _check_type(config, name, (bool,))
-    for name in ("num_inner_steps", "msl_epochs", "first_order_epochs", "total_epochs"):
+    for name in (
+        "num_inner_steps",
+        "msl_epochs",
+        "first_order_epochs",
+        "total_epochs",
+        "bn_warmup_epochs",
+    ):
         _check_type(config, name, (int,))
     for name in ("inner_lr", "meta_lr", "meta_lr_min", "bn_momentum"):
         _check_type(config, name, (float, int))
@@ -141,8 +192,10 @@ def validate_meta_config(config: MetaConfig) -> None:
         raise ConfigError(f"bn_momentum must lie in (0, 1], got {config.bn_momentum}")
     if config.grad_clip is not None and config.grad_clip <= 0:
         raise ConfigError(f"grad_clip must be > 0 or None, got {config.grad_clip}")
-    if config.bn_mode not in ("transductive", "per_step"):
-        raise ConfigError(f"bn_mode must be 'transductive' or 'per_step', got {config.bn_mode!r}")
+    if config.bn_mode not in BN_MODES:
+        raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {config.bn_mode!r}")
+    if config.bn_warmup_epochs < 0:
+        raise ConfigError(f"bn_warmup_epochs must be >= 0, got {config.bn_warmup_epochs}")
     if config.task_reduction not in ("mean", "sum"):
         raise ConfigError(f"task_reduction must be 'mean' or 'sum', got {config.task_reduction!r}")
     if config.adapt_bn_affine and config.per_step_bn_affine:

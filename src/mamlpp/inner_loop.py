@@ -37,8 +37,16 @@ class InnerLoopPlan:
     # MSL weights w_0..w_{S-1} (floats, or a [S] tensor so that a captured CUDA graph can take
     # new values each epoch), or None: only the final step's target loss (weight 1).
     step_weights: tuple[float, ...] | Tensor | None
-    # Normalise with stored running statistics (evaluation in bn_mode="per_step").
-    use_running_stats: bool = False
+    # How BN normalises the support passes and the target (query) passes: "batch", "running"
+    # (the stored statistics handed in as `running`) or, for target passes, "support" (the
+    # support images' statistics). See config.bn_pass_norms for the table per bn_mode.
+    support_norm: str = "batch"
+    target_norm: str = "batch"
+
+    @property
+    def use_running_stats(self) -> bool:
+        """Whether any pass reads the stored running statistics."""
+        return "running" in (self.support_norm, self.target_norm)
 
     def stat_rows(self, bn_stats: bool) -> list[int]:
         """BN step of each forward pass whose batch statistics are returned, in pass order."""
@@ -83,6 +91,31 @@ def stack_pass_stats(
     }
 
 
+def target_forward(
+    forward: ForwardFn,
+    params: Mapping[str, Tensor],
+    plan: InnerLoopPlan,
+    support_x: Tensor,
+    query_x: Tensor,
+    step: int,
+    running: Mapping[str, Tensor] | None,
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+    """Logits of the query images ``query_x [..., m, C, H, W]`` normalised as
+    ``plan.target_norm`` says; works per task and task-batched (the sample dim is -4).
+
+    "support": the support images go through the same forward pass, in front of the query,
+    and only their statistics normalise; the support logits are dropped.
+    """
+    if plan.target_norm == "support":
+        n = support_x.shape[-4]
+        both = torch.cat([support_x, query_x], dim=-4)
+        logits, stats = forward(params, both, step, None, norm_rows=n)
+        return logits[..., n:, :], stats
+    if plan.target_norm == "running":
+        return forward(params, query_x, step, running)
+    return forward(params, query_x, step)
+
+
 def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(-1) == labels).to(logits.dtype).mean()
 
@@ -109,6 +142,7 @@ def adapt_task(
     names = plan.adapted_names
     fast = {n: params[n] for n in names}
     fixed = {n: t for n, t in params.items() if n not in fast}
+    running = running if plan.support_norm == "running" else None
     support_losses = []
     support_stats = []
     for i in range(plan.num_steps):
@@ -145,8 +179,10 @@ def task_meta_loss(
     query_y: Tensor,
     plan: InnerLoopPlan,
     bn_names: Sequence[str],
+    running: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
-    """One task's outer loss (training semantics: batch statistics everywhere).
+    """One task's outer loss; BN normalises as ``plan.support_norm``/``plan.target_norm`` say
+    (``running``: the stored statistics, read when one of them is "running").
 
     Returns ``(loss, metrics, stats)``: ``metrics`` holds ``step_losses``/``step_accuracies``
     ``[T]`` for the T target passes (S under MSL, else 1) and ``support_losses [S]``; ``stats``
@@ -158,7 +194,9 @@ def task_meta_loss(
     target_stats: list[dict[str, tuple[Tensor, Tensor]]] = []
 
     def target_pass(step: int, fast: dict[str, Tensor]) -> None:
-        logits, stats = forward({**params, **fast}, query_x, step)
+        logits, stats = target_forward(
+            forward, {**params, **fast}, plan, support_x, query_x, step, running
+        )
         target_losses.append(F.cross_entropy(logits, query_y))
         target_accs.append(_accuracy(logits.detach(), query_y))
         target_stats.append(stats)
@@ -167,7 +205,7 @@ def task_meta_loss(
     if plan.step_weights is not None:
         on_step = target_pass
     fast, support_losses, support_stats = adapt_task(
-        forward, params, inner_lrs, support_x, support_y, plan, on_step=on_step
+        forward, params, inner_lrs, support_x, support_y, plan, running, on_step=on_step
     )
     if plan.step_weights is None:
         target_pass(plan.num_steps - 1, fast)
@@ -192,7 +230,9 @@ def task_predict(
     running: Mapping[str, Tensor] | None,
 ) -> Tensor:
     """Evaluation: adapt on the support set, then logits ``[m, ways]`` of ``query_x`` from
-    theta_S at BN step S-1 (running statistics when ``running`` is given)."""
+    theta_S at BN step S-1, normalised as the plan says."""
     fast, _, _ = adapt_task(forward, params, inner_lrs, support_x, support_y, plan, running=running)
-    logits, _ = forward({**params, **fast}, query_x, plan.num_steps - 1, running)
+    logits, _ = target_forward(
+        forward, {**params, **fast}, plan, support_x, query_x, plan.num_steps - 1, running
+    )
     return logits

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import schedules
-from .config import MetaConfig
+from .config import MetaConfig, bn_pass_norms
 from .errors import ConfigError
 from .inner_loop import InnerLoopPlan, task_meta_loss, task_predict
 from .nn.backbones import Backbone
@@ -192,18 +192,28 @@ class MAMLpp(nn.Module):
         weights = self.msl_weights(epoch)
         if weights is not None and msl_weights is not None:
             weights = msl_weights
+        support_norm, target_norm = bn_pass_norms(self.config, epoch)
         plan = InnerLoopPlan(
             num_steps=self.config.num_inner_steps,
             adapted_names=self.adapted_names,
             second_order=self.second_order_at(epoch),
             step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
+            support_norm=support_norm,
+            target_norm=target_norm,
         )
         params = self._params()
         bn_names = self._bn_names()
         forward = self.backbone.functional_forward
+        # A snapshot: the buffers are updated in place below, after the graph that reads them
+        # was built (and they carry no gradient: the statistics are constants of the loss).
+        running = (
+            {n: t.clone() for n, t in self._running().items()} if plan.use_running_stats else None
+        )
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
-            return task_meta_loss(forward, params, self.inner_lrs, sx, sy, qx, qy, plan, bn_names)
+            return task_meta_loss(
+                forward, params, self.inner_lrs, sx, sy, qx, qy, plan, bn_names, running
+            )
 
         execution = self._check_execution(execution or self.execution)
         if execution == "batched":
@@ -218,6 +228,7 @@ class MAMLpp(nn.Module):
                 plan,
                 bn_names,
                 checkpoint_steps=self.checkpoint_steps,
+                running=running,
             )
         elif execution == "vmap":
             losses, metrics, stats = torch.func.vmap(one_task)(
@@ -281,12 +292,14 @@ class MAMLpp(nn.Module):
                 f"evaluation with {steps} inner steps, but the model was trained with "
                 f"{self.config.num_inner_steps} and has per-step parameters (LSLR/BNRS/BNWB)"
             )
+        support_norm, target_norm = bn_pass_norms(self.config, None)
         return InnerLoopPlan(
             num_steps=steps,
             adapted_names=self.adapted_names,
             second_order=False,
             step_weights=None,
-            use_running_stats=self.config.bn_mode == "per_step",
+            support_norm=support_norm,
+            target_norm=target_norm,
         )
 
     def _lrs_for(self, steps: int) -> Tensor:
@@ -379,6 +392,13 @@ class MAMLpp(nn.Module):
         """Logits ``[B, N*T, ways]`` of ``query_x [B, N*T, C, H, W]`` with per-task fast
         weights from :meth:`adapt`, at BN step S-1."""
         plan, params, _, running = self._eval_inputs(None)
+        if plan.target_norm == "support":
+            raise ConfigError(
+                f"predict() has no support set to normalise with (bn_mode="
+                f"{self.config.bn_mode!r}); use adapt_and_predict()"
+            )
+        if plan.target_norm == "batch":
+            running = None
         num_tasks = query_x.shape[0]
         shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
         with torch.no_grad():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .inner_loop import InnerLoopPlan, stack_pass_stats, weighted_target_loss
+from .inner_loop import InnerLoopPlan, stack_pass_stats, target_forward, weighted_target_loss
 
 # task_batched_forward(params [B, ...], x [B, n, C, H, W], step, running) -> (logits, stats)
 BatchedForwardFn = Callable[..., tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]]
@@ -63,6 +63,7 @@ def batched_adapt(
     """
     num_tasks = support_x.shape[0]
     names = plan.adapted_names
+    running = running if plan.support_norm == "running" else None
     batched = _expand(params, num_tasks)
     fast = [batched[n] for n in names]
     fixed = {n: t for n, t in batched.items() if n not in names}
@@ -120,10 +121,12 @@ def batched_meta_loss(
     plan: InnerLoopPlan,
     bn_names: Sequence[str],
     checkpoint_steps: bool = False,
+    running: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
     """Outer loss of each task ``[B]``, metrics ``{k: [B, ...]}`` and statistics
     ``{bn: (mean [B, P, C], var [B, P, C])}`` in ``plan.stat_rows`` order: the same structure
-    as ``vmap(inner_loop.task_meta_loss)``."""
+    as ``vmap(inner_loop.task_meta_loss)``. ``running``: the stored statistics, read by the
+    passes whose plan norm is "running"."""
     num_tasks = support_x.shape[0]
     target_losses: list[Tensor] = []
     target_accs: list[Tensor] = []
@@ -133,7 +136,9 @@ def batched_meta_loss(
     def target_pass(step: int, fast: dict[str, Tensor]) -> None:
         def run(*fast_values: Tensor):
             fast_now = dict(zip(fast, fast_values, strict=True))
-            logits, stats = forward({**shared, **fast_now}, query_x, step)
+            logits, stats = target_forward(
+                forward, {**shared, **fast_now}, plan, support_x, query_x, step, running
+            )
             return (
                 per_task_cross_entropy(logits, query_y),
                 per_task_accuracy(logits.detach(), query_y),
@@ -155,6 +160,7 @@ def batched_meta_loss(
         support_x,
         support_y,
         plan,
+        running,
         on_step=target_pass if plan.step_weights is not None else None,
         checkpoint_steps=checkpoint_steps,
     )
@@ -183,5 +189,7 @@ def batched_predict(
     """Evaluation for all tasks: logits ``[B, m, ways]`` from theta_S at BN step S-1."""
     fast, _, _ = batched_adapt(forward, params, inner_lrs, support_x, support_y, plan, running)
     shared = _expand(params, support_x.shape[0])
-    logits, _ = forward({**shared, **fast}, query_x, plan.num_steps - 1, running)
+    logits, _ = target_forward(
+        forward, {**shared, **fast}, plan, support_x, query_x, plan.num_steps - 1, running
+    )
     return logits

@@ -38,6 +38,7 @@ class Backbone(Protocol):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        norm_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]: ...
 
 
@@ -103,34 +104,33 @@ class Conv4(nn.Module):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        norm_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``step``.
 
         ``params`` maps every parameter name to a tensor (adapted or not). ``running`` (buffer
-        name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics and
-        returns them per layer for the running-statistics update.
+        name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics,
+        those of the first ``norm_rows`` images alone when given. Returns per layer the batch
+        statistics (of the first ``norm_rows`` images when given) for the running update.
         """
         stats: BatchStats = {}
         h = x
         for b in range(self.num_blocks):
             h = F.conv2d(h, params[f"conv{b}.weight"], params[f"conv{b}.bias"], padding=1)
             bn = f"bn{b}"
-            eps = self._modules[bn].eps
+            mean = var = None
             if running is not None:
-                h, _ = per_step_batch_norm(
-                    h,
-                    params[f"{bn}.weight"],
-                    params[f"{bn}.bias"],
-                    step,
-                    running[f"{bn}.running_mean"],
-                    running[f"{bn}.running_var"],
-                    eps,
-                )
-            else:
-                h, batch = per_step_batch_norm(
-                    h, params[f"{bn}.weight"], params[f"{bn}.bias"], step, eps=eps
-                )
-                stats[bn] = batch
+                mean, var = running[f"{bn}.running_mean"], running[f"{bn}.running_var"]
+            h, stats[bn] = per_step_batch_norm(
+                h,
+                params[f"{bn}.weight"],
+                params[f"{bn}.bias"],
+                step,
+                mean,
+                var,
+                self._modules[bn].eps,
+                norm_rows,
+            )
             h = F.leaky_relu(h, 0.01)
             h = F.max_pool2d(h, 2)
         h = h.flatten(1)
@@ -142,12 +142,14 @@ class Conv4(nn.Module):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        norm_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """All tasks of a meta-batch at once: every parameter carries a leading task dimension.
 
         ``params[name]``: ``[B, *shape]`` (shared tensors expanded by the caller); ``x``:
         ``[B, n, C, H, W]``. Returns logits ``[B, n, ways]`` and per-layer batch statistics
         ``(mean [B, C], var [B, C])``; ``running`` holds per-step tables without a task dim.
+        ``norm_rows``: as in :meth:`functional_forward` (each task's first ``norm_rows`` images).
 
         Layout: tasks become channel groups. Activations live as ``[n, B*C, H, W]``, so one
         grouped convolution (``groups=B``) applies each task's own weights, and batch norm over
@@ -175,6 +177,10 @@ class Conv4(nn.Module):
                 var = running[f"{bn}.running_var"]
                 if mean.dim() == 2:
                     mean, var = mean[step], var[step]
+                # The batch's own statistics, only for the running update (no gradient).
+                with torch.no_grad():
+                    batch_var, batch_mean = torch.var_mean(h, dim=(0, 2, 3), correction=1)
+                stats[bn] = (batch_mean.view(num_tasks, -1), batch_var.view(num_tasks, -1))
                 h = F.batch_norm(
                     h,
                     mean.repeat(num_tasks),
@@ -184,6 +190,18 @@ class Conv4(nn.Module):
                     training=False,
                     eps=layer.eps,
                 )
+            elif norm_rows is not None:
+                # Statistics of each task's first norm_rows images (the support set), applied
+                # to all n (generic autograd ops: the cheap double backward assumes whole-batch
+                # statistics). ref: [norm_rows, B*C, H, W].
+                ref = h[:norm_rows]
+                var, mean = torch.var_mean(ref, dim=(0, 2, 3), correction=0)  # [B*C]
+                scale = gamma.reshape(-1) * torch.rsqrt(var + layer.eps)
+                shift = beta.reshape(-1) - mean * scale
+                h = h * scale[:, None, None] + shift[:, None, None]
+                ref_count = ref.shape[0] * ref.shape[2] * ref.shape[3]
+                unbiased = var.detach() * (ref_count / max(ref_count - 1, 1))
+                stats[bn] = (mean.detach().view(num_tasks, -1), unbiased.view(num_tasks, -1))
             else:
                 # Hand-written double backward: far cheaper than the generic one (second order).
                 h, mean, var = batch_norm_train(h, gamma.reshape(-1), beta.reshape(-1), layer.eps)

@@ -26,24 +26,29 @@ def per_step_batch_norm(
     running_mean: Tensor | None = None,
     running_var: Tensor | None = None,
     eps: float = 1e-5,
-) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    norm_rows: int | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Batch-normalise ``x [n, C, H, W]`` with the parameters of inner step ``step``.
 
     ``weight``/``bias``: ``[S, C]`` (per step) or ``[C]`` (shared). With ``running_mean`` and
-    ``running_var`` (``[S, C]`` or ``[C]``) the stored statistics of ``step`` are used (evaluation
-    in ``bn_mode="per_step"``) and no batch statistics are returned. Otherwise the batch's own
-    statistics normalise (differentiably) and are returned detached as ``(mean [C], var [C])``,
-    the variance unbiased as PyTorch's running statistics use it.
+    ``running_var`` (``[S, C]`` or ``[C]``) the stored statistics of ``step`` normalise (the
+    ``"running"`` pass norm). Otherwise batch statistics normalise (differentiably): those of the
+    whole batch, or with ``norm_rows`` those of its first ``norm_rows`` samples alone (the
+    support images, ``"support"`` pass norm). Either way the statistics of the samples that would
+    normalise in batch mode (all, or the first ``norm_rows``) are returned detached as
+    ``(mean [C], var [C])`` for the running-statistics update, the variance unbiased as PyTorch's
+    running statistics use it.
     """
+    ref = x if norm_rows is None else x[:norm_rows]
+    batch_mean = ref.mean(dim=(0, 2, 3))
+    batch_var = ref.var(dim=(0, 2, 3), unbiased=False)
+    count = ref.shape[0] * ref.shape[2] * ref.shape[3]
+    unbiased = batch_var * (count / max(count - 1, 1))
+    batch_stats = (batch_mean.detach(), unbiased.detach())
     if running_mean is not None and running_var is not None:
         mean, var = _row(running_mean, step), _row(running_var, step)
-        batch_stats = None
     else:
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
-        count = x.shape[0] * x.shape[2] * x.shape[3]
-        unbiased = var * (count / max(count - 1, 1))
-        batch_stats = (mean.detach(), unbiased.detach())
+        mean, var = batch_mean, batch_var
     scale = _row(weight, step) * torch.rsqrt(var + eps)  # [C]
     shift = _row(bias, step) - mean * scale  # [C]
     return x * scale[:, None, None] + shift[:, None, None], batch_stats
