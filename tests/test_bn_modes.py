@@ -148,21 +148,22 @@ def test_running_statistics_are_updated_from_batch_statistics_when_stored_ones_n
 
 @pytest.mark.parametrize("mode", NEW_MODES)
 def test_execution_paths_agree_in_float64(mode):
-    """Batched (grouped conv, own BN code) vs per-task vmap and loop (generic BN function):
-    loss, every meta-gradient (second order, MSL on) and the updated running statistics."""
+    """Batched (grouped conv, own BN code) vs the per-task loop (generic BN function; vmap runs
+    the same per-task code): loss, every meta-gradient (second order, MSL on) and the updated
+    running statistics."""
     sx, sy, qx, qy = tiny_tasks()
     results = {}
-    for execution in ("batched", "vmap", "loop"):
+    for execution in ("batched", "loop"):
         learner = tiny_learner(_config(mode), execution=execution)
         loss, _ = learner.meta_loss(sx, sy, qx, qy, epoch=1)
         loss.backward()
         buffers = {n: b.clone() for n, b in learner.backbone.named_buffers()}
         results[execution] = (loss.detach(), grads_of(learner), buffers)
-    for execution in ("vmap", "loop"):
-        torch.testing.assert_close(results[execution], results["batched"], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(results["loop"], results["batched"], rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("mode", NEW_MODES)
+# per_step_query normalises with the same two code paths as these two.
+@pytest.mark.parametrize("mode", ["per_step_trained", "support"])
 def test_second_order_meta_gradient_matches_finite_differences(mode):
     learner = tiny_learner(_config(mode))
     batch = tiny_tasks()
@@ -175,7 +176,7 @@ def test_second_order_meta_gradient_matches_finite_differences(mode):
     eps = 1e-6
     for name in ("conv0.weight", "conv2.bias", "head.weight", "bn1.weight", "inner_lrs"):
         flat = named[name].data.view(-1)
-        for idx in torch.randperm(flat.numel(), generator=g)[:2].tolist():
+        for idx in torch.randperm(flat.numel(), generator=g)[:1].tolist():
             original = flat[idx].item()
             with torch.no_grad():
                 flat[idx] = original + eps
