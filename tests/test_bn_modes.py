@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from core_helpers import grads_of, tiny_learner, tiny_tasks
 
 from mamlpp import MetaConfig
-from mamlpp.config import bn_pass_norms
+from mamlpp.config import bn_pass_norms, bn_running_weight
 from mamlpp.errors import ConfigError
 
 NEW_MODES = ("per_step_trained", "per_step_query", "support")
+# Epoch 1 of a 3-epoch blend from epoch 0: the stored statistics weigh 2/4 in training.
+BLENDED = {"bn_blend_epochs": 3}
 MSL_OFF = 10  # an epoch at which MSL is over (msl_epochs=10): one final target pass
 
 
@@ -29,6 +31,7 @@ def _config(mode: str, **changes) -> MetaConfig:
 def test_off_by_default_and_the_pass_table():
     config = MetaConfig()
     assert config.bn_mode == "transductive" and config.bn_warmup_epochs == 0
+    assert config.bn_blend_epochs == 0
     expected = {
         # mode: (training after the warm-up, evaluation)
         "transductive": (("batch", "batch"), ("batch", "batch")),
@@ -46,9 +49,21 @@ def test_off_by_default_and_the_pass_table():
         assert bn_pass_norms(config, 2) == warm, mode
 
 
+def test_blend_weight_schedule():
+    config = MetaConfig(bn_mode="per_step_trained", bn_warmup_epochs=2, bn_blend_epochs=3)
+    weights = [bn_running_weight(config, epoch) for epoch in range(7)]
+    assert weights == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert bn_running_weight(config, None) == 1.0  # evaluation: stored statistics alone
+    assert bn_running_weight(MetaConfig(bn_mode="per_step_trained"), 0) == 1.0
+
+
 @pytest.mark.parametrize(
     "changes, message",
-    [({"bn_mode": "running"}, "bn_mode must be one of"), ({"bn_warmup_epochs": -1}, ">= 0")],
+    [
+        ({"bn_mode": "running"}, "bn_mode must be one of"),
+        ({"bn_warmup_epochs": -1}, "bn_warmup_epochs must be >= 0"),
+        ({"bn_blend_epochs": -2}, "bn_blend_epochs must be >= 0"),
+    ],
 )
 def test_bad_values_are_one_line_errors(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -146,15 +161,17 @@ def test_running_statistics_are_updated_from_batch_statistics_when_stored_ones_n
     assert not torch.allclose(rows["per_step_trained"][1], rows["transductive"][1])
 
 
-@pytest.mark.parametrize("mode", NEW_MODES)
-def test_execution_paths_agree_in_float64(mode):
+@pytest.mark.parametrize(
+    "mode, changes", [(m, {}) for m in NEW_MODES] + [("per_step_trained", BLENDED)]
+)
+def test_execution_paths_agree_in_float64(mode, changes):
     """Batched (grouped conv, own BN code) vs the per-task loop (generic BN function; vmap runs
     the same per-task code): loss, every meta-gradient (second order, MSL on) and the updated
     running statistics."""
     sx, sy, qx, qy = tiny_tasks()
     results = {}
     for execution in ("batched", "loop"):
-        learner = tiny_learner(_config(mode), execution=execution)
+        learner = tiny_learner(_config(mode, **changes), execution=execution)
         loss, _ = learner.meta_loss(sx, sy, qx, qy, epoch=1)
         loss.backward()
         buffers = {n: b.clone() for n, b in learner.backbone.named_buffers()}
@@ -162,10 +179,12 @@ def test_execution_paths_agree_in_float64(mode):
     torch.testing.assert_close(results["loop"], results["batched"], rtol=1e-9, atol=1e-11)
 
 
-# per_step_query normalises with the same two code paths as these two.
-@pytest.mark.parametrize("mode", ["per_step_trained", "support"])
-def test_second_order_meta_gradient_matches_finite_differences(mode):
-    learner = tiny_learner(_config(mode))
+# per_step_query normalises with the same code paths as these.
+@pytest.mark.parametrize(
+    "mode, changes", [("per_step_trained", {}), ("support", {}), ("per_step_trained", BLENDED)]
+)
+def test_second_order_meta_gradient_matches_finite_differences(mode, changes):
+    learner = tiny_learner(_config(mode, **changes))
     batch = tiny_tasks()
     learner.zero_grad(set_to_none=True)
     learner.meta_loss(*batch, epoch=1, update_bn_stats=False)[0].backward()

@@ -51,6 +51,9 @@ class MetaConfig:
     # bn_mode "per_step_trained"/"per_step_query": epochs trained with batch statistics (as
     # "per_step" does) before training switches to the stored statistics.
     bn_warmup_epochs: int = 0
+    # ... then, over this many epochs, the stored statistics' weight in the training passes that
+    # read them rises linearly to 1, blended with the batch's own (0: stored alone at once).
+    bn_blend_epochs: int = 0
     per_step_bn_affine: bool = True
     # Also adapt BN gamma/beta (shape (C,)) in the inner loop; the reference's extra flag.
     adapt_bn_affine: bool = False
@@ -142,6 +145,17 @@ def bn_pass_norms(config: MetaConfig, epoch: int | None) -> tuple[PassNorm, Pass
     return ("running" if mode == "per_step_trained" else "batch"), "running"
 
 
+def bn_running_weight(config: MetaConfig, epoch: int | None) -> float:
+    """Weight w of the stored statistics in a "running" pass: it normalises with
+    ``w * stored + (1 - w) * batch`` (mean and biased variance; the batch part differentiable).
+    1 at evaluation; in training ``(epoch - bn_warmup_epochs + 1) / (bn_blend_epochs + 1)``,
+    capped at 1, in the epochs after the warm-up (with no blend epochs: 1 at once)."""
+    if epoch is None:
+        return 1.0
+    done = epoch - config.bn_warmup_epochs + 1
+    return min(1.0, max(done, 0) / (config.bn_blend_epochs + 1))
+
+
 def _check_type(config: MetaConfig, name: str, kinds: tuple[type, ...], optional: bool = False):
     value = getattr(config, name)
     if optional and value is None:
@@ -165,6 +179,7 @@ def validate_meta_config(config: MetaConfig) -> None:
         "first_order_epochs",
         "total_epochs",
         "bn_warmup_epochs",
+        "bn_blend_epochs",
     ):
         _check_type(config, name, (int,))
     for name in ("inner_lr", "meta_lr", "meta_lr_min", "bn_momentum"):
@@ -196,6 +211,8 @@ def validate_meta_config(config: MetaConfig) -> None:
         raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {config.bn_mode!r}")
     if config.bn_warmup_epochs < 0:
         raise ConfigError(f"bn_warmup_epochs must be >= 0, got {config.bn_warmup_epochs}")
+    if config.bn_blend_epochs < 0:
+        raise ConfigError(f"bn_blend_epochs must be >= 0, got {config.bn_blend_epochs}")
     if config.task_reduction not in ("mean", "sum"):
         raise ConfigError(f"task_reduction must be 'mean' or 'sum', got {config.task_reduction!r}")
     if config.adapt_bn_affine and config.per_step_bn_affine:

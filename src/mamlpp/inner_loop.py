@@ -42,6 +42,13 @@ class InnerLoopPlan:
     # support images' statistics). See config.bn_pass_norms for the table per bn_mode.
     support_norm: str = "batch"
     target_norm: str = "batch"
+    # Weight of the stored statistics in a "running" pass (< 1: blended with the batch's own,
+    # see config.bn_running_weight).
+    running_weight: float = 1.0
+
+    def running_kwargs(self) -> dict[str, float]:
+        """Extra forward arguments of a "running" pass (none at the default weight 1)."""
+        return {} if self.running_weight == 1.0 else {"running_weight": self.running_weight}
 
     @property
     def use_running_stats(self) -> bool:
@@ -112,7 +119,7 @@ def target_forward(
         logits, stats = forward(params, both, step, None, norm_rows=n)
         return logits[..., n:, :], stats
     if plan.target_norm == "running":
-        return forward(params, query_x, step, running)
+        return forward(params, query_x, step, running, **plan.running_kwargs())
     return forward(params, query_x, step)
 
 
@@ -143,12 +150,13 @@ def adapt_task(
     fast = {n: params[n] for n in names}
     fixed = {n: t for n, t in params.items() if n not in fast}
     running = running if plan.support_norm == "running" else None
+    extra = plan.running_kwargs() if running is not None else {}
     support_losses = []
     support_stats = []
     for i in range(plan.num_steps):
 
         def support_loss(adapted: dict[str, Tensor], fixed=fixed, step=i):
-            logits, stats = forward({**fixed, **adapted}, support_x, step, running)
+            logits, stats = forward({**fixed, **adapted}, support_x, step, running, **extra)
             loss = F.cross_entropy(logits, support_y)
             return loss, (loss.detach(), stats)
 

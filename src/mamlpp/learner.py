@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import schedules
-from .config import MetaConfig, bn_pass_norms
+from .config import MetaConfig, bn_pass_norms, bn_running_weight
 from .errors import ConfigError
 from .inner_loop import InnerLoopPlan, task_meta_loss, task_predict
 from .nn.backbones import Backbone
@@ -200,6 +200,7 @@ class MAMLpp(nn.Module):
             step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
             support_norm=support_norm,
             target_norm=target_norm,
+            running_weight=bn_running_weight(self.config, epoch),
         )
         params = self._params()
         bn_names = self._bn_names()

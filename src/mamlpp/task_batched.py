@@ -64,6 +64,7 @@ def batched_adapt(
     num_tasks = support_x.shape[0]
     names = plan.adapted_names
     running = running if plan.support_norm == "running" else None
+    extra = plan.running_kwargs() if running is not None else {}
     batched = _expand(params, num_tasks)
     fast = [batched[n] for n in names]
     fixed = {n: t for n, t in batched.items() if n not in names}
@@ -87,7 +88,11 @@ def batched_adapt(
                     inputs = [v.detach().requires_grad_() for v in fast_values]
                     context = {n: t.detach() for n, t in fixed.items()}
                 logits, stats = forward(
-                    {**context, **dict(zip(names, inputs, strict=True))}, support_x, step, running
+                    {**context, **dict(zip(names, inputs, strict=True))},
+                    support_x,
+                    step,
+                    running,
+                    **extra,
                 )
                 losses = per_task_cross_entropy(logits, support_y)  # [B]
                 grads = torch.autograd.grad(losses.sum(), inputs, create_graph=second_order)

@@ -39,6 +39,7 @@ class Backbone(Protocol):
         step: int,
         running: Mapping[str, Tensor] | None = None,
         norm_rows: int | None = None,
+        running_weight: float = 1.0,
     ) -> tuple[Tensor, BatchStats]: ...
 
 
@@ -105,12 +106,14 @@ class Conv4(nn.Module):
         step: int,
         running: Mapping[str, Tensor] | None = None,
         norm_rows: int | None = None,
+        running_weight: float = 1.0,
     ) -> tuple[Tensor, BatchStats]:
         """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``step``.
 
         ``params`` maps every parameter name to a tensor (adapted or not). ``running`` (buffer
         name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics,
-        those of the first ``norm_rows`` images alone when given. Returns per layer the batch
+        those of the first ``norm_rows`` images alone when given. ``running_weight`` w < 1 blends
+        ``w * stored + (1 - w) * batch`` statistics. Returns per layer the batch
         statistics (of the first ``norm_rows`` images when given) for the running update.
         """
         stats: BatchStats = {}
@@ -130,6 +133,7 @@ class Conv4(nn.Module):
                 var,
                 self._modules[bn].eps,
                 norm_rows,
+                running_weight,
             )
             h = F.leaky_relu(h, 0.01)
             h = F.max_pool2d(h, 2)
@@ -143,13 +147,14 @@ class Conv4(nn.Module):
         step: int,
         running: Mapping[str, Tensor] | None = None,
         norm_rows: int | None = None,
+        running_weight: float = 1.0,
     ) -> tuple[Tensor, BatchStats]:
         """All tasks of a meta-batch at once: every parameter carries a leading task dimension.
 
         ``params[name]``: ``[B, *shape]`` (shared tensors expanded by the caller); ``x``:
         ``[B, n, C, H, W]``. Returns logits ``[B, n, ways]`` and per-layer batch statistics
         ``(mean [B, C], var [B, C])``; ``running`` holds per-step tables without a task dim.
-        ``norm_rows``: as in :meth:`functional_forward` (each task's first ``norm_rows`` images).
+        ``norm_rows``, ``running_weight``: as in :meth:`functional_forward` (per task).
 
         Layout: tasks become channel groups. Activations live as ``[n, B*C, H, W]``, so one
         grouped convolution (``groups=B``) applies each task's own weights, and batch norm over
@@ -172,7 +177,24 @@ class Conv4(nn.Module):
             gamma, beta = params[f"{bn}.weight"], params[f"{bn}.bias"]  # [B, S, C] or [B, C]
             if gamma.dim() == 3:
                 gamma, beta = gamma[:, step], beta[:, step]
-            if running is not None:
+            if running is not None and running_weight != 1.0:
+                # Blend w * stored + (1 - w) * batch (mean and biased variance, batch part
+                # differentiable; generic ops). Stored rows [C] repeat over the B task groups.
+                mean = running[f"{bn}.running_mean"]
+                var = running[f"{bn}.running_var"]
+                if mean.dim() == 2:
+                    mean, var = mean[step], var[step]
+                batch_var, batch_mean = torch.var_mean(h, dim=(0, 2, 3), correction=0)  # [B*C]
+                w = running_weight
+                mean = w * mean.repeat(num_tasks) + (1.0 - w) * batch_mean
+                var = w * var.repeat(num_tasks) + (1.0 - w) * batch_var
+                scale = gamma.reshape(-1) * torch.rsqrt(var + layer.eps)
+                shift = beta.reshape(-1) - mean * scale
+                count = h.shape[0] * h.shape[2] * h.shape[3]
+                unbiased = batch_var.detach() * (count / max(count - 1, 1))
+                stats[bn] = (batch_mean.detach().view(num_tasks, -1), unbiased.view(num_tasks, -1))
+                h = h * scale[:, None, None] + shift[:, None, None]
+            elif running is not None:
                 mean = running[f"{bn}.running_mean"]
                 var = running[f"{bn}.running_var"]
                 if mean.dim() == 2:

@@ -27,12 +27,14 @@ def per_step_batch_norm(
     running_var: Tensor | None = None,
     eps: float = 1e-5,
     norm_rows: int | None = None,
+    running_weight: float = 1.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Batch-normalise ``x [n, C, H, W]`` with the parameters of inner step ``step``.
 
     ``weight``/``bias``: ``[S, C]`` (per step) or ``[C]`` (shared). With ``running_mean`` and
     ``running_var`` (``[S, C]`` or ``[C]``) the stored statistics of ``step`` normalise (the
-    ``"running"`` pass norm). Otherwise batch statistics normalise (differentiably): those of the
+    ``"running"`` pass norm), blended as ``w * stored + (1 - w) * batch`` when
+    ``running_weight`` w < 1. Otherwise batch statistics normalise (differentiably): those of the
     whole batch, or with ``norm_rows`` those of its first ``norm_rows`` samples alone (the
     support images, ``"support"`` pass norm). Either way the statistics of the samples that would
     normalise in batch mode (all, or the first ``norm_rows``) are returned detached as
@@ -47,6 +49,9 @@ def per_step_batch_norm(
     batch_stats = (batch_mean.detach(), unbiased.detach())
     if running_mean is not None and running_var is not None:
         mean, var = _row(running_mean, step), _row(running_var, step)
+        if running_weight != 1.0:
+            mean = running_weight * mean + (1.0 - running_weight) * batch_mean
+            var = running_weight * var + (1.0 - running_weight) * batch_var
     else:
         mean, var = batch_mean, batch_var
     scale = _row(weight, step) * torch.rsqrt(var + eps)  # [C]
