@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# What torchrun (and any launcher following its convention) puts in each process's environment.
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 class DistributedError(MamlppError):
     """Another process of the job failed or a collective timed out; this one stops too."""

@@ -183,7 +183,6 @@ class Trainer:
         # a run with a smaller top-k never deletes checkpoints.
         self.keep_top_k = config.eval.top_k
         self.train_seconds = 0.0  # time in training iterations, over all sessions
-        self.wall_seconds = 0.0  # time in training and validation, over all sessions
         self._session_start = time.perf_counter()
         self._wall_at_start = 0.0
 

@@ -7,7 +7,7 @@ folded in afterwards by :func:`fold_running_stats` from the batch statistics eac
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -123,12 +123,3 @@ class PerStepBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, running={tuple(self.running_mean.shape)}"
-
-
-def running_stat_names(bn_names: Sequence[str]) -> list[str]:
-    """Buffer names of the running statistics of the given BN layers."""
-    return [f"{n}.running_{s}" for n in bn_names for s in ("mean", "var")]
-
-
-def select_running(buffers: Mapping[str, Tensor], bn_name: str) -> tuple[Tensor, Tensor]:
-    return buffers[f"{bn_name}.running_mean"], buffers[f"{bn_name}.running_var"]
