@@ -119,9 +119,12 @@ def _train(args: argparse.Namespace) -> int:
         run_training(
             config, run, splits, device, resume=args.resume, progress=not args.quiet, dist=dist
         )
-    finally:
+    except BaseException:
         if dist is not None:
-            dist.shutdown()
+            dist.shutdown(orderly=False)  # a peer may be gone: never wait for it
+        raise
+    if dist is not None:
+        dist.shutdown()
     return 0
 
 

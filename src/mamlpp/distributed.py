@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -212,9 +213,33 @@ class Distributed:
             self.barrier()
         return value
 
-    def shutdown(self) -> None:
-        if dist.is_initialized():
+    def shutdown(self, orderly: bool = True, timeout_s: float = 60.0) -> None:
+        """Leave the job; ``orderly=False`` (after an error) just leaves, waiting for nobody.
+
+        An orderly exit leaves in step. Rank 0 hosts torchrun's rendezvous store in its process, so
+        it leaves last: every other rank says on the store that it has left the process group,
+        and rank 0 waits for that before it tears down. (A rank whose store vanished while it
+        was tearing down aborted: "terminate called without an active exception", exit -6.)"""
+        if not dist.is_initialized():
+            return
+        if not orderly:
             dist.destroy_process_group()
+            return
+        store = dist.distributed_c10d._get_default_store()
+        with contextlib.suppress(Exception):  # a peer that already failed: just leave
+            dist.barrier()
+        if self.rank != 0:
+            dist.destroy_process_group()
+            with contextlib.suppress(Exception):
+                store.add("mamlpp/left", 1)
+            return
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(Exception):
+            while store.add("mamlpp/left", 0) < self.world_size - 1:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        dist.destroy_process_group()
 
 
 def init_from_env(device: torch.device, timeout_s: float | None = None) -> Distributed | None:
