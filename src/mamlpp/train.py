@@ -370,7 +370,10 @@ class Trainer:
             "it_per_s": len(window) / max(window.seconds, 1e-9),
         }
         self.metrics.write(record)
-        self.bar.set_postfix(loss=f"{means['loss']:.4g}", acc=f"{means['accuracy']:.4g}")
+        # refresh=False: the bar redraws at its own pace (every 30 s when logging to a file).
+        self.bar.set_postfix(
+            loss=f"{means['loss']:.4g}", acc=f"{means['accuracy']:.4g}", refresh=False
+        )
         if self.writer is not None:
             self.writer.add_scalar("train/loss", means["loss"], self.step)
             self.writer.add_scalar("train/accuracy", means["accuracy"], self.step)
