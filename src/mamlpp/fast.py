@@ -197,17 +197,23 @@ class FastMetaStep:
         return {k: v.clone() for k, v in graph["metrics"].items()}
 
     def _capture_failed(self, reason: str, sx, sy, qx, qy, epoch):
+        """A capture raised: stop (default) or, opted out, redo this step eagerly."""
+        self._give_up_graphs(f"CUDA graph capture failed: {reason}", reason)
+        torch.cuda.synchronize(self.device)
+        return {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
+
+    def _give_up_graphs(self, what: str, reason: str) -> None:
+        """Raise CaptureError (``fallback="error"``), or warn and train eagerly from now on,
+        recording why (``describe()`` puts it in the run log and summary.json)."""
         message = (
-            f"CUDA graph capture failed: {reason}. Set train.graph_fallback=eager to train "
-            "without graphs (slower), or train.cuda_graph=false"
+            f"{what}. Set train.graph_fallback=eager to train without graphs (slower), or "
+            "train.cuda_graph=false"
         )
         if self.fallback == "error":
             raise CaptureError(message)
-        warnings.warn(message + "; continuing eagerly", RuntimeWarning, stacklevel=3)
+        warnings.warn(message + "; continuing eagerly", RuntimeWarning, stacklevel=4)
         self.fallback_reason = reason
         self.use_cuda_graph = False
-        torch.cuda.synchronize(self.device)
-        return {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
 
     def _side_stream_step(self, sx, sy, qx, qy, epoch, check: bool = False):
         stream = torch.cuda.Stream(self.device)
@@ -224,15 +230,9 @@ class FastMetaStep:
 
     def _hazards_found(self, found: str, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
         """The step just ran eagerly and correctly; only its capture would break."""
-        message = (
-            f"the meta-iteration cannot be captured as a CUDA graph: {found}. Set "
-            "train.graph_fallback=eager to train without graphs (slower), or train.cuda_graph=false"
+        self._give_up_graphs(
+            f"the meta-iteration cannot be captured as a CUDA graph: {found}", found
         )
-        if self.fallback == "error":
-            raise CaptureError(message)
-        warnings.warn(message + "; continuing eagerly", RuntimeWarning, stacklevel=3)
-        self.fallback_reason = found
-        self.use_cuda_graph = False
         return metrics
 
     def _capture(self, key, sx, sy, qx, qy, epoch) -> dict[str, Any]:
