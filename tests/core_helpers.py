@@ -72,3 +72,30 @@ def grads_of(learner: MAMLpp) -> dict[str, torch.Tensor]:
 
 def clone_learner(learner: MAMLpp) -> MAMLpp:
     return copy.deepcopy(learner)
+
+
+def central_differences(
+    learner: MAMLpp,
+    batch,
+    tensors: dict[str, torch.Tensor],
+    analytic: dict[str, torch.Tensor],
+    per_tensor: int,
+    generator: torch.Generator,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central finite differences of the meta-loss (epoch 0, statistics untouched) at
+    ``per_tensor`` random entries of each tensor, and the matching ``analytic`` gradients."""
+    fd_values, an_values = [], []
+    for name, p in tensors.items():
+        flat = p.data.view(-1)
+        for idx in torch.randperm(flat.numel(), generator=generator)[:per_tensor].tolist():
+            original = flat[idx].item()
+            with torch.no_grad():
+                flat[idx] = original + eps
+                plus = learner.meta_loss(*batch, 0, update_bn_stats=False)[0].item()
+                flat[idx] = original - eps
+                minus = learner.meta_loss(*batch, 0, update_bn_stats=False)[0].item()
+                flat[idx] = original
+            fd_values.append((plus - minus) / (2 * eps))
+            an_values.append(analytic[name].view(-1)[idx].item())
+    return torch.tensor(fd_values), torch.tensor(an_values)
