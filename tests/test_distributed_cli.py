@@ -185,6 +185,34 @@ def test_sigkill_of_one_rank_fails_cleanly_and_resume_under_torchrun_is_exact(ru
     assert _files(out) == _files(runs["two"])
 
 
+@pytest.mark.slow
+def test_two_nodes_meet_by_torchruns_c10d_rendezvous_and_train_like_one_process(runs) -> None:
+    """The multi-node command of docs/distributed.md, as two "nodes" on this machine: two
+    torchrun launchers (one process each) find each other through torchrun's c10d rendezvous,
+    not through the variables a single launcher sets. Which launcher hosts rank 0 is the
+    rendezvous's choice; the run equals one process and has one writer."""
+    out, port = runs["base"] / "two-nodes", free_port()
+    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d"]
+    rendezvous += [f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=mamlpp-test"]
+    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *_train(out)[1:]]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    nodes = [
+        subprocess.Popen(command, env=_one_process_env(), start_new_session=True, **pipes)
+        for _ in range(2)
+    ]
+    codes = wait_all(nodes, timeout=300)
+    outputs = [(node.stdout.read(), node.stderr.read()) for node in nodes]
+    assert codes == [0, 0], [err[-2000:] for _, err in outputs]
+    printed = [text for text, _ in outputs if text]
+    assert len(printed) == 1 and "on 2 processes (gloo)" in printed[0], "only rank 0 prints"
+    a = torch.load(runs["one"] / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    _assert_close(a["model"], b["model"], 1e-5)
+    assert b["world_size"] == 2
+    _assert_same_metrics(_metrics(runs["one"]), _metrics(out), 1e-5)
+    assert _files(out) == _files(runs["one"])
+
+
 def _flat(tree, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor of a nested dict/list by its path."""
     if isinstance(tree, torch.Tensor):
