@@ -167,6 +167,28 @@ def test_task_batched_forward_on_vectors_equals_one_task_at_a_time():
     assert not torch.allclose(logits_r, logits)
 
 
+def test_learner_takes_examples_of_any_shape_not_only_images():
+    """A wrapped MLP learns from feature vectors [B, n, D]: the same meta-loss, meta-gradients
+    and predictions as from the same numbers laid out as images (its Flatten undoes that)."""
+    torch.manual_seed(0)
+    learner = MAMLpp(bn1d_mlp(), MetaConfig(num_inner_steps=2, first_order_epochs=0)).double()
+    images = tiny_tasks(tasks=2, shots=2, targets=2, image_size=4)  # x: [2, n, 1, 4, 4]
+    vectors = tuple(t.flatten(2) if t.dim() == 5 else t for t in images)  # x: [2, n, 16]
+    results = []
+    for batch in (images, vectors):
+        loss, _, grads = _meta(learner, batch, 1)
+        results.append((loss, grads, learner.adapt_and_predict(*batch[:3])))
+    (loss_i, grads_i, logits_i), (loss_v, grads_v, logits_v) = results
+    assert torch.equal(loss_i, loss_v) and torch.equal(logits_i, logits_v)
+    assert grads_i.keys() == grads_v.keys() and len(grads_v) == 7
+    assert all(torch.equal(grads_i[n], grads_v[n]) for n in grads_i)
+    one_task = learner.adapt_and_predict(vectors[0][0], vectors[1][0], vectors[2][0])
+    assert torch.allclose(one_task, logits_v[0], rtol=0, atol=1e-12)
+    sx, sy, qx, qy = vectors
+    with pytest.raises(ValueError, match=r"query_x must be \[B=2, N\*T, 16\]"):
+        learner.meta_loss(sx, sy, qx[..., :8], qy)
+
+
 def test_bn_tables_follow_the_config_and_the_module_is_left_alone():
     module = sequential_conv4(3, 4, 16)
     for config, shape in ((ALL_SIX, (2, 4)), (MetaConfig.maml(num_inner_steps=2), (4,))):

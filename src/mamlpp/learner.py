@@ -135,19 +135,18 @@ class MAMLpp(nn.Module):
         query_x: Tensor | None = None,
         query_y: Tensor | None = None,
     ) -> None:
-        if support_x.dim() != 5:
+        # Inputs are [B, n, *example]: images [C, H, W] for the built-in networks, any example
+        # shape (vectors, sequences, volumes) for a wrapped module.
+        if support_y.dim() != 2 or support_x.shape[:2] != support_y.shape:
             raise ValueError(
-                f"support_x must be [B, N*K, C, H, W], got shape {tuple(support_x.shape)}"
-            )
-        if support_y.shape != support_x.shape[:2]:
-            raise ValueError(
-                f"support_y must be [B, N*K] = {tuple(support_x.shape[:2])}, "
-                f"got {tuple(support_y.shape)}"
+                "support_x must be [B, N*K, ...] and support_y [B, N*K], got shapes "
+                f"{tuple(support_x.shape)} and {tuple(support_y.shape)}"
             )
         if query_x is not None:
-            if query_x.dim() != 5 or query_x.shape[0] != support_x.shape[0]:
+            if query_x.shape[0] != support_x.shape[0] or query_x.shape[2:] != support_x.shape[2:]:
                 raise ValueError(
-                    f"query_x must be [B={support_x.shape[0]}, N*T, C, H, W], "
+                    f"query_x must be [B={support_x.shape[0]}, N*T, "
+                    f"{', '.join(map(str, support_x.shape[2:]))}], "
                     f"got shape {tuple(query_x.shape)}"
                 )
             if query_y is not None and query_y.shape != query_x.shape[:2]:
@@ -324,11 +323,12 @@ class MAMLpp(nn.Module):
         query set from theta_S at BN step S-1.
 
         Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*T, ways]``) or one task
-        (``[N*K, C, H, W]`` -> ``[N*T, ways]``). Nothing stored in the model changes: in
-        ``bn_mode="per_step"`` the running statistics are read, never written. No outer graph
-        is built (inner gradients are taken on detached copies).
+        (``[N*K, C, H, W]`` -> ``[N*T, ways]``); any example shape in place of ``C, H, W``.
+        Nothing stored in the model changes: in ``bn_mode="per_step"`` the running statistics
+        are read, never written. No outer graph is built (inner gradients are taken on detached
+        copies).
         """
-        single = support_x.dim() == 4
+        single = support_y.dim() == 1  # one task: labels [N*K]
         if single:
             support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
         self._check_batch(support_x, support_y, query_x)
