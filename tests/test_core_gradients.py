@@ -76,8 +76,15 @@ def test_first_order_equals_detached_inner_gradients(msl):
     for name in first:
         torch.testing.assert_close(first[name], detached[name], rtol=1e-10, atol=1e-12)
 
-    # Learned learning rates still receive meta-gradient in first-order mode.
-    assert first["inner_lrs"].abs().min() > 0
+    # Learned learning rates still receive meta-gradient in first-order mode, except those of
+    # the conv biases: batch-statistics BN cancels a conv bias, so its exact gradient (and that
+    # of its rate) is 0; computed through block 0's folded BN it is exactly 0, elsewhere noise.
+    dead = [n.startswith("conv") and n.endswith(".bias") for n in learner.adapted_names]
+    rates = first["inner_lrs"].abs()  # [adapted tensors, steps]
+    assert rates[[not d for d in dead]].min() > 1e-6
+    assert (
+        rates[dead].max() < 1e-20 and rates[learner.adapted_names.index("conv0.bias")].eq(0).all()
+    )
 
     # And first order really differs from second order.
     _, second, _ = _loss_and_grads(learner, batch, epoch=5)

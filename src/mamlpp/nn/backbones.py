@@ -163,7 +163,21 @@ class Conv4(nn.Module):
         num_tasks, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])  # [n, B*C_in, H, W]
         stats: BatchStats = {}
-        for b in range(self.num_blocks):
+        first = 0
+        if running is None:  # batch statistics: block 0 as one matmul (see first_block_folded)
+            gamma, beta = params["bn0.weight"], params["bn0.bias"]  # [B, S, C] or [B, C]
+            if gamma.dim() == 3:
+                gamma, beta = gamma[:, step], beta[:, step]
+            h, stats["bn0"] = first_block_folded(
+                x,
+                params["conv0.weight"],
+                params["conv0.bias"],
+                gamma,
+                beta,
+                self._modules["bn0"].eps,
+            )
+            first = 1
+        for b in range(first, self.num_blocks):
             weight = params[f"conv{b}.weight"]  # [B, O, C, 3, 3]
             h = F.conv2d(
                 h,
@@ -210,6 +224,50 @@ class Conv4(nn.Module):
         ``step`` (default: the last)."""
         logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
         return logits
+
+
+def first_block_folded(
+    x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Conv4's block 0 (3x3 conv, training-mode BN, 2x2 max-pool, leaky ReLU) for all tasks,
+    with the batch norm folded into the convolution.
+
+    Why: block 0 works at full resolution on few input channels, so its cost is memory traffic
+    of elementwise passes (BN forward, backward and double backward over ``[n, B*C, H, W]``),
+    not FLOPs: on a 2-core CPU it was half of an Omniglot meta-iteration. Its input is data, so
+    with patches ``P`` (``[K = C_in*9]`` per position) the conv is ``w P + b`` and the batch
+    statistics follow from the patches' mean and covariance: ``mean = w mean(P) + b``,
+    ``var = w Cov(P) w^T``. The BN output ``gamma (w P + b - mean) / sqrt(var + eps) + beta`` is
+    one matmul of the centred patches with rescaled weights; nothing full-size but its output.
+    The conv bias cancels (its exact gradient is 0, as it is here, not rounding noise).
+
+    ``x [B, n, C_in, H, W]``, ``weight [B, O, C_in, 3, 3]``, ``bias``/``gamma``/``beta [B, O]``.
+    Returns the block's output ``[n, B*O, H/2, W/2]`` (the grouped layout of
+    :meth:`Conv4.task_batched_forward`) and ``(mean [B, O], unbiased var [B, O])``.
+    """
+    num_tasks, n, channels, height, width = x.shape
+    out = weight.shape[1]
+    positions = n * height * width
+    patches = F.unfold(x.reshape(num_tasks * n, channels, height, width), 3, padding=1)
+    patches = patches.view(num_tasks, n, -1, height * width).transpose(1, 2)  # [B, K, n, HW]
+    patches = patches.reshape(num_tasks, -1, positions)  # [B, K, M]
+    w = weight.reshape(num_tasks, out, -1)  # [B, O, K]
+    # The statistics in the weights' precision (float32 under bf16 autocast, as BN runs).
+    with torch.autocast(x.device.type, enabled=False):
+        patches = patches.to(w.dtype)
+        patch_mean = patches.mean(-1, keepdim=True)  # [B, K, 1]
+        centred = patches - patch_mean
+        cov = torch.bmm(centred, centred.transpose(1, 2)) / positions  # [B, K, K]
+        var = (torch.bmm(w, cov) * w).sum(-1)  # [B, O], biased, as BN normalises
+        mean = torch.bmm(w, patch_mean).squeeze(-1) + bias  # [B, O]
+        scale = gamma * torch.rsqrt(var + eps)  # [B, O]
+    # `0 * bias`: the bias stays in the graph (the inner loop differentiates it) with gradient 0.
+    y = torch.baddbmm((beta + 0.0 * bias)[..., None], scale[..., None] * w, centred)  # [B, O, M]
+    y = F.max_pool2d(y.view(num_tasks, out * n, height, width), 2)  # [B, O*n, H/2, W/2]
+    y = F.leaky_relu(y, 0.01)  # after the pool: the two commute (see task_batched_forward)
+    y = y.view(num_tasks, out, n, *y.shape[2:]).permute(2, 0, 1, 3, 4)  # [n, B, O, H/2, W/2]
+    unbiased = var * (positions / max(positions - 1, 1))  # as running statistics use it
+    return y.reshape(n, num_tasks * out, *y.shape[3:]), (mean.detach(), unbiased.detach())
 
 
 def conv4_for(ways: int, in_channels: int, image_size: int, channels: int | None = None) -> Conv4:
