@@ -12,6 +12,7 @@ from distributed_helpers import silence_dead_biases
 from test_capture_safety import REGIMES, _capturable_step, capturable_adam_on_cpu  # noqa: F401
 
 from mamlpp import MetaConfig
+from mamlpp.capture import CaptureError
 from mamlpp.distributed import sync_in_graph
 from mamlpp.errors import ConfigError
 from mamlpp.fast import FastMetaStep, choose_execution
@@ -277,6 +278,12 @@ def test_hazard_check_watches_both_phases_but_not_the_collectives(monkeypatch):
         found[inside] = [h.where.rsplit(" in ", 1)[1] for h in hazards]
     assert found[True] == ["phase1_read", "reduce_metrics", "phase2_read"]
     assert found[False] == ["phase1_read", "phase2_read"]
+    # Collectives recorded into the graph may be what breaks capture: the error offers the split.
+    for inside, offered in ((True, True), (False, False)):
+        step.sync_in_graph = inside
+        with pytest.raises(CaptureError) as error:
+            step._hazards_found("x", {})
+        assert ("train.graph_sync=after-replay" in str(error.value)) == offered
 
 
 def test_graph_sync_setting_auto_follows_the_backend():

@@ -243,9 +243,10 @@ class FastMetaStep:
     def _give_up_graphs(self, what: str, reason: str) -> None:
         """Raise CaptureError (``fallback="error"``), or warn and train eagerly from now on,
         recording why (``describe()`` puts it in the run log and summary.json)."""
+        collectives = self.sync is not None and self.sync_in_graph  # maybe what broke capture
         message = (
-            f"{what}. Set train.graph_fallback=eager to train without graphs (slower), or "
-            "train.cuda_graph=false"
+            f"{what}. Set {'train.graph_sync=after-replay, ' if collectives else ''}"
+            "train.graph_fallback=eager to train without graphs (slower), or train.cuda_graph=false"
         )
         if self.fallback == "error":
             raise CaptureError(message)
