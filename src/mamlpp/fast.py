@@ -31,6 +31,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -170,13 +171,10 @@ class FastMetaStep:
                     set_grads_to_none=not self.use_cuda_graph,
                     autocast_dtype=autocast_dtype_of(self.precision),
                 )
-            metrics, stats = (between or self._synchronise)(*local)
+            metrics, stats = (between or partial(synchronise, self.learner, self.sync))(*local)
             with part():
                 outer_update(self.learner, self.optimizer, stats)
         return metrics
-
-    def _synchronise(self, metrics: dict[str, Tensor], stats: PassStats):
-        return synchronise(self.learner, self.sync, metrics, stats)
 
     def find_hazards(self, sx, sy, qx, qy, epoch: int) -> list[CaptureHazard]:
         """Run one real step with every part that a graph records under
@@ -227,7 +225,7 @@ class FastMetaStep:
         graph["graphs"][0].replay()
         metrics = graph["metrics"]
         if not self.sync_in_graph:  # phase 1 replayed; collectives eagerly; phase 2 replayed
-            metrics, stats = self._synchronise(*graph["local"])
+            metrics, stats = synchronise(self.learner, self.sync, *graph["local"])
             for bn, pair in stats.values.items():
                 for static, value in zip(graph["stats_in"].values[bn], pair, strict=True):
                     static.copy_(value)

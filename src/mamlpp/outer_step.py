@@ -15,17 +15,15 @@ Order, and why:
 5. the optimiser step;
 6. fold the batch statistics into the per-step running statistics, task by task, pass by pass.
 
-Phase 1 (:func:`outer_backward`, steps 1-2) leaves the gradients in ``.grad`` and returns the
-statistics and metrics; :func:`synchronise` (step 3) is the only communication; phase 2
-(:func:`outer_update`, steps 4-6) reads what it left. :func:`outer_step` composes the three. The
+Phase 1 (:func:`outer_backward`: steps 1-2), :func:`synchronise` (step 3, the only
+communication) and phase 2 (:func:`outer_update`: steps 4-6), composed by :func:`outer_step`. The
 fast path records the composition as one CUDA graph, or each phase as its own graph with the
-collectives run eagerly between the replays (a backend whose collectives cannot be captured).
-Nothing in the phases reads a value on the host, so each can be captured as a CUDA graph.
+collectives run eagerly between the replays. Nothing in the phases reads a value on the host.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -67,10 +65,15 @@ def outer_backward(
     set_grads_to_none: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, Tensor], PassStats]:
-    """Phase 1: meta-loss and backward on this process's ``B`` tasks of ``world_size * B``.
+    """Phase 1 on ``batch = (support_x, support_y, query_x, query_y)``, this process's ``B`` of
+    ``world_size * B`` tasks: leaves the meta-gradients in ``.grad``, returns the detached
+    metrics (means over its tasks; see :meth:`MAMLpp.meta_loss`) and the batch statistics.
 
-    Leaves the meta-gradients in ``.grad``; returns this process's metrics and the batch
-    statistics (``[B, P, C]`` per BN layer) that :func:`outer_update` folds in.
+    ``msl_weights`` (a ``[S]`` tensor) overrides the schedule's values while MSL is active (a
+    captured graph reads new values from it each epoch). Inside a CUDA graph the gradients must
+    stay allocated, so the fast path passes ``set_grads_to_none=False``. ``autocast_dtype`` (e.g.
+    ``torch.bfloat16``) runs the forward passes under autocast; the backward pass follows the
+    forward's dtypes and the optimiser works in float32, as PyTorch recommends.
     """
     device_type = batch[0].device.type
     with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -107,31 +110,13 @@ def outer_step(
     batch: tuple[Tensor, Tensor, Tensor, Tensor],
     epoch: int,
     *,
-    msl_weights: Tensor | None = None,
     sync: StepSync | None = None,
-    set_grads_to_none: bool = True,
-    autocast_dtype: torch.dtype | None = None,
+    **options: Any,
 ) -> dict[str, Tensor]:
-    """One meta-iteration on ``batch = (support_x, support_y, query_x, query_y)`` at ``epoch``:
-    :func:`outer_backward`, :func:`synchronise`, :func:`outer_update`.
-
-    ``msl_weights`` (a ``[S]`` tensor) overrides the schedule's values while MSL is active (a
-    captured graph reads new values from it each epoch). Inside a CUDA graph the gradients must
-    stay allocated, so the fast path passes ``set_grads_to_none=False``. ``autocast_dtype`` (e.g.
-    ``torch.bfloat16``) runs the forward passes under autocast; the backward pass follows the
-    forward's dtypes and the optimiser works in float32, as PyTorch recommends. Returns
-    detached metrics (means over the meta-batch; see :meth:`MAMLpp.meta_loss`).
-    """
-    metrics, stats = outer_backward(
-        learner,
-        optimizer,
-        batch,
-        epoch,
-        msl_weights=msl_weights,
-        world_size=1 if sync is None else sync.world_size,
-        set_grads_to_none=set_grads_to_none,
-        autocast_dtype=autocast_dtype,
-    )
-    metrics, stats = synchronise(learner, sync, metrics, stats)
+    """One meta-iteration at ``epoch``: :func:`outer_backward` (which takes ``options``),
+    :func:`synchronise`, :func:`outer_update`. Returns the whole meta-batch's metrics."""
+    world_size = 1 if sync is None else sync.world_size
+    local = outer_backward(learner, optimizer, batch, epoch, world_size=world_size, **options)
+    metrics, stats = synchronise(learner, sync, *local)
     outer_update(learner, optimizer, stats)
     return metrics
