@@ -32,7 +32,7 @@ def worker(args: argparse.Namespace) -> None:
     """One process of the job (or the only one when G = 1)."""
     import torch
 
-    from mamlpp.distributed import init_from_env
+    from mamlpp.distributed import init_from_env, sync_in_graph
     from mamlpp.fast import FastMetaStep
     from mamlpp.presets import resolve_config
     from mamlpp.train import build_learner
@@ -48,7 +48,10 @@ def worker(args: argparse.Namespace) -> None:
     channels = 3 if d.dataset == "mini-imagenet" else 1
     learner = build_learner(config, channels, device)
     step = FastMetaStep(
-        learner, precision=t.precision if device.type == "cuda" else "fp32", sync=dist
+        learner,
+        precision=t.precision if device.type == "cuda" else "fp32",
+        sync=dist,
+        sync_in_graph=sync_in_graph(t.graph_sync, None if dist is None else dist.backend),
     )
     local = t.tasks_per_batch // world  # B % G is checked by the launcher
     generator = torch.Generator().manual_seed(rank)
@@ -82,6 +85,7 @@ def worker(args: argparse.Namespace) -> None:
             "device": str(device) if dist is None else f"{device.type} x {world}",
             "backend": None if dist is None else dist.backend,
             "path": step.path,
+            "graph_sync": step.describe()["graph_sync"],
             "tasks_per_batch": t.tasks_per_batch,
             "second_order": learner.second_order_at(epoch),
             "seconds_per_iteration": statistics.median(times),
@@ -139,7 +143,8 @@ def main() -> None:
         records.append(record)
         print(
             f"{args.preset}: {nproc} process(es) x {record['threads_per_process'] or '-'} "
-            f"thread(s) on {record['device']} ({record['path']}): "
+            f"thread(s) on {record['device']} ({record['path']}, collectives "
+            f"{record['graph_sync']}): "
             f"{record['seconds_per_iteration'] * 1e3:.1f} ms/iteration, "
             f"speed-up {record['speedup_vs_first']:.2f}x",
             flush=True,

@@ -125,11 +125,26 @@ def wait_all(processes: list[subprocess.Popen], timeout: float = 120.0) -> list[
     return codes
 
 
-def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict, list[dict]]:
+def silence_dead_biases(learner):
+    """A conv bias followed by batch-statistics BN is a dead parameter: its exact gradient is 0,
+    what backward returns is rounding noise (~1e-16), and Adam (eps 1e-8) turns that noise into
+    steps of ~1e-9 in *either* of two runs that round differently (measured: the conv biases and
+    the running means that contain them differed by 2.4e-9 in float64, every other tensor by
+    <= 5e-15). Zeroing those gradients makes a comparison measure the arithmetic alone."""
+    for name, parameter in learner.backbone.named_parameters():
+        if name.startswith("conv") and name.endswith(".bias"):
+            parameter.register_hook(torch.zeros_like)
+    return learner
+
+
+def train_tiny(
+    dtype: torch.dtype, task_reduction: str, dist=None, sync_in_graph: bool = True
+) -> tuple[dict, list[dict]]:
     """Train the tiny problem; returns the learner's state dict and per-iteration metrics.
 
     The tasks of global iteration g are ``g*B .. g*B+B-1`` of the counter-based sampler; under
-    ``dist`` this rank takes its block of them, exactly as the trainer does.
+    ``dist`` this rank takes its block of them, exactly as the trainer does. ``sync_in_graph``:
+    the fused step, or its two phases with the collectives between them (after the replay).
     """
     from mamlpp import MAMLpp, MetaConfig
     from mamlpp.data import EpisodeSampler, load_dataset
@@ -147,16 +162,8 @@ def train_tiny(dtype: torch.dtype, task_reduction: str, dist=None) -> tuple[dict
         task_reduction=task_reduction,
     )
     torch.manual_seed(0)
-    learner = MAMLpp(conv4_for(3, 1, 16, channels=4), config).to(dtype)
-    # A conv bias followed by batch-statistics BN is a dead parameter: its exact gradient is 0,
-    # what backward returns is rounding noise (~1e-16), and Adam (eps 1e-8) turns that noise
-    # into steps of ~1e-9 in *either* run (measured: the conv biases and the running means that
-    # contain them differed by 2.4e-9 in float64, every other tensor by <= 5e-15). Zeroing
-    # those gradients makes the comparison measure the data-parallel arithmetic alone.
-    for name, parameter in learner.backbone.named_parameters():
-        if name.startswith("conv") and name.endswith(".bias"):
-            parameter.register_hook(torch.zeros_like)
-    step = FastMetaStep(learner, sync=dist)
+    learner = silence_dead_biases(MAMLpp(conv4_for(3, 1, 16, channels=4), config).to(dtype))
+    step = FastMetaStep(learner, sync=dist, sync_in_graph=sync_in_graph)
     history = []
     for g in range(EPOCHS * ITERATIONS):
         ids = torch.arange(g * TASKS, (g + 1) * TASKS)
@@ -203,6 +210,8 @@ def _main(out: Path) -> None:
         for dtype in (torch.float64, torch.float32)
         for reduction in ("mean", "sum")
     }
+    # The collectives after the replay (two phases), as gloo on CUDA or NCCL without capture.
+    results["after-replay"] = train_tiny(torch.float64, "mean", dist, sync_in_graph=False)
     state = results[(str(torch.float64), "mean")][0]
     results["evaluation"] = asdict(evaluate_tiny(state, dist))
     torch.save(results, out / f"rank{dist.rank}.pt")

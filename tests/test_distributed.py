@@ -70,6 +70,27 @@ def test_two_ranks_equal_one_process(two_rank_tiny, reduction, dtype, tolerance)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_collectives_after_the_replay_equal_one_process(two_rank_tiny) -> None:
+    """The step in two phases with the collectives between them (what runs around the two
+    graph replays with gloo on CUDA): 2 ranks equal one process (float64), and the ranks end
+    bitwise equal to each other and to the fused step's ranks."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference_state, reference_metrics = train_tiny(torch.float64, "mean")
+    finally:
+        torch.set_num_threads(threads)
+    for rank in (0, 1):
+        state, metrics = two_rank_tiny[rank]["after-replay"]
+        assert _max_difference(state, reference_state) <= 1e-10, rank
+        for got, want in zip(metrics, reference_metrics, strict=True):
+            for key in want:
+                difference = torch.tensor(got[key]).double() - torch.tensor(want[key]).double()
+                assert float(difference.abs().max()) <= 1e-10, (key, got[key], want[key])
+        fused = two_rank_tiny[rank][(str(torch.float64), "mean")]
+        assert all(torch.equal(state[k], fused[0][k]) for k in state) and metrics == fused[1]
+
+
 def test_sharded_evaluation_equals_one_process(two_rank_tiny) -> None:
     """9 tasks over 2 ranks (blocks of 4 and 5): the same per-task accuracies, in task order,
     so the same mean and 95% CI; every rank gets the whole result."""

@@ -83,6 +83,18 @@ def check_divisible(tasks_per_batch: int, world_size: int) -> None:
         )
 
 
+def sync_in_graph(setting: str, backend: str | None) -> bool:
+    """``train.graph_sync``: the collectives inside the CUDA graph (``"in-graph"``) or eagerly
+    between the replays of its two phases (``"after-replay"``). ``"auto"``: inside for NCCL, whose
+    collectives a graph can record, and for one process (``backend`` None: no collectives);
+    after the replay for any other backend (gloo cannot be captured)."""
+    if setting == "auto":
+        return backend in (None, "nccl")
+    if setting not in ("in-graph", "after-replay"):
+        raise ConfigError(f"graph_sync must be auto, in-graph or after-replay, got {setting!r}")
+    return setting == "in-graph"
+
+
 def block(count: int, rank: int, world_size: int) -> range:
     """Rank ``rank``'s contiguous share of ``0..count-1`` (sizes differ by at most one)."""
     return range(rank * count // world_size, (rank + 1) * count // world_size)

@@ -92,6 +92,9 @@ class TrainSection:
     # When capture fails: "error" stops with the operation and source line that broke it;
     # "eager" warns, trains without graphs and records that in the log and summary.json.
     graph_fallback: Literal["error", "eager"] = "error"
+    # Distributed: the collectives inside the graph or eagerly between the replays of its two
+    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.distributed).
+    graph_sync: Literal["auto", "in-graph", "after-replay"] = "auto"
     # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
     # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
@@ -400,6 +403,7 @@ RESUMABLE_CHANGES = frozenset(
         # Same mathematics, another way to run it.
         "train.cuda_graph",
         "train.graph_fallback",
+        "train.graph_sync",
         "train.execution",
     }
 )

@@ -14,7 +14,11 @@ needs:
   each combination (and each input shape) gets its own graph, captured on first use;
 * no host work inside the step: the last eager warm-up step of each graph runs under
   :class:`~mamlpp.capture.CaptureHazardMode`, and any hazard stops training with the operation and
-  the source line (``CaptureError``) instead of a cryptic failure or a silent slow-down.
+  the source line (``CaptureError``) instead of a cryptic failure or a silent slow-down;
+* distributed (``sync``): the collectives are recorded into the graph (``sync_in_graph=True``,
+  NCCL), or the step is recorded as two graphs, meta-loss + backward and clamp + Adam + fold,
+  replayed around the collectives, which then run eagerly (``sync_in_graph=False``: a backend
+  whose collectives cannot be captured, e.g. gloo).
 
 A failed capture is an error by default. ``fallback="eager"`` instead warns, trains eagerly and
 says so in :meth:`FastMetaStep.describe` (which the trainer logs and writes to summary.json). On
@@ -27,15 +31,16 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .capture import CaptureError, CaptureHazardMode
+from .capture import CaptureError, CaptureHazard, CaptureHazardMode
 from .executions import EXECUTIONS
-from .learner import MAMLpp
-from .outer_step import StepSync, outer_step
+from .learner import MAMLpp, PassStats
+from .outer_step import StepSync, outer_backward, outer_update, synchronise
 
 Precision = Literal["fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
@@ -90,6 +95,8 @@ class FastMetaStep:
     ``precision``: ``"fp32"``, ``"tf32"`` or ``"bf16"`` (see :func:`precision_context`).
     ``fallback``: ``"error"`` (default) raises :class:`~mamlpp.capture.CaptureError` when a graph
     cannot be captured; ``"eager"`` warns and continues without graphs.
+    ``sync_in_graph``: the collectives of ``sync`` inside the step (one graph), or after the
+    replay of phase 1 and before phase 2 (two graphs; see :mod:`mamlpp.outer_step`).
     """
 
     def __init__(
@@ -102,6 +109,7 @@ class FastMetaStep:
         fallback: Literal["error", "eager"] = "error",
         warmup_steps: int = 3,
         sync: StepSync | None = None,
+        sync_in_graph: bool = True,
     ) -> None:
         if fallback not in ("error", "eager"):
             raise ValueError(f"fallback must be 'error' or 'eager', got {fallback!r}")
@@ -117,6 +125,8 @@ class FastMetaStep:
         self.fallback_reason: str | None = None
         self.warmup_steps = max(1, warmup_steps)
         self.sync = sync
+        self.sync_in_graph = sync_in_graph
+        self.world_size = 1 if sync is None else sync.world_size
         steps = learner.config.num_inner_steps
         self._msl_weights = torch.zeros(steps, device=self.device)  # static [S]
         self._graphs: dict[tuple, dict[str, Any]] = {}
@@ -138,21 +148,40 @@ class FastMetaStep:
             "execution": self.learner.execution,
             "device": str(self.device),
             "graph_fallback": self.fallback_reason,
+            "graph_sync": "in-graph" if self.sync_in_graph else "after-replay",
         }
 
-    # -- the step itself (eager, or recorded into a graph) ------------------------------------
-    def _body(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, epoch: int):
-        with precision_context(self.precision, self.device):
-            return outer_step(
-                self.learner,
-                self.optimizer,
-                (sx, sy, qx, qy),
-                epoch,
-                msl_weights=self._msl_weights,
-                sync=self.sync,
-                set_grads_to_none=not self.use_cuda_graph,
-                autocast_dtype=autocast_dtype_of(self.precision),
-            )
+    # -- the step itself (eager, or recorded into graphs) -------------------------------------
+    def _body(self, sx, sy, qx, qy, epoch: int, segment=contextlib.nullcontext, between=None):
+        """One real step (or, under capture, its recording): phase 1, collectives, phase 2 (see
+        :func:`~mamlpp.outer_step.outer_step`). ``segment()`` is entered around each part a graph
+        records: the whole step, or each phase, with ``between(metrics, stats)`` (default: the
+        collectives) run eagerly between them."""
+        nothing = contextlib.nullcontext
+        whole, part = (segment, nothing) if self.sync_in_graph else (nothing, segment)
+        with precision_context(self.precision, self.device), whole():
+            with part():
+                local = outer_backward(
+                    self.learner,
+                    self.optimizer,
+                    (sx, sy, qx, qy),
+                    epoch,
+                    msl_weights=self._msl_weights,
+                    world_size=self.world_size,
+                    set_grads_to_none=not self.use_cuda_graph,
+                    autocast_dtype=autocast_dtype_of(self.precision),
+                )
+            metrics, stats = (between or partial(synchronise, self.learner, self.sync))(*local)
+            with part():
+                outer_update(self.learner, self.optimizer, stats)
+        return metrics
+
+    def find_hazards(self, sx, sy, qx, qy, epoch: int) -> list[CaptureHazard]:
+        """Run one real step with every part that a graph records under
+        :class:`~mamlpp.capture.CaptureHazardMode` (eager collectives excluded); its hazards."""
+        mode = CaptureHazardMode()
+        self._body(sx, sy, qx, qy, epoch, segment=lambda: mode)
+        return mode.hazards
 
     def _set_epoch(self, epoch: int) -> None:
         lr = self.learner.outer_lr(epoch)
@@ -191,10 +220,17 @@ class FastMetaStep:
             except Exception as error:  # noqa: BLE001 - reported with its type and text
                 reason = f"{type(error).__name__}: {error}"
                 return self._capture_failed(reason, sx, sy, qx, qy, epoch)
-        for name, value in zip(("sx", "sy", "qx", "qy"), (sx, sy, qx, qy), strict=True):
-            graph[name].copy_(value, non_blocking=True)
-        graph["graph"].replay()
-        return {k: v.clone() for k, v in graph["metrics"].items()}
+        for static, value in zip(graph["inputs"], (sx, sy, qx, qy), strict=True):
+            static.copy_(value, non_blocking=True)
+        graph["graphs"][0].replay()
+        metrics = graph["metrics"]
+        if not self.sync_in_graph:  # phase 1 replayed; collectives eagerly; phase 2 replayed
+            metrics, stats = synchronise(self.learner, self.sync, *graph["local"])
+            for bn, pair in stats.values.items():
+                for static, value in zip(graph["stats_in"].values[bn], pair, strict=True):
+                    static.copy_(value)
+            graph["graphs"][1].replay()
+        return {k: v.clone() for k, v in metrics.items()}
 
     def _capture_failed(self, reason: str, sx, sy, qx, qy, epoch):
         """A capture raised: stop (default) or, opted out, redo this step eagerly."""
@@ -205,9 +241,10 @@ class FastMetaStep:
     def _give_up_graphs(self, what: str, reason: str) -> None:
         """Raise CaptureError (``fallback="error"``), or warn and train eagerly from now on,
         recording why (``describe()`` puts it in the run log and summary.json)."""
+        collectives = self.sync is not None and self.sync_in_graph  # maybe what broke capture
         message = (
-            f"{what}. Set train.graph_fallback=eager to train without graphs (slower), or "
-            "train.cuda_graph=false"
+            f"{what}. Set {'train.graph_sync=after-replay, ' if collectives else ''}"
+            "train.graph_fallback=eager to train without graphs (slower), or train.cuda_graph=false"
         )
         if self.fallback == "error":
             raise CaptureError(message)
@@ -218,11 +255,13 @@ class FastMetaStep:
     def _side_stream_step(self, sx, sy, qx, qy, epoch, check: bool = False):
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
+        mode = CaptureHazardMode()
         with torch.cuda.stream(stream):
-            with CaptureHazardMode() if check else contextlib.nullcontext() as mode:
-                metrics = {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
+            segment = (lambda: mode) if check else contextlib.nullcontext
+            metrics = self._body(sx, sy, qx, qy, epoch, segment=segment)
+            metrics = {k: v.clone() for k, v in metrics.items()}
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        if check and mode.hazards:
+        if mode.hazards:
             found = "; ".join(h.describe() for h in mode.hazards[:3])
             more = f" (+{len(mode.hazards) - 3} more)" if len(mode.hazards) > 3 else ""
             return self._hazards_found(found + more, metrics)
@@ -236,16 +275,30 @@ class FastMetaStep:
         return metrics
 
     def _capture(self, key, sx, sy, qx, qy, epoch) -> dict[str, Any]:
-        static = {"sx": sx.clone(), "sy": sy.clone(), "qx": qx.clone(), "qy": qy.clone()}
+        """Record the step: one graph, or phase 1 and phase 2 (which reads the gathered batch
+        statistics from static buffers ``[world * B, P, C]`` that the replay fills)."""
+        static: dict[str, Any] = {"inputs": [t.clone() for t in (sx, sy, qx, qy)], "graphs": []}
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
+
+        def recorded():
+            static["graphs"].append(torch.cuda.CUDAGraph())
+            return torch.cuda.graph(static["graphs"][-1], pool=self._pool)
+
+        def hold(metrics: dict[str, Tensor], stats: PassStats):
+            static["local"] = metrics, stats
+            world = self.world_size  # phase 2 folds the whole meta-batch's [world * B, P, C]
+            values = {
+                bn: tuple(t.new_empty((world * len(t), *t.shape[1:])) for t in pair)
+                for bn, pair in stats.values.items()
+            }
+            static["stats_in"] = PassStats(values, stats.rows)
+            return metrics, static["stats_in"]
+
         torch.cuda.synchronize(self.device)
         # Gradients must be static buffers: allocated by the warm-up steps, zeroed in place.
-        with torch.cuda.graph(graph, pool=self._pool):
-            metrics = self._body(static["sx"], static["sy"], static["qx"], static["qy"], epoch)
-        static["graph"] = graph
-        static["metrics"] = metrics
+        between = None if self.sync_in_graph else hold  # in the graph: the collectives
+        static["metrics"] = self._body(*static["inputs"], epoch, recorded, between)
         self._graphs[key] = static
         self.captures += 1
         return static

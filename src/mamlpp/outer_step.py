@@ -1,8 +1,8 @@
 """The outer update, written once: meta-loss -> backward -> (reduce) -> clamp -> Adam -> statistics.
 
-Every runner calls this function: :meth:`MAMLpp.meta_step`, the trainer, the CUDA-graph fast path
-(which records exactly this call into a graph) and distributed training (which passes a
-:class:`StepSync` that all-reduces gradients and gathers statistics across processes).
+Every runner calls these functions: :meth:`MAMLpp.meta_step`, the trainer, the CUDA-graph fast path
+(which records them into graphs) and distributed training (which passes a :class:`StepSync` that
+all-reduces gradients and gathers statistics across processes).
 
 Order, and why:
 
@@ -15,12 +15,15 @@ Order, and why:
 5. the optimiser step;
 6. fold the batch statistics into the per-step running statistics, task by task, pass by pass.
 
-Nothing here reads a value on the host, so the whole function can be captured as a CUDA graph.
+Phase 1 (:func:`outer_backward`: steps 1-2), :func:`synchronise` (step 3, the only
+communication) and phase 2 (:func:`outer_update`: steps 4-6), composed by :func:`outer_step`. The
+fast path records the composition as one CUDA graph, or each phase as its own graph with the
+collectives run eagerly between the replays. Nothing in the phases reads a value on the host.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -51,40 +54,69 @@ class StepSync(Protocol):
         ...
 
 
-def outer_step(
+def outer_backward(
     learner: MAMLpp,
     optimizer: torch.optim.Optimizer,
     batch: tuple[Tensor, Tensor, Tensor, Tensor],
     epoch: int,
     *,
     msl_weights: Tensor | None = None,
-    sync: StepSync | None = None,
+    world_size: int = 1,
     set_grads_to_none: bool = True,
     autocast_dtype: torch.dtype | None = None,
-) -> dict[str, Tensor]:
-    """One meta-iteration on ``batch = (support_x, support_y, query_x, query_y)`` at ``epoch``.
+) -> tuple[dict[str, Tensor], PassStats]:
+    """Phase 1 on ``batch = (support_x, support_y, query_x, query_y)``, this process's ``B`` of
+    ``world_size * B`` tasks: leaves the meta-gradients in ``.grad``, returns the detached
+    metrics (means over its tasks; see :meth:`MAMLpp.meta_loss`) and the batch statistics.
 
     ``msl_weights`` (a ``[S]`` tensor) overrides the schedule's values while MSL is active (a
     captured graph reads new values from it each epoch). Inside a CUDA graph the gradients must
     stay allocated, so the fast path passes ``set_grads_to_none=False``. ``autocast_dtype`` (e.g.
     ``torch.bfloat16``) runs the forward passes under autocast; the backward pass follows the
-    forward's dtypes and the optimiser works in float32, as PyTorch recommends. Returns
-    detached metrics (means over the meta-batch; see :meth:`MAMLpp.meta_loss`).
+    forward's dtypes and the optimiser works in float32, as PyTorch recommends.
     """
-    world = 1 if sync is None else sync.world_size
-    tasks = batch[0].shape[0] * world  # the whole meta-batch, over all processes
     device_type = batch[0].device.type
     with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         loss, metrics, stats = learner.meta_loss_and_stats(
-            *batch, epoch, msl_weights=msl_weights, total_tasks=tasks
+            *batch, epoch, msl_weights=msl_weights, total_tasks=batch[0].shape[0] * world_size
         )
     optimizer.zero_grad(set_to_none=set_grads_to_none)
     loss.backward()
-    if sync is not None:
-        sync.reduce_gradients([p for p in learner.meta_parameters() if p.grad is not None])
-        stats = sync.gather_stats(stats)
-        metrics = sync.reduce_metrics(metrics)
+    return metrics, stats
+
+
+def synchronise(
+    learner: MAMLpp, sync: StepSync | None, metrics: dict[str, Tensor], stats: PassStats
+) -> tuple[dict[str, Tensor], PassStats]:
+    """Between the phases: gradients summed in place, statistics and metrics of the whole
+    meta-batch (unchanged without ``sync``: one process holds the whole meta-batch)."""
+    if sync is None:
+        return metrics, stats
+    sync.reduce_gradients([p for p in learner.meta_parameters() if p.grad is not None])
+    stats = sync.gather_stats(stats)
+    return sync.reduce_metrics(metrics), stats
+
+
+def outer_update(learner: MAMLpp, optimizer: torch.optim.Optimizer, stats: PassStats) -> None:
+    """Phase 2: clamp the gradients, take the optimiser step, fold the statistics in."""
     learner.clip_gradients_()
     optimizer.step()
     learner.fold_batch_stats(stats)
+
+
+def outer_step(
+    learner: MAMLpp,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[Tensor, Tensor, Tensor, Tensor],
+    epoch: int,
+    *,
+    sync: StepSync | None = None,
+    **options: Any,
+) -> dict[str, Tensor]:
+    """One meta-iteration at ``epoch``: :func:`outer_backward` (which takes ``options``),
+    :func:`synchronise`, :func:`outer_update`. Returns the whole meta-batch's metrics."""
+    world_size = 1 if sync is None else sync.world_size
+    local = outer_backward(learner, optimizer, batch, epoch, world_size=world_size, **options)
+    metrics, stats = synchronise(learner, sync, *local)
+    outer_update(learner, optimizer, stats)
     return metrics

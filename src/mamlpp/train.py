@@ -39,7 +39,7 @@ from .checkpoint import (
     top_k_epochs,
 )
 from .data import EpisodeSampler, FewShotSplit
-from .distributed import Distributed, check_divisible
+from .distributed import Distributed, check_divisible, sync_in_graph
 from .errors import ConfigError, DataError, MamlppError
 from .evaluate import (
     EvalResult,
@@ -166,6 +166,7 @@ class Trainer:
             precision=t.precision,
             fallback=t.graph_fallback,
             sync=dist,
+            sync_in_graph=sync_in_graph(t.graph_sync, None if dist is None else dist.backend),
         )
         self.optimizer = self.fast_step.optimizer
         self.execution_timings: dict[str, float] = {}
@@ -345,9 +346,10 @@ class Trainer:
         timings = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.execution_timings.items())
         measured = f" (measured: {timings})" if timings else ""
         fallback = f"; graph capture failed: {d['graph_fallback']}" if d["graph_fallback"] else ""
+        sync = f", collectives {d['graph_sync']}" if self.dist is not None else ""
         return (
             f"{d['path']} on {d['device']}, precision {d['precision']}, "
-            f"execution {d['execution']}{measured}{fallback}"
+            f"execution {d['execution']}{measured}{sync}{fallback}"
         )
 
     def _log_window(self, window: _Window) -> None:
