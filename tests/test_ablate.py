@@ -147,7 +147,7 @@ def test_aggregation_matches_the_run_summaries(grid) -> None:
     delta = rows["maml++"]["mean_test_accuracy"] - rows["maml"]["mean_test_accuracy"]
     assert rows["maml++"]["delta_vs_maml"] == pytest.approx(delta)
     assert f"({100 * delta:+.2f} pp" in markdown
-    assert "maml++ --tasks-per-batch 2" in results["command"]
+    assert "--variants maml,maml++ --set model.channels=4" in results["command"]
     for plot in ("test-accuracy.png", "val-accuracy.png", "report/report.md"):
         assert (out / plot).is_file() and plot in markdown
     # one chart set per variant: the two variants' report plots do not overwrite each other
@@ -297,7 +297,7 @@ def test_calibration_times_the_training_step_of_a_real_trainer(monkeypatch) -> N
     )
     splits = load_dataset("synthetic")
     budget, measured = ablate.calibrate(
-        plan, [ablate.VARIANTS["maml++"]], splits, torch.device("cpu"), 1000.0, say=lambda _: None
+        plan, [ablate.VARIANTS["maml++"]], splits, torch.device("cpu")
     )
     # Synthetic MAML++: MSL for epochs 0-1, first order until epoch 3: three regimes, each one
     # warm-up call (eager CPU path) and three timed calls on successive tasks.
