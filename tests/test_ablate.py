@@ -379,6 +379,17 @@ def test_a_folder_keeps_its_settings(grid, tmp_path, capsys) -> None:
     shutil.copy2(out / "ablation.json", copy / "ablation.json")
     assert _ablate(copy, *VARIANTS, "--val-tasks", "5") == 2
     assert "holds an ablation with val_tasks=4, not 5" in capsys.readouterr().err
+    assert _ablate(copy, *VARIANTS, "--budget", "20") == 2
+    assert "holds an ablation with budget=10, not 20" in capsys.readouterr().err
+    # --time-budget on a folder with a budget continues it with that budget (nothing measured)
+    timed = ["ablate", *TINY[:2], *TINY[4:], "--out", str(copy), *VARIANTS, "--time-budget", "4"]
+    assert main([*timed, "--dry-run"]) == 0
+    assert "budget: 10 meta-iterations = 5 epochs x 2 x 2 tasks" in capsys.readouterr().out
+    # a dry run of the finished grid lists its runs as finished
+    assert _ablate(out, *VARIANTS, "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(finished, skipped): mamlpp train") == 4
+    assert "0 to run, 4 finished" in printed
     assert main(["ablate", "--aggregate-only", str(tmp_path / "nothing")]) == 2
     assert "is not an ablation folder" in capsys.readouterr().err
 

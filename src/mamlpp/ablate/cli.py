@@ -113,9 +113,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(
             f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}{hint}"
         )
-    counts = (*SHARED_OPTIONS, "budget", "jobs")
-    for name, value in ((name, getattr(args, name)) for name in counts if name != "dataset"):
-        if value is not None and value < 1:
+    numbers = {name: getattr(args, name) for name in (*SHARED_OPTIONS, "budget", "jobs")}
+    for name, value in numbers.items():
+        if name != "dataset" and value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.time_budget is not None and not args.time_budget > 0:
         raise ConfigError(f"--time-budget must be > 0 seconds, got {args.time_budget:g}")
