@@ -19,22 +19,22 @@ from .render import plots, results_markdown
 def run_entry(out: Path, plan: Plan, variant: Variant, seed: int) -> dict[str, Any]:
     """One run of results.json: its status and command, and its summary.json once finished
     (test accuracy and CI, the fingerprint of its test tasks, wall time, it/s ...)."""
-    run_dir = run_dir_of(out, variant, seed)
-    summary = read_json(run_dir / "summary.json")
-    record = read_json(run_dir / RUN_RECORD) or {}
+    run = run_dir_of(out, variant, seed)
+    summary = read_json(run.summary)
+    record = read_json(run.root / RUN_RECORD) or {}
     if summary is not None:
         status = "complete"
     elif str(record.get("status", "")).startswith("failed"):
         status = record["status"]
-    elif (run_dir / "metrics.jsonl").is_file():
-        val = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "val"]
+    elif run.metrics.is_file():
+        val = [r for r in read_metrics(run.metrics) if r.get("kind") == "val"]
         status = f"epoch {len(val)}/{plan.epochs}"
     else:
         status = "not started"
     return {
         "seed": seed,
         "status": status,
-        "run_dir": str(run_dir.relative_to(out)),
+        "run_dir": str(run.root.relative_to(out)),
         "command": record.get("command"),
         "test_fingerprint": None,
         **(summary or {}),

@@ -26,7 +26,6 @@ from .plan import (
     merge_plan,
     read_plan,
     run_config,
-    run_dir_of,
     train_argv,
     write_plan,
 )
@@ -256,7 +255,7 @@ def _dry_run(
             run_config(probe, variant, seed, threads)  # raises on any bad configuration
             done = is_finished(out, variant, seed)
             finished += done
-            argv = train_argv(probe, variant, seed, run_dir_of(out, variant, seed), threads)
+            argv = train_argv(probe, variant, seed, out, threads)
             state = "finished, skipped" if done else "to run"
             print(f"{variant.name} seed {seed} ({state}): {shlex.join(['mamlpp', *argv])}")
     todo = len(variants) * len(seeds) - finished

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import ConfigError, MamlppError
 from ..experiment import ExperimentConfig, toml_value
 from ..presets import PRESETS, resolve_config
-from ..runs import write_json
+from ..runs import RunDir, write_json
 from .grid import GRID, VARIANTS, Variant, variant_meta
 
 DATASETS = ("omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic")
@@ -137,22 +137,20 @@ def run_config(plan: Plan, variant: Variant, seed: int, threads: int = 0) -> Exp
     return config
 
 
-def train_argv(
-    plan: Plan, variant: Variant, seed: int, run_dir: Path, threads: int = 0
-) -> list[str]:
-    """The ``mamlpp`` arguments that train (or continue) one run."""
+def train_argv(plan: Plan, variant: Variant, seed: int, out: Path, threads: int = 0) -> list[str]:
+    """The ``mamlpp`` arguments that train (or continue) one run of the ablation in ``out``."""
     args = ["train", "--preset", plan.base_preset]
     for assignment in run_sets(plan, variant, seed, threads):
         args += ["--set", assignment]
-    return [*args, "--out", str(run_dir), "--resume"]
+    return [*args, "--out", str(run_dir_of(out, variant, seed).root), "--resume"]
 
 
-def run_dir_of(out: Path, variant: Variant, seed: int) -> Path:
-    return out / variant.folder / f"seed{seed}"
+def run_dir_of(out: Path, variant: Variant, seed: int) -> RunDir:
+    return RunDir(out / variant.folder / f"seed{seed}")
 
 
 def is_finished(out: Path, variant: Variant, seed: int) -> bool:
-    return (run_dir_of(out, variant, seed) / "summary.json").is_file()
+    return run_dir_of(out, variant, seed).summary.is_file()
 
 
 def read_plan(out: Path) -> Plan | None:

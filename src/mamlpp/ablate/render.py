@@ -10,7 +10,7 @@ from typing import Any
 from ..format import duration, markdown_table, percent
 from ..plots import Series, heatmap, line_chart
 from ..report import make_report
-from ..runs import read_metrics
+from ..runs import RunDir, read_metrics
 from .plan import Plan
 
 TABLE_HEADER = [
@@ -167,7 +167,7 @@ def plots(out: Path, plan: Plan, results: dict[str, Any]) -> list[str]:
     for row in rows:  # validation accuracy per (1-based) epoch, mean over the seeds
         curves: dict[int, list[float]] = {}
         for run in row["runs"]:
-            for record in read_metrics(out / run["run_dir"] / "metrics.jsonl"):
+            for record in read_metrics(RunDir(out / run["run_dir"]).metrics):
                 if record.get("kind") == "val":
                     curves.setdefault(int(record["epoch"]), []).append(100 * record["accuracy"])
         if curves:
@@ -181,7 +181,7 @@ def plots(out: Path, plan: Plan, results: dict[str, Any]) -> list[str]:
     # `mamlpp report` of the first started seed of each variant.
     firsts = []
     for row in rows:
-        started = [r for r in row["runs"] if (out / r["run_dir"] / "config.toml").is_file()]
+        started = [r for r in row["runs"] if RunDir(out / r["run_dir"]).config.is_file()]
         firsts += [out / started[0]["run_dir"]] if started else []
     if firsts:
         make_report(firsts, out / "report")

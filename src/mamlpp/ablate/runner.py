@@ -117,7 +117,7 @@ def run_ablation(
     for variant in variants:
         for seed in seeds:
             if is_finished(out, variant, seed):
-                where = run_dir_of(out, variant, seed)
+                where = run_dir_of(out, variant, seed).root
                 print(f"skipping {variant.name} seed {seed}: finished ({where})", flush=True)
             else:
                 todo.append((variant, seed))
@@ -168,9 +168,9 @@ def train_one(
 ) -> str:
     """One run in a worker, its command and outcome recorded in its ``ablate.json``; returns
     the outcome: complete, interrupted or "failed: why"."""
-    run_dir = run_dir_of(out, variant, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    argv = train_argv(plan, variant, seed, run_dir, threads)
+    run = run_dir_of(out, variant, seed)
+    run.root.mkdir(parents=True, exist_ok=True)
+    argv = train_argv(plan, variant, seed, out, threads)
     record = {
         "variant": variant.name,
         "seed": seed,
@@ -178,10 +178,10 @@ def train_one(
         "command": shlex.join(["mamlpp", *argv]),
         "status": "running",
     }
-    write_json(run_dir / RUN_RECORD, record)
-    name, log_path = f"{variant.name} seed {seed}", run_dir / "train.log"
+    write_json(run.root / RUN_RECORD, record)
+    name, log_path = f"{variant.name} seed {seed}", run.root / "train.log"
     code = workers.run(argv, log_path, name)
-    summary = read_json(run_dir / "summary.json")
+    summary = read_json(run.summary)
     if code == 0 and summary is not None:
         status = "complete"
         print(
@@ -193,7 +193,7 @@ def train_one(
     else:
         status = "interrupted" if workers.stopped else f"failed: {_last_error(log_path, code)}"
         print(f"{status.upper()} {name} (log {log_path})", flush=True)
-    write_json(run_dir / RUN_RECORD, {**record, "status": status})
+    write_json(run.root / RUN_RECORD, {**record, "status": status})
     return status
 
 
