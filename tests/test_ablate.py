@@ -242,6 +242,31 @@ def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None
     assert results["variants"][0]["seeds_complete"] == [0, 1]
 
 
+def test_a_failed_run_is_recorded_and_reported(grid, tmp_path, capsys) -> None:
+    """A worker that fails (its folder holds another variant's run, which `mamlpp train
+    --resume` refuses) is recorded with the worker's own error in its ablate.json, results.json
+    and results.md; the ablation still aggregates, then exits 1 naming the run."""
+    out = tmp_path / "failing"
+    run = out / "maml" / "seed0"
+    run.mkdir(parents=True)
+    for name in ("config.toml", "metrics.jsonl"):
+        shutil.copy2(grid / "mamlpp" / "seed0" / name, run / name)
+    assert _ablate(out, "--variants", "maml", "--seeds", "0") == 1
+    assert capsys.readouterr().err == (
+        "mamlpp: error: 1 run failed: maml seed 0; see their ablate.json and train.log, or "
+        "re-run to retry\n"
+    )
+    status = json.loads((run / "ablate.json").read_text())["status"]
+    assert status.startswith("failed: cannot resume: the config differs from the run's in meta.")
+    results = json.loads((out / "results.json").read_text())
+    assert results["variants"][0]["runs"][0]["status"] == status
+    assert results["variants"][0]["seeds_complete"] == []
+    assert (
+        f"| `maml` | none (MAML) | 0/1 | - | (reference) | ({status}) |"
+        in (out / "results.md").read_text()
+    )
+
+
 def test_time_calls_discards_warm_up_and_times_each_call(monkeypatch) -> None:
     from mamlpp.ablate import calibration
 

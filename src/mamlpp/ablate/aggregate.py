@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..runs import read_json, read_metrics, write_json
 from .grid import Variant
@@ -146,5 +147,7 @@ def aggregate(out: Path) -> dict[str, Any]:
     results = collect(out, plan)
     plot_lines = plots(out, plan, results)
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(results_markdown(results, plot_lines), encoding="utf-8")
+    # Atomic, as results.json: a reader (publish, a browser) never sees half a file.
+    with atomic_write(out / "results.md", "w", encoding="utf-8") as handle:
+        handle.write(results_markdown(results, plot_lines))
     return results

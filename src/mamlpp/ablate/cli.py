@@ -11,6 +11,7 @@ from typing import Any
 from ..commands import _add_data_options as add_data_options
 from ..errors import ConfigError, MamlppError
 from ..experiment import _suggest
+from ..format import plural
 from ..presets import MAML_META
 from ..train import resolve_device
 from .aggregate import aggregate
@@ -216,8 +217,8 @@ def _ablate(args: argparse.Namespace) -> int:
     if failed:
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
         raise MamlppError(
-            f"{len(failed)} run(s) failed: {', '.join(failed[:3])}{more}; see their ablate.json "
-            "and train.log, or re-run to retry"
+            f"{plural(len(failed), 'run')} failed: {', '.join(failed[:3])}{more}; see their "
+            "ablate.json and train.log, or re-run to retry"
         )
     return 0
 

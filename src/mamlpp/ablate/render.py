@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..format import duration, markdown_table, percent
+from ..format import duration, markdown_table, percent, plural
 from ..plots import Series, heatmap, line_chart
 from ..report import make_report
 from ..runs import RunDir, read_metrics
@@ -74,7 +74,7 @@ def results_markdown(results: dict[str, Any], plot_lines: list[str]) -> str:
         f"{env.get('numpy')}, Python {env.get('python')}; {env.get('cpu')} "
         f"({env.get('cpu_count')} logical CPUs){gpu}.",
         f"* Wall time: {duration(total)} summed over runs; {duration(results['elapsed_s'])} "
-        f"elapsed over {len(results['sessions'])} session(s) of `mamlpp ablate`.",
+        f"elapsed over {plural(len(results['sessions']), 'session')} of `mamlpp ablate`.",
         "",
         *markdown_table(TABLE_HEADER, [_table_row(row) for row in results["variants"]]),
         "",

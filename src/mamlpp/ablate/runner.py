@@ -108,19 +108,16 @@ def run_ablation(
     """
     torch_device = resolve_device(device)
     threads = threads_per_run(threads, jobs)
-    probe = plan.probe()
-    for variant in variants:  # every config error before anything trains
-        for seed in seeds:
-            run_config(probe, variant, seed, threads)
-    write_plan(out, plan)
     todo = []
     for variant in variants:
         for seed in seeds:
+            run_config(plan.probe(), variant, seed, threads)  # every error before any training
             if is_finished(out, variant, seed):
                 where = run_dir_of(out, variant, seed).root
                 print(f"skipping {variant.name} seed {seed}: finished ({where})", flush=True)
             else:
                 todo.append((variant, seed))
+    write_plan(out, plan)
     if not todo:
         return []
     # Once, here (downloaded if needed, the cache built): the workers only read it.
