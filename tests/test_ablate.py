@@ -374,7 +374,7 @@ def test_time_budget_is_measured_and_kept(tmp_path, capsys) -> None:
             "unknown variant 'maml+msll' (did you mean 'maml+msl'?)",
         ),
         (["--seeds", "0,x"], "--seeds expects comma-separated non-negative integers"),
-        (["--seeds", "1,1"], "--seeds lists a seed twice"),
+        (["--seeds", "1,01"], "--seeds lists a seed twice"),
         (["--dataset", "omniglott"], "(did you mean 'omniglot'?)"),
         (["--jobs", "0"], "--jobs must be >= 1"),
         (["--test-tasks", "0"], "--test-tasks must be >= 1"),

@@ -145,7 +145,7 @@ def aggregate(out: Path) -> dict[str, Any]:
     if plan is None:
         raise ConfigError(f"{out} is not an ablation folder (no {PLAN_FILE})")
     results = collect(out, plan)
-    plot_lines = plots(out, plan, results)
+    plot_lines = plots(out, results)
     write_json(out / "results.json", results)
     # Atomic, as results.json: a reader (publish, a browser) never sees half a file.
     with atomic_write(out / "results.md", "w", encoding="utf-8") as handle:

@@ -101,9 +101,10 @@ def parse_seeds(text: str) -> list[int]:
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() for part in parts):
         raise ConfigError(f"--seeds expects comma-separated non-negative integers, got {text!r}")
-    if len(set(parts)) != len(parts):
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):  # "1,01" too
         raise ConfigError(f"--seeds lists a seed twice: {text!r}")
-    return [int(part) for part in parts]
+    return seeds
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -11,7 +11,6 @@ from ..format import duration, markdown_table, percent, plural
 from ..plots import Series, heatmap, line_chart
 from ..report import make_report
 from ..runs import RunDir, read_metrics
-from .plan import Plan
 
 TABLE_HEADER = [
     "variant",
@@ -135,19 +134,16 @@ def _findings(results: dict[str, Any]) -> list[str]:
     return [*out, "**Below MAML:** " + (", ".join(worse) if worse else "none") + "."]
 
 
-def plots(out: Path, plan: Plan, results: dict[str, Any]) -> list[str]:
+def plots(out: Path, results: dict[str, Any]) -> list[str]:
     """Draw the ablation's plots into ``out``; returns the Markdown lines that show them."""
     rows = results["variants"]
     if not rows:
         return []
     # Variant x seed test accuracies (and their mean), coloured above/below MAML's mean.
     matrix = []
-    for row in rows:
-        by_seed = {r["seed"]: r for r in row["runs"]}
-        values = [
-            100 * by_seed[s]["test_accuracy"] if by_seed[s]["status"] == "complete" else math.nan
-            for s in plan.seeds
-        ]
+    for row in rows:  # its runs are in seed order
+        runs = row["runs"]
+        values = [100 * r["test_accuracy"] if r["status"] == "complete" else math.nan for r in runs]
         mean = row["mean_test_accuracy"]
         matrix.append([*values, math.nan if mean is None else 100 * mean])
     maml = next((r["mean_test_accuracy"] for r in rows if r["name"] == "maml"), None)
@@ -156,7 +152,7 @@ def plots(out: Path, plan: Plan, results: dict[str, Any]) -> list[str]:
         out / "test-accuracy.png",
         matrix,
         [row["name"] for row in rows],
-        [f"seed {s}" for s in plan.seeds] + ["mean"],
+        [f"seed {s}" for s in results["settings"]["seeds"]] + ["mean"],
         "test accuracy % per variant and seed"
         + (" (colours centred on MAML's mean)" if center is not None else ""),
         "test accuracy %",
@@ -179,10 +175,10 @@ def plots(out: Path, plan: Plan, results: dict[str, Any]) -> list[str]:
         line_chart(out / "val-accuracy.png", series, title, "epoch", "validation accuracy %")
         lines += ["![validation accuracy per epoch](val-accuracy.png)", ""]
     # `mamlpp report` of the first started seed of each variant.
-    firsts = []
-    for row in rows:
-        started = [r for r in row["runs"] if RunDir(out / r["run_dir"]).config.is_file()]
-        firsts += [out / started[0]["run_dir"]] if started else []
+    started = [
+        [r for r in row["runs"] if RunDir(out / r["run_dir"]).config.is_file()] for row in rows
+    ]
+    firsts = [out / runs[0]["run_dir"] for runs in started if runs]
     if firsts:
         make_report(firsts, out / "report")
         lines.append(
