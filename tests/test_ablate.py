@@ -147,7 +147,7 @@ def test_aggregation_matches_the_run_summaries(grid) -> None:
     delta = rows["maml++"]["mean_test_accuracy"] - rows["maml"]["mean_test_accuracy"]
     assert rows["maml++"]["delta_vs_maml"] == pytest.approx(delta)
     assert f"({100 * delta:+.2f} pp" in markdown
-    assert "maml++ --tasks-per-batch 2" in results["command"]
+    assert "--variants maml,maml++ --set model.channels=4" in results["command"]
     for plot in ("test-accuracy.png", "val-accuracy.png", "report/report.md"):
         assert (out / plot).is_file() and plot in markdown
     # one chart set per variant: the two variants' report plots do not overwrite each other
@@ -242,6 +242,31 @@ def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None
     assert results["variants"][0]["seeds_complete"] == [0, 1]
 
 
+def test_a_failed_run_is_recorded_and_reported(grid, tmp_path, capsys) -> None:
+    """A worker that fails (its folder holds another variant's run, which `mamlpp train
+    --resume` refuses) is recorded with the worker's own error in its ablate.json, results.json
+    and results.md; the ablation still aggregates, then exits 1 naming the run."""
+    out = tmp_path / "failing"
+    run = out / "maml" / "seed0"
+    run.mkdir(parents=True)
+    for name in ("config.toml", "metrics.jsonl"):
+        shutil.copy2(grid / "mamlpp" / "seed0" / name, run / name)
+    assert _ablate(out, "--variants", "maml", "--seeds", "0") == 1
+    assert capsys.readouterr().err == (
+        "mamlpp: error: 1 run failed: maml seed 0; see their ablate.json and train.log, or "
+        "re-run to retry\n"
+    )
+    status = json.loads((run / "ablate.json").read_text())["status"]
+    assert status.startswith("failed: cannot resume: the config differs from the run's in meta.")
+    results = json.loads((out / "results.json").read_text())
+    assert results["variants"][0]["runs"][0]["status"] == status
+    assert results["variants"][0]["seeds_complete"] == []
+    assert (
+        f"| `maml` | none (MAML) | 0/1 | - | (reference) | ({status}) |"
+        in (out / "results.md").read_text()
+    )
+
+
 def test_time_calls_discards_warm_up_and_times_each_call(monkeypatch) -> None:
     from mamlpp.ablate import calibration
 
@@ -297,7 +322,7 @@ def test_calibration_times_the_training_step_of_a_real_trainer(monkeypatch) -> N
     )
     splits = load_dataset("synthetic")
     budget, measured = ablate.calibrate(
-        plan, [ablate.VARIANTS["maml++"]], splits, torch.device("cpu"), 1000.0, say=lambda _: None
+        plan, [ablate.VARIANTS["maml++"]], splits, torch.device("cpu")
     )
     # Synthetic MAML++: MSL for epochs 0-1, first order until epoch 3: three regimes, each one
     # warm-up call (eager CPU path) and three timed calls on successive tasks.
@@ -349,7 +374,7 @@ def test_time_budget_is_measured_and_kept(tmp_path, capsys) -> None:
             "unknown variant 'maml+msll' (did you mean 'maml+msl'?)",
         ),
         (["--seeds", "0,x"], "--seeds expects comma-separated non-negative integers"),
-        (["--seeds", "1,1"], "--seeds lists a seed twice"),
+        (["--seeds", "1,01"], "--seeds lists a seed twice"),
         (["--dataset", "omniglott"], "(did you mean 'omniglot'?)"),
         (["--jobs", "0"], "--jobs must be >= 1"),
         (["--test-tasks", "0"], "--test-tasks must be >= 1"),
@@ -379,6 +404,17 @@ def test_a_folder_keeps_its_settings(grid, tmp_path, capsys) -> None:
     shutil.copy2(out / "ablation.json", copy / "ablation.json")
     assert _ablate(copy, *VARIANTS, "--val-tasks", "5") == 2
     assert "holds an ablation with val_tasks=4, not 5" in capsys.readouterr().err
+    assert _ablate(copy, *VARIANTS, "--budget", "20") == 2
+    assert "holds an ablation with budget=10, not 20" in capsys.readouterr().err
+    # --time-budget on a folder with a budget continues it with that budget (nothing measured)
+    timed = ["ablate", *TINY[:2], *TINY[4:], "--out", str(copy), *VARIANTS, "--time-budget", "4"]
+    assert main([*timed, "--dry-run"]) == 0
+    assert "budget: 10 meta-iterations = 5 epochs x 2 x 2 tasks" in capsys.readouterr().out
+    # a dry run of the finished grid lists its runs as finished
+    assert _ablate(out, *VARIANTS, "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(finished, skipped): mamlpp train") == 4
+    assert "0 to run, 4 finished" in printed
     assert main(["ablate", "--aggregate-only", str(tmp_path / "nothing")]) == 2
     assert "is not an ablation folder" in capsys.readouterr().err
 

@@ -24,29 +24,23 @@ Files::
 
 from __future__ import annotations
 
-from .aggregate import aggregate, collect, environment
+from .aggregate import aggregate, environment
 from .calibration import calibrate
-from .grid import GRID, TECHNIQUE_KEYS, TECHNIQUES, VARIANTS, Variant, parse_variants
-from .plan import PLAN_FILE, Plan, read_plan, run_config, run_dir_of, train_command
-from .runner import RunOutcome, run_ablation
+from .grid import GRID, TECHNIQUES, VARIANTS, Variant, parse_variants
+from .plan import Plan, read_plan, run_config
+from .runner import run_ablation
 
 __all__ = [
     "GRID",
-    "PLAN_FILE",
     "TECHNIQUES",
-    "TECHNIQUE_KEYS",
     "VARIANTS",
     "Plan",
-    "RunOutcome",
     "Variant",
     "aggregate",
     "calibrate",
-    "collect",
     "environment",
     "parse_variants",
     "read_plan",
     "run_ablation",
     "run_config",
-    "run_dir_of",
-    "train_command",
 ]

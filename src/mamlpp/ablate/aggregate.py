@@ -6,72 +6,51 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..runs import read_json, read_metrics, write_json
-from .plan import PLAN_FILE, PLAN_FORMAT, Plan, base_config_or_probe, read_plan, run_dir_of
+from .grid import Variant
+from .plan import PLAN_FILE, PLAN_FORMAT, RUN_RECORD, Plan, base_config, read_plan, run_dir_of
 from .render import plots, results_markdown
 
-RUN_RECORD = "ablate.json"  # per run: its command and status, written by the runner
+
+def run_entry(out: Path, plan: Plan, variant: Variant, seed: int) -> dict[str, Any]:
+    """One run of results.json: its status and command, and its summary.json once finished
+    (test accuracy and CI, the fingerprint of its test tasks, wall time, it/s ...)."""
+    run = run_dir_of(out, variant, seed)
+    summary = read_json(run.summary)
+    record = read_json(run.root / RUN_RECORD) or {}
+    if summary is not None:
+        status = "complete"
+    elif str(record.get("status", "")).startswith("failed"):
+        status = record["status"]
+    elif run.metrics.is_file():
+        val = [r for r in read_metrics(run.metrics) if r.get("kind") == "val"]
+        status = f"epoch {len(val)}/{plan.epochs}"
+    else:
+        status = "not started"
+    return {
+        "seed": seed,
+        "status": status,
+        "run_dir": str(run.root.relative_to(out)),
+        "command": record.get("command"),
+        "test_fingerprint": None,
+        **(summary or {}),
+    }
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def _std(values: Sequence[float]) -> float | None:
-    return statistics.stdev(values) if len(values) > 1 else None
+def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
+    return statistics.fmean(r[key] for r in runs) if runs else None
 
 
 def collect(out: Path, plan: Plan) -> dict[str, Any]:
     """results.json's content from the run folders in ``out``."""
-    rows, fingerprints = [], {}
+    rows = []
     for variant in plan.variant_list():
-        runs = []
-        for seed in plan.seeds:
-            run_dir = run_dir_of(out, variant, seed)
-            summary = read_json(run_dir / "summary.json")
-            record = read_json(run_dir / RUN_RECORD) or {}
-            # The run's own record of the tasks it was tested on (summary.json).
-            fingerprint = (summary or {}).get("test_fingerprint")
-            if summary is not None:
-                status = "complete"
-            elif str(record.get("status", "")).startswith("failed"):
-                status = record["status"]
-            elif (run_dir / "metrics.jsonl").is_file():
-                val = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "val"]
-                status = f"epoch {len(val)}/{plan.epochs}"
-            else:
-                status = "not started"
-            entry: dict[str, Any] = {
-                "seed": seed,
-                "status": status,
-                "run_dir": str(run_dir.relative_to(out)),
-                "command": record.get("command"),
-                "test_fingerprint": fingerprint,
-            }
-            if fingerprint:
-                fingerprints[f"{variant.name}/seed{seed}"] = fingerprint
-            if summary is not None:
-                for key in (
-                    "test_accuracy",
-                    "test_ci95",
-                    "test_tasks",
-                    "ensemble_size",
-                    "ensemble_epochs",
-                    "best_val_accuracy",
-                    "best_val_epoch",
-                    "wall_time_s",
-                    "train_time_s",
-                    "iterations_per_second",
-                    "iterations",
-                    "device",
-                ):
-                    entry[key] = summary.get(key)
-            runs.append(entry)
+        runs = [run_entry(out, plan, variant, seed) for seed in plan.seeds]
         complete = [r for r in runs if r["status"] == "complete"]
         accuracies = [r["test_accuracy"] for r in complete]
         rows.append(
@@ -83,32 +62,30 @@ def collect(out: Path, plan: Plan) -> dict[str, Any]:
                 "note": variant.note,
                 "seeds_requested": len(plan.seeds),
                 "seeds_complete": [r["seed"] for r in complete],
-                "mean_test_accuracy": _mean(accuracies),
-                "std_test_accuracy": _std(accuracies),
-                "mean_test_ci95": _mean([r["test_ci95"] for r in complete]),
-                "mean_wall_time_s": _mean([r["wall_time_s"] for r in complete]),
+                "mean_test_accuracy": _mean(complete, "test_accuracy"),
+                "std_test_accuracy": statistics.stdev(accuracies) if len(complete) > 1 else None,
+                "mean_test_ci95": _mean(complete, "test_ci95"),
+                "mean_wall_time_s": _mean(complete, "wall_time_s"),
                 "total_wall_time_s": sum(r["wall_time_s"] for r in complete),
-                "mean_iterations_per_second": _mean([r["iterations_per_second"] for r in complete]),
+                "mean_iterations_per_second": _mean(complete, "iterations_per_second"),
                 "runs": runs,
             }
         )
-    maml = next((r for r in rows if r["name"] == "maml"), None)
+    maml = next((r["mean_test_accuracy"] for r in rows if r["name"] == "maml"), None)
     for row in rows:
-        both = maml is not None and None not in (
-            maml["mean_test_accuracy"],
-            row["mean_test_accuracy"],
-        )
-        delta = row["mean_test_accuracy"] - maml["mean_test_accuracy"] if both else None
+        mean = row["mean_test_accuracy"]
+        delta = None if maml is None or mean is None else mean - maml
         # equal accuracies (float32 per-task scores) must not read as "-0.00 pp, below MAML"
         row["delta_vs_maml"] = None if delta is None else (0.0 if abs(delta) < 1e-6 else delta)
-    unique = sorted(set(fingerprints.values()))
-    config = base_config_or_probe(plan)
+    # Each run's own record of the tasks it was tested on (summary.json).
+    fingerprints = [r["test_fingerprint"] for row in rows for r in row["runs"]]
+    fingerprints = [f for f in fingerprints if f]
+    config = base_config(plan)
     return {
         "format": PLAN_FORMAT,
         "command": plan.command(out),
         "settings": {
             **{k: v for k, v in plan.to_dict().items() if k not in ("sessions", "format")},
-            "epochs": plan.epochs,
             "val_tasks": config.eval.val_tasks,
             "top_k": config.eval.top_k,
             "val_seed": config.eval.val_seed,
@@ -119,8 +96,8 @@ def collect(out: Path, plan: Plan) -> dict[str, Any]:
         "test_tasks": {
             "count": plan.test_tasks,
             "seed": config.eval.test_seed,
-            "fingerprints": unique,
-            "identical": len(unique) <= 1,
+            "fingerprints": sorted(set(fingerprints)),
+            "identical": len(set(fingerprints)) <= 1,
             "runs_checked": len(fingerprints),
         },
         "elapsed_s": sum(float(s.get("elapsed_s", 0.0)) for s in plan.sessions),
@@ -147,10 +124,7 @@ def environment() -> dict[str, Any]:
 
     from .. import __version__
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
+    linux = hasattr(os, "sched_getaffinity")
     return {
         "mamlpp": __version__,
         "torch": torch.__version__,
@@ -159,19 +133,21 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
+        "cpus_usable": len(os.sched_getaffinity(0)) if linux else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
-def aggregate(out: Path, make_plots: bool = True) -> dict[str, Any]:
+def aggregate(out: Path) -> dict[str, Any]:
     """Write ``results.json``, ``results.md`` and the plots of the ablation in ``out``."""
     plan = read_plan(out)
     if plan is None:
         raise ConfigError(f"{out} is not an ablation folder (no {PLAN_FILE})")
     results = collect(out, plan)
-    written = plots(out, plan, results) if make_plots else {}
+    plot_lines = plots(out, results)
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(results_markdown(results, written), encoding="utf-8")
+    # Atomic, as results.json: a reader (publish, a browser) never sees half a file.
+    with atomic_write(out / "results.md", "w", encoding="utf-8") as handle:
+        handle.write(results_markdown(results, plot_lines))
     return results

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..experiment import ExperimentConfig
 from ..runs import RunDir
 from ..schedules import msl_active, second_order_at
 from ..train import Trainer
@@ -38,17 +39,14 @@ def time_calls(
     step: Callable[[], Any], warmup: int, repeats: int, device: torch.device
 ) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``step`` after ``warmup`` discarded ones."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     times = []
     for i in range(warmup + repeats):
-        sync()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         step()
-        sync()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
@@ -59,19 +57,17 @@ def calibrate(
     variants: list[Variant],
     splits,
     device: torch.device,
-    seconds: float,
     threads: int = 0,
     *,
     repeats: int = 3,
     safety: float = 0.9,
-    say: Callable[[str], None] = print,
 ) -> tuple[int, dict[str, Any]]:
     """The largest budget (a multiple of the epochs) whose training and validations fit in
-    ``seconds`` for every variant; returns it and the measurements."""
+    ``plan.time_budget_s`` for every variant; returns it and the measurements."""
+    seconds = plan.time_budget_s
+    probe = plan.probe()  # 1 iteration per epoch
     old_threads = torch.get_num_threads()
     measured: dict[str, Any] = {}
-    budgets = []
-    probe = Plan.from_dict({**plan.to_dict(), "budget": plan.epochs})  # 1 iteration per epoch
     try:
         with tempfile.TemporaryDirectory() as scratch:  # train_step writes nothing there
             for variant in variants:
@@ -80,41 +76,41 @@ def calibrate(
                     torch.set_num_threads(config.train.threads)
                 trainer = Trainer(config, RunDir(Path(scratch)), splits, device, progress=False)
                 trainer.choose_execution()  # the execution training will run (CUDA: measured)
-                per_iteration_sum, costs = 0.0, {}
+                costs, epoch_cost = {}, 0.0  # epoch_cost: an iteration of every epoch, summed
                 for (msl, second), epochs in _regimes(config).items():
                     step = _stepper(trainer, epochs[0])
                     times = time_calls(step, warmup_calls(trainer), repeats, device)
                     cost = statistics.median(times)
-                    costs[f"msl={msl},second_order={second}"] = {
-                        "s_per_it": cost,
-                        "epochs": len(epochs),
-                    }
-                    per_iteration_sum += cost * len(epochs)
+                    regime = f"msl={msl},second_order={second}"
+                    costs[regime] = {"s_per_it": cost, "epochs": len(epochs)}
+                    epoch_cost += cost * len(epochs)
                 (val_s,) = time_calls(trainer.validate, 1, 1, device)
                 available = seconds * safety - val_s * config.train.epochs
-                per_epoch = int(available // per_iteration_sum) if available > 0 else 0
+                per_epoch = int(available // epoch_cost) if available > 0 else 0
                 measured[variant.name] = {
                     "regimes": costs,
                     "val_s": val_s,
                     "iterations_per_epoch": per_epoch,
                     "timed": "Trainer.train_step",
                 }
-                say(
-                    f"calibration {variant.name}: "
-                    + ", ".join(f"{k} {v['s_per_it'] * 1000:.1f} ms/it" for k, v in costs.items())
-                    + f", validation {val_s:.2f} s -> {per_epoch} iterations per epoch"
+                speeds = ", ".join(
+                    f"{k} {v['s_per_it'] * 1000:.1f} ms/it" for k, v in costs.items()
+                )
+                print(
+                    f"calibration {variant.name}: {speeds}, validation {val_s:.2f} s -> "
+                    f"{per_epoch} iterations per epoch",
+                    flush=True,
                 )
                 if per_epoch < 1:
-                    need = (per_iteration_sum + val_s * config.train.epochs) / safety
+                    need = (epoch_cost + val_s * config.train.epochs) / safety
                     raise ConfigError(
                         f"--time-budget {seconds:g} s is too short for {variant.name} on "
                         f"{device}: one iteration per epoch and the validations need about "
                         f"{need:.0f} s"
                     )
-                budgets.append(per_epoch * config.train.epochs)
     finally:
         torch.set_num_threads(old_threads)
-    budget = min(budgets)
+    budget = min(m["iterations_per_epoch"] for m in measured.values()) * plan.epochs
     return budget, {
         "time_budget_s": seconds,
         "safety": safety,
@@ -134,7 +130,7 @@ def _stepper(trainer: Trainer, epoch: int) -> Callable[[], None]:
     return step
 
 
-def _regimes(config) -> dict[tuple[bool, bool], list[int]]:
+def _regimes(config: ExperimentConfig) -> dict[tuple[bool, bool], list[int]]:
     """The epochs of each (MSL active, second order) combination."""
     regimes: dict[tuple[bool, bool], list[int]] = {}
     for epoch in range(config.train.epochs):

@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-import os
+import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..commands import _add_data_options as add_data_options
 from ..errors import ConfigError, MamlppError
-from ..presets import MAML_META, resolve_config
+from ..experiment import _suggest
+from ..format import plural
+from ..presets import MAML_META
 from ..train import resolve_device
 from .aggregate import aggregate
 from .grid import GRID, Variant, parse_variants
 from .plan import (
     DATASETS,
     PLAN_FILE,
+    SHARED_OPTIONS,
     Plan,
+    base_config,
     base_preset,
-    common_sets,
+    is_finished,
     merge_plan,
     read_plan,
     run_config,
-    run_dir_of,
-    train_command,
+    train_argv,
     write_plan,
 )
-from .runner import RunOutcome, pending_runs, run_ablation
+from .runner import run_ablation, threads_per_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,9 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="torch CPU threads per run (0: the preset's; with --jobs N, cores / N)",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the datasets")
-    parser.add_argument("--no-download", action="store_true", help="never download data")
+    add_data_options(parser)  # --data-dir, --no-download, --device: as `mamlpp train`'s
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--list", action="store_true", help="print the grid and exit")
     parser.add_argument(
@@ -98,68 +98,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_seeds(text: str) -> list[int]:
-    seeds = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit():
-            raise ConfigError(
-                f"--seeds expects comma-separated non-negative integers, got {text!r}"
-            )
-        seeds.append(int(part))
-    if len(set(seeds)) != len(seeds):
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ConfigError(f"--seeds expects comma-separated non-negative integers, got {text!r}")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):  # "1,01" too
         raise ConfigError(f"--seeds lists a seed twice: {text!r}")
     return seeds
-
-
-def _check_positive(**values: int | float | None) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            option = "--" + name.replace("_", "-")
-            raise ConfigError(f"{option} must be >= 1, got {value:g}")
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan of a ``mamlpp ablate`` invocation (not yet merged with OUT's)."""
     if args.dataset not in DATASETS:
-        close = difflib.get_close_matches(args.dataset, DATASETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = _suggest(args.dataset, DATASETS)
         raise ConfigError(
             f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}{hint}"
         )
-    _check_positive(
-        ways=args.ways,
-        shots=args.shots,
-        budget=args.budget,
-        test_tasks=args.test_tasks,
-        tasks_per_batch=args.tasks_per_batch,
-        val_tasks=args.val_tasks,
-        top_k=args.top_k,
-        jobs=args.jobs,
-    )
+    numbers = {name: getattr(args, name) for name in (*SHARED_OPTIONS, "budget", "jobs")}
+    for name, value in numbers.items():
+        if name != "dataset" and value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.time_budget is not None and not args.time_budget > 0:
         raise ConfigError(f"--time-budget must be > 0 seconds, got {args.time_budget:g}")
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {args.threads}")
-    seeds = parse_seeds(args.seeds)
-    variants = parse_variants(args.variants)
-    preset = base_preset(args.dataset, args.ways, args.shots)
     plan = Plan(
-        dataset=args.dataset,
-        ways=args.ways,
-        shots=args.shots,
-        base_preset=preset,
-        epochs=0,
+        **{name: getattr(args, name) for name in SHARED_OPTIONS},
+        base_preset=base_preset(args.dataset, args.ways, args.shots),
+        epochs=0,  # the preset's, below
         budget=None,
-        tasks_per_batch=args.tasks_per_batch,
-        val_tasks=args.val_tasks,
-        test_tasks=args.test_tasks,
-        top_k=args.top_k,
         sets=list(args.set),
-        variants=[v.name for v in variants],
-        seeds=seeds,
+        variants=[v.name for v in parse_variants(args.variants)],
+        seeds=parse_seeds(args.seeds),
         time_budget_s=args.time_budget,
     )
-    base = resolve_config(preset, None, common_sets(plan, None))  # validates --set too
+    base = base_config(plan)  # validates --set too
     plan.epochs = base.train.epochs
     if args.time_budget is None:
         budget = args.budget
@@ -199,32 +172,23 @@ def _list() -> None:
 def _ablate(args: argparse.Namespace) -> int:
     if args.aggregate_only:
         out = Path(args.aggregate_only)
-        results = aggregate(out)
-        print(f"results: {out / 'results.md'} ({_count(results)})")
+        print(f"results: {out / 'results.md'} ({_count(aggregate(out))})")
         return 0
     if args.list:
         _list()
         return 0
-    plan = make_plan(args)
-    out = Path(args.out) if args.out else default_out(plan)
+    asked = make_plan(args)
+    out = Path(args.out) if args.out else default_out(asked)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
-    stored = read_plan(out)
-    if stored is not None and plan.time_budget_s is not None and stored.budget is not None:
-        plan.budget = stored.budget  # measured when the folder was started
-        plan.time_budget_s = stored.time_budget_s
-        plan.calibration = stored.calibration
-    plan = merge_plan(stored, plan, out)
-    variants = parse_variants(args.variants)
-    seeds = parse_seeds(args.seeds)
+    plan = merge_plan(read_plan(out), asked, out)
+    variants, seeds = asked.variant_list(), asked.seeds
     if args.dry_run:
         return _dry_run(plan, out, variants, seeds, args)
     start, started_at = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    say = _printer()
-    say(f"ablation {out}: {len(variants)} variants x {len(seeds)} seeds; {plan.command(out)}")
-    failures: list[RunOutcome] = []
+    print(f"ablation {out}: {len(variants)} variants x {len(seeds)} seeds; {plan.command(out)}")
     try:
-        outcomes = run_ablation(
+        failed = run_ablation(
             plan,
             out,
             variants,
@@ -235,10 +199,8 @@ def _ablate(args: argparse.Namespace) -> int:
             download=not args.no_download,
             threads=args.threads,
             progress=not args.quiet,
-            say=say,
         )
-        failures = [o for o in outcomes if o.status.startswith("failed")]
-    finally:
+    finally:  # the session is recorded however it ended
         if (out / PLAN_FILE).is_file():
             stored = read_plan(out) or plan
             stored.sessions.append(
@@ -252,14 +214,12 @@ def _ablate(args: argparse.Namespace) -> int:
                 }
             )
             write_plan(out, stored)
-    results = aggregate(out)
-    say(f"results: {out / 'results.md'} ({_count(results)})")
-    if failures:
-        names = ", ".join(f"{f.variant} seed {f.seed}" for f in failures[:3])
-        more = f" and {len(failures) - 3} more" if len(failures) > 3 else ""
+    print(f"results: {out / 'results.md'} ({_count(aggregate(out))})", flush=True)
+    if failed:
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
         raise MamlppError(
-            f"{len(failures)} run(s) failed: {names}{more}; see their ablate.json and "
-            "train.log, or re-run to retry"
+            f"{plural(len(failed), 'run')} failed: {', '.join(failed[:3])}{more}; see their "
+            "ablate.json and train.log, or re-run to retry"
         )
     return 0
 
@@ -270,27 +230,13 @@ def _count(results: dict[str, Any]) -> str:
     return f"{done}/{len(runs)} runs complete"
 
 
-def _printer() -> Callable[[str], None]:
-    def say(text: str) -> None:
-        print(text, flush=True)
-
-    return say
-
-
 def _dry_run(
     plan: Plan, out: Path, variants: list[Variant], seeds: list[int], args: argparse.Namespace
 ) -> int:
     """Print what would run (and check every run's configuration); write nothing."""
-    threads = args.threads
-    if threads == 0 and args.jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    device = resolve_device(args.device) if args.device != "cuda" else "cuda"
-    probe = (
-        plan
-        if plan.budget is not None
-        else Plan.from_dict({**plan.to_dict(), "budget": plan.epochs})
-    )
-    todo, done = pending_runs(plan, out, variants, seeds)
+    threads = threads_per_run(args.threads, args.jobs)
+    # --device cuda is printed as asked: a study for a GPU machine can be checked on a laptop.
+    device = "cuda" if args.device == "cuda" else resolve_device(args.device)
     print(f"dry run: {plan.command(out)}")
     if plan.budget is None:
         print(
@@ -304,15 +250,18 @@ def _dry_run(
         )
     print(f"device {device}, jobs {args.jobs}, threads per run {threads or 'preset default'}")
     print(_data_note(plan.dataset, args.data_dir))
-    for variant, seed in [*done, *todo]:
-        run_config(probe, variant, seed, threads)  # raises on any bad configuration
-        state = "finished, skipped" if (variant, seed) in done else "to run"
-        run_dir = run_dir_of(out, variant, seed)
-        print(
-            f"{variant.name} seed {seed} ({state}): "
-            f"{train_command(probe, variant, seed, run_dir, threads)}"
-        )
-    print(f"{len(todo)} to run, {len(done)} finished; results would go to {out / 'results.md'}")
+    probe = plan.probe()
+    finished = 0
+    for variant in variants:
+        for seed in seeds:
+            run_config(probe, variant, seed, threads)  # raises on any bad configuration
+            done = is_finished(out, variant, seed)
+            finished += done
+            argv = train_argv(probe, variant, seed, out, threads)
+            state = "finished, skipped" if done else "to run"
+            print(f"{variant.name} seed {seed} ({state}): {shlex.join(['mamlpp', *argv])}")
+    todo = len(variants) * len(seeds) - finished
+    print(f"{todo} to run, {finished} finished; results would go to {out / 'results.md'}")
     return 0
 
 

@@ -3,24 +3,25 @@ plain MAML (spec section 1), and the [meta] values that follow from that."""
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import MetaConfig
 from ..errors import ConfigError
+from ..experiment import _suggest
+from ..presets import MAML_META
 
-TECHNIQUES = ("MSL", "DA", "BNRS", "BNWB", "LSLR", "CA")
-# The [meta] keys that switch each technique; "on" values come from the MAML++ preset, "off"
+# The [meta] key that switches each technique; "on" values come from the MAML++ preset, "off"
 # values from presets.MAML_META (MetaConfig.maml()).
-
-TECHNIQUE_KEYS: dict[str, tuple[str, ...]] = {
-    "MSL": ("msl",),
-    "DA": ("first_order_epochs",),
-    "BNRS": ("per_step_bn_stats",),
-    "BNWB": ("per_step_bn_affine",),
-    "LSLR": ("learn_inner_lrs",),
-    "CA": ("cosine_lr",),
+TECHNIQUE_KEYS = {
+    "MSL": "msl",
+    "DA": "first_order_epochs",
+    "BNRS": "per_step_bn_stats",
+    "BNWB": "per_step_bn_affine",
+    "LSLR": "learn_inner_lrs",
+    "CA": "cosine_lr",
 }
+TECHNIQUES = tuple(TECHNIQUE_KEYS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,31 +72,25 @@ GRID: tuple[Variant, ...] = (
 VARIANTS: dict[str, Variant] = {v.name: v for v in GRID}
 
 
-def variant_meta(variant: Variant, on_values: dict[str, Any]) -> dict[str, Any]:
+def variant_meta(variant: Variant, on: MetaConfig) -> dict[str, Any]:
     """The [meta] values of ``variant``: MAML's off values, the variant's techniques switched
-    on with the MAML++ preset's values, transductive BN and second order unless fixed."""
-    from ..presets import MAML_META
-
+    on with the values of ``on`` (the MAML++ preset's), transductive BN and second order
+    unless fixed."""
     meta: dict[str, Any] = dict(MAML_META)
     for tag in variant.techniques:
-        for key in TECHNIQUE_KEYS[tag]:
-            meta[key] = on_values[key]
-    meta.update({"bn_mode": "transductive", "second_order": True})
-    meta.update(variant.fixed)
-    return meta
+        meta[TECHNIQUE_KEYS[tag]] = getattr(on, TECHNIQUE_KEYS[tag])
+    return {**meta, "bn_mode": "transductive", "second_order": True, **variant.fixed}
 
 
 def parse_variants(text: str) -> list[Variant]:
+    """The variants named in ``text`` (comma-separated, or "all"), in grid order."""
     if text.strip() == "all":
         return list(GRID)
-    chosen = []
-    folders = {v.folder: v.name for v in GRID}  # run folder names work too ("mamlpp")
-    for part in text.split(","):
-        name = folders.get(part.strip(), part.strip())
-        if name not in VARIANTS:
-            close = difflib.get_close_matches(name, list(VARIANTS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+    known = VARIANTS | {v.folder: v for v in GRID}  # run folder names work too ("mamlpp")
+    names = [part.strip() for part in text.split(",")]
+    for name in names:
+        if name not in known:
+            hint = _suggest(name, VARIANTS)
             raise ConfigError(f"unknown variant {name!r}{hint}; --list shows the grid")
-        if VARIANTS[name] not in chosen:
-            chosen.append(VARIANTS[name])
+    chosen = {known[name] for name in names}
     return [v for v in GRID if v in chosen]

@@ -3,24 +3,36 @@ of each of its runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MamlppError
-from ..experiment import toml_value
+from ..experiment import ExperimentConfig, toml_value
 from ..presets import PRESETS, resolve_config
-from ..runs import write_json
-from .grid import GRID, TECHNIQUE_KEYS, VARIANTS, Variant, variant_meta
+from ..runs import RunDir, write_json
+from .grid import GRID, VARIANTS, Variant, variant_meta
 
 DATASETS = ("omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic")
 
 PLAN_FILE = "ablation.json"
-
 PLAN_FORMAT = 1
+RUN_RECORD = "ablate.json"  # per run: its command and status, written by the runner
+
+# The options of `mamlpp ablate` that set one config key in every run (None: the preset's
+# value). They change what a run trains or how it is tested, so a folder keeps them.
+SHARED_OPTIONS = {
+    "dataset": "data.dataset",
+    "ways": "data.ways",
+    "shots": "data.shots",
+    "tasks_per_batch": "train.tasks_per_batch",
+    "val_tasks": "eval.val_tasks",
+    "test_tasks": "eval.test_tasks",
+    "top_k": "eval.top_k",
+}
 
 
 @dataclass
@@ -44,43 +56,46 @@ class Plan:
     calibration: dict[str, Any] | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)
 
-    # Settings that change what a run trains or how it is tested: a folder keeps them.
-    FIXED = ("dataset", "ways", "shots", "tasks_per_batch", "val_tasks", "test_tasks", "top_k")
-
     @property
     def iterations_per_epoch(self) -> int | None:
         return None if self.budget is None else self.budget // self.epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": PLAN_FORMAT,
-            **{k: getattr(self, k) for k in self.__dataclass_fields__},
-            "iterations_per_epoch": self.iterations_per_epoch,
-        }
+        fields = dataclasses.asdict(self)
+        return {"format": PLAN_FORMAT, **fields, "iterations_per_epoch": self.iterations_per_epoch}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
+    def probe(self) -> Plan:
+        """This plan; before a time budget is measured, with one iteration per epoch (what
+        calibration times, and what a dry run shows)."""
+        return self if self.budget is not None else dataclasses.replace(self, budget=self.epochs)
+
     def variant_list(self) -> list[Variant]:
         return [VARIANTS[name] for name in self.variants if name in VARIANTS]
 
+    def shared_sets(self) -> list[str]:
+        """The ``--set`` overrides of every run, before the variant's; without a budget yet,
+        the preset's iterations per epoch."""
+        values = {key: getattr(self, name) for name, key in SHARED_OPTIONS.items()}
+        sets = [f"{key}={value}" for key, value in values.items() if value is not None]
+        if self.budget is not None:
+            sets.append(f"train.iterations_per_epoch={self.iterations_per_epoch}")
+        return sets + self.sets
+
     def command(self, out: Path) -> str:
         """The canonical ``mamlpp ablate`` command of this plan (all settings explicit)."""
-        args = ["mamlpp", "ablate", "--dataset", self.dataset, "--ways", str(self.ways)]
-        args += ["--shots", str(self.shots)]
+        args = ["mamlpp", "ablate"]
+        for name in SHARED_OPTIONS:
+            if getattr(self, name) is not None:
+                args += ["--" + name.replace("_", "-"), str(getattr(self, name))]
         if self.time_budget_s is not None:
             args += ["--time-budget", f"{self.time_budget_s:g}"]
         elif self.budget is not None:
             args += ["--budget", str(self.budget)]
-        args += ["--seeds", ",".join(map(str, self.seeds))]
-        args += ["--variants", ",".join(self.variants)]
-        args += ["--tasks-per-batch", str(self.tasks_per_batch)]
-        if self.val_tasks is not None:
-            args += ["--val-tasks", str(self.val_tasks)]
-        args += ["--test-tasks", str(self.test_tasks)]
-        if self.top_k is not None:
-            args += ["--top-k", str(self.top_k)]
+        args += ["--seeds", ",".join(map(str, self.seeds)), "--variants", ",".join(self.variants)]
         for assignment in self.sets:
             args += ["--set", assignment]
         return shlex.join([*args, "--out", str(out)])
@@ -95,52 +110,21 @@ def base_preset(dataset: str, ways: int, shots: int) -> str:
     return exact if exact in PRESETS else f"{family}-5w1s"
 
 
-def _set_value(value: Any) -> str:
-    """A ``--set`` value: a bare word where the parser takes it as text (readable commands),
-    else the TOML literal."""
-    bare = isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", value)
-    return value if bare and value not in ("true", "false", "inf", "nan") else toml_value(value)
-
-
-def common_sets(plan: Plan, iterations_per_epoch: int | None) -> list[str]:
-    """``--set`` overrides shared by every run of the plan (before the variant's)."""
-    sets = [f"data.dataset={plan.dataset}", f"data.ways={plan.ways}", f"data.shots={plan.shots}"]
-    if iterations_per_epoch is not None:
-        sets.append(f"train.iterations_per_epoch={iterations_per_epoch}")
-    sets.append(f"train.tasks_per_batch={plan.tasks_per_batch}")
-    if plan.val_tasks is not None:
-        sets.append(f"eval.val_tasks={plan.val_tasks}")
-    sets.append(f"eval.test_tasks={plan.test_tasks}")
-    if plan.top_k is not None:
-        sets.append(f"eval.top_k={plan.top_k}")
-    return sets + list(plan.sets)
+def base_config(plan: Plan) -> ExperimentConfig:
+    """The MAML++ base configuration (preset + the plan's settings) before any variant."""
+    return resolve_config(plan.base_preset, None, plan.shared_sets())
 
 
 def run_sets(plan: Plan, variant: Variant, seed: int, threads: int = 0) -> list[str]:
-    """Every ``--set`` of one run, as ``mamlpp train`` would take them."""
-    base = base_config(plan)
-    on_values = {key: getattr(base.meta, key) for keys in TECHNIQUE_KEYS.values() for key in keys}
-    sets = common_sets(plan, plan.iterations_per_epoch)
-    sets += [f"meta.{k}={_set_value(v)}" for k, v in variant_meta(variant, on_values).items()]
-    sets.append(f"train.seed={seed}")
-    if threads:
-        sets.append(f"train.threads={threads}")
-    return sets
+    """Every ``--set`` of one run, as ``mamlpp train`` takes them."""
+    meta = variant_meta(variant, base_config(plan).meta)
+    # The grid's [meta] values are bools, ints and words ("per_step"), written bare.
+    sets = [f"meta.{k}={v if isinstance(v, str) else toml_value(v)}" for k, v in meta.items()]
+    threads_set = [f"train.threads={threads}"] if threads else []
+    return [*plan.shared_sets(), *sets, f"train.seed={seed}", *threads_set]
 
 
-def base_config(plan: Plan):
-    """The MAML++ base configuration (preset + common settings) before any variant."""
-    return resolve_config(plan.base_preset, None, common_sets(plan, plan.iterations_per_epoch))
-
-
-def base_config_or_probe(plan: Plan):
-    """The base config; with the budget still unknown, a probe with one iteration per epoch."""
-    if plan.budget is None:
-        return base_config(Plan.from_dict({**plan.to_dict(), "budget": plan.epochs}))
-    return base_config(plan)
-
-
-def run_config(plan: Plan, variant: Variant, seed: int, threads: int = 0):
+def run_config(plan: Plan, variant: Variant, seed: int, threads: int = 0) -> ExperimentConfig:
     """The resolved ExperimentConfig of one run; its techniques must be the variant's."""
     config = resolve_config(plan.base_preset, None, run_sets(plan, variant, seed, threads))
     if tuple(config.techniques) != tuple(variant.techniques):
@@ -153,21 +137,20 @@ def run_config(plan: Plan, variant: Variant, seed: int, threads: int = 0):
     return config
 
 
-def train_argv(plan: Plan, variant: Variant, seed: int, run_dir: Path, threads: int = 0):
-    """The ``mamlpp`` arguments that train (or continue) one run."""
+def train_argv(plan: Plan, variant: Variant, seed: int, out: Path, threads: int = 0) -> list[str]:
+    """The ``mamlpp`` arguments that train (or continue) one run of the ablation in ``out``."""
     args = ["train", "--preset", plan.base_preset]
     for assignment in run_sets(plan, variant, seed, threads):
         args += ["--set", assignment]
-    return [*args, "--out", str(run_dir), "--resume"]
+    return [*args, "--out", str(run_dir_of(out, variant, seed).root), "--resume"]
 
 
-def train_command(plan: Plan, variant: Variant, seed: int, run_dir: Path, threads: int = 0) -> str:
-    """The equivalent ``mamlpp train`` command of one run."""
-    return shlex.join(["mamlpp", *train_argv(plan, variant, seed, run_dir, threads)])
+def run_dir_of(out: Path, variant: Variant, seed: int) -> RunDir:
+    return RunDir(out / variant.folder / f"seed{seed}")
 
 
-def run_dir_of(out: Path, variant: Variant, seed: int) -> Path:
-    return out / variant.folder / f"seed{seed}"
+def is_finished(out: Path, variant: Variant, seed: int) -> bool:
+    return run_dir_of(out, variant, seed).summary.is_file()
 
 
 def read_plan(out: Path) -> Plan | None:
@@ -175,8 +158,7 @@ def read_plan(out: Path) -> Plan | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Plan.from_dict(data)
+        return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, TypeError, KeyError) as error:
         raise MamlppError(f"{path} is unreadable ({error}); move it away to start over") from None
 
@@ -187,21 +169,16 @@ def write_plan(out: Path, plan: Plan) -> None:
 
 
 def merge_plan(old: Plan | None, new: Plan, out: Path) -> Plan:
-    """Continue ``old`` with the variants and seeds of ``new``; other settings must agree."""
+    """Continue ``old`` with the variants and seeds of ``new``; other settings must agree. A
+    --time-budget re-run (no budget yet) keeps the budget measured when the folder started."""
     if old is None:
         return new
-    for key in (*Plan.FIXED, "sets"):
-        if getattr(old, key) != getattr(new, key):
+    for key in (*SHARED_OPTIONS, "sets", "budget"):
+        before, now = getattr(old, key), getattr(new, key)
+        if before != now and not (key == "budget" and None in (before, now)):
             raise ConfigError(
-                f"{out} holds an ablation with {key}={getattr(old, key)!r}, not "
-                f"{getattr(new, key)!r}; use the same settings to continue it or another --out"
+                f"{out} holds an ablation with {key}={before!r}, not {now!r}; use the same "
+                "settings to continue it or another --out"
             )
-    if new.budget is not None and old.budget is not None and new.budget != old.budget:
-        raise ConfigError(
-            f"{out} holds an ablation with --budget {old.budget}, not {new.budget}; use the same "
-            "budget to continue it or another --out"
-        )
-    merged = Plan.from_dict(old.to_dict())
-    merged.variants = [v.name for v in GRID if v.name in set(old.variants) | set(new.variants)]
-    merged.seeds = sorted(set(old.seeds) | set(new.seeds))
-    return merged
+    variants = [v.name for v in GRID if v.name in {*old.variants, *new.variants}]
+    return dataclasses.replace(old, variants=variants, seeds=sorted({*old.seeds, *new.seeds}))

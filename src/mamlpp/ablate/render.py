@@ -7,18 +7,28 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..format import duration, markdown_table, percent
+from ..format import duration, markdown_table, percent, plural
 from ..plots import Series, heatmap, line_chart
 from ..report import make_report
-from ..runs import read_metrics
-from .plan import Plan
+from ..runs import RunDir, read_metrics
+
+TABLE_HEADER = [
+    "variant",
+    "techniques",
+    "seeds",
+    "test % (mean ± std over seeds)",
+    "Δ vs MAML (pp)",
+    "per seed",
+    "95% CI over tasks (mean)",
+    "wall time / run",
+    "it/s",
+]
 
 
-def results_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
-    s, tests = results["settings"], results["test_tasks"]
-    env = results["environment"]
+def results_markdown(results: dict[str, Any], plot_lines: list[str]) -> str:
+    """``results.md``: the settings, the table, generated findings and the plots."""
+    s, tests, env = results["settings"], results["test_tasks"], results["environment"]
     budget = s["budget"]
-    per_epoch = s["iterations_per_epoch"]
     lines = [
         f"# Ablation: {s['dataset']} {s['ways']}-way {s['shots']}-shot, "
         f"{budget if budget is not None else '?'} meta-iterations per run",
@@ -30,24 +40,24 @@ def results_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"* Base: the `{s['base_preset']}` preset ({s['channels']} filters, "
         f"{s['num_inner_steps']} inner steps); every variant switches techniques on or off "
         "over it, nothing else differs.",
-        f"* Budget: {s['epochs']} epochs x {per_epoch} iterations x {s['tasks_per_batch']} "
-        f"tasks = {budget} meta-iterations per run. The epoch is shortened, not the number of "
-        "epochs, so MSL, DA and cosine annealing act at the paper's fractions of training.",
+        f"* Budget: {s['epochs']} epochs x {s['iterations_per_epoch']} iterations x "
+        f"{s['tasks_per_batch']} tasks = {budget} meta-iterations per run. The epoch is "
+        "shortened, not the number of epochs, so MSL, DA and cosine annealing act at the "
+        "paper's fractions of training.",
         f"* Validation: {s['val_tasks']} fixed tasks (seed {s['val_seed']}) after every epoch; "
         f"test: the ensemble of the top-{s['top_k']} validation checkpoints on "
         f"{tests['count']} fixed test tasks (seed {tests['seed']}).",
     ]
-    if tests["runs_checked"]:
-        if tests["identical"]:
-            lines.append(
-                f"* Same test tasks in all {tests['runs_checked']} finished runs (fingerprint "
-                f"`{tests['fingerprints'][0]}` of the trainers' test episodes)."
-            )
-        else:
-            lines.append(
-                f"* **WARNING: the runs were tested on different tasks** (fingerprints "
-                f"{', '.join(tests['fingerprints'])}); the comparison is not valid."
-            )
+    if tests["runs_checked"] and tests["identical"]:
+        lines.append(
+            f"* Same test tasks in all {tests['runs_checked']} finished runs (fingerprint "
+            f"`{tests['fingerprints'][0]}` of the trainers' test episodes)."
+        )
+    elif tests["runs_checked"]:
+        lines.append(
+            f"* **WARNING: the runs were tested on different tasks** (fingerprints "
+            f"{', '.join(tests['fingerprints'])}); the comparison is not valid."
+        )
     if s.get("sets"):
         lines.append("* Extra settings: " + ", ".join(f"`{x}`" for x in s["sets"]))
     if s.get("calibration"):
@@ -56,85 +66,59 @@ def results_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             f"* Budget measured for a {cal['time_budget_s']:g} s training time on "
             f"{cal['device']} (safety factor {cal['safety']})."
         )
-    lines.append(
+    gpu = f"; GPU {env['gpu']}" if env.get("gpu") else ""
+    total = sum(r["total_wall_time_s"] for r in results["variants"])
+    lines += [
         f"* Environment: mamlpp {env.get('mamlpp')}, torch {env.get('torch')}, numpy "
         f"{env.get('numpy')}, Python {env.get('python')}; {env.get('cpu')} "
-        f"({env.get('cpu_count')} logical CPUs)"
-        + (f"; GPU {env['gpu']}" if env.get("gpu") else "")
-        + "."
-    )
-    elapsed = results["elapsed_s"]
-    total = sum(r["total_wall_time_s"] for r in results["variants"])
-    lines.append(
-        f"* Wall time: {duration(total)} summed over runs; {duration(elapsed)} elapsed "
-        f"over {len(results['sessions'])} session(s) of `mamlpp ablate`."
-    )
-    header = [
-        "variant",
-        "techniques",
-        "seeds",
-        "test % (mean ± std over seeds)",
-        "Δ vs MAML (pp)",
-        "per seed",
-        "95% CI over tasks (mean)",
-        "wall time / run",
-        "it/s",
-    ]
-    rows = []
-    for row in results["variants"]:
-        mean, std = row["mean_test_accuracy"], row["std_test_accuracy"]
-        delta = row["delta_vs_maml"]
-        per_seed = ", ".join(
-            percent(r["test_accuracy"]) if r["status"] == "complete" else f"({r['status']})"
-            for r in row["runs"]
-        )
-        its = row["mean_iterations_per_second"]
-        rows.append(
-            [
-                f"`{row['name']}`",
-                row["label"],
-                f"{len(row['seeds_complete'])}/{row['seeds_requested']}",
-                percent(mean) + (f" ± {percent(std)}" if std is not None else ""),
-                "(reference)"
-                if row["name"] == "maml"
-                else ("-" if delta is None else f"{100 * delta:+.2f}"),
-                per_seed,
-                f"± {percent(row['mean_test_ci95'])}" if row["mean_test_ci95"] else "-",
-                duration(row["mean_wall_time_s"]),
-                "-" if its is None else f"{its:.2f}",
-            ]
-        )
-    lines += ["", *markdown_table(header, rows)]
-    lines += [
+        f"({env.get('cpu_count')} logical CPUs){gpu}.",
+        f"* Wall time: {duration(total)} summed over runs; {duration(results['elapsed_s'])} "
+        f"elapsed over {plural(len(results['sessions']), 'session')} of `mamlpp ablate`.",
+        "",
+        *markdown_table(TABLE_HEADER, [_table_row(row) for row in results["variants"]]),
         "",
         "Test accuracy in %: mean over seeds of each run's test accuracy; ± is the sample "
         "standard deviation over seeds (n - 1). The 95% CI column is the mean over seeds of "
         "each run's 1.96 standard errors over test tasks. Wall time is a run's training, "
         "validation, checkpoints and test; it/s counts training iterations only.",
+        "",
+        *_findings(results),
     ]
-    lines += ["", *_findings(results)]
     notes = [f"`{r['name']}`: {r['note']}" for r in results["variants"] if r["note"]]
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
-    if plots:
-        lines += [""]
-        for title, path in plots.items():
-            if path.endswith(".md"):
-                lines.append(
-                    f"Per-run curves, learned inner learning rates, MSL weights and BN "
-                    f"gammas (first seed of each variant): [{path}]({path})"
-                )
-            else:
-                lines += [f"![{title}]({path})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join([*lines, "", *plot_lines]).rstrip() + "\n"
+
+
+def _table_row(row: dict[str, Any]) -> list[str]:
+    std, delta = row["std_test_accuracy"], row["delta_vs_maml"]
+    its = row["mean_iterations_per_second"]
+    delta_text = "-" if delta is None else f"{100 * delta:+.2f}"
+    per_seed = [
+        percent(r["test_accuracy"]) if r["status"] == "complete" else f"({r['status']})"
+        for r in row["runs"]
+    ]
+    return [
+        f"`{row['name']}`",
+        row["label"],
+        f"{len(row['seeds_complete'])}/{row['seeds_requested']}",
+        percent(row["mean_test_accuracy"]) + (f" ± {percent(std)}" if std is not None else ""),
+        "(reference)" if row["name"] == "maml" else delta_text,
+        ", ".join(per_seed),
+        f"± {percent(row['mean_test_ci95'])}" if row["mean_test_ci95"] else "-",
+        duration(row["mean_wall_time_s"]),
+        "-" if its is None else f"{its:.2f}",
+    ]
 
 
 def _findings(results: dict[str, Any]) -> list[str]:
     """Generated sentences: MAML++ against MAML, and the variants below MAML."""
     rows = {r["name"]: r for r in results["variants"]}
-    out = []
     maml, plus = rows.get("maml"), rows.get("maml++")
-    if maml and plus and None not in (maml["mean_test_accuracy"], plus["mean_test_accuracy"]):
+    if maml is None or maml["mean_test_accuracy"] is None:
+        return []
+    out = []
+    if plus is not None and plus["mean_test_accuracy"] is not None:
         delta = plus["delta_vs_maml"]
         verdict = "beats" if delta > 0 else "does not beat"
         out.append(
@@ -147,67 +131,58 @@ def _findings(results: dict[str, Any]) -> list[str]:
         for r in results["variants"]
         if r["name"] != "maml" and r["delta_vs_maml"] is not None and r["delta_vs_maml"] < 0
     ]
-    if maml and maml["mean_test_accuracy"] is not None:
-        out.append("**Below MAML:** " + (", ".join(worse) if worse else "none") + ".")
-    return out
+    return [*out, "**Below MAML:** " + (", ".join(worse) if worse else "none") + "."]
 
 
-def plots(out: Path, plan: Plan, results: dict[str, Any]) -> dict[str, str]:
-    plots: dict[str, str] = {}
+def plots(out: Path, results: dict[str, Any]) -> list[str]:
+    """Draw the ablation's plots into ``out``; returns the Markdown lines that show them."""
     rows = results["variants"]
-    maml = next((r for r in rows if r["name"] == "maml"), None)
-    matrix, labels = [], []
-    for row in rows:
-        by_seed = {r["seed"]: r for r in row["runs"]}
-        values = [
-            100 * by_seed[s]["test_accuracy"] if by_seed[s]["status"] == "complete" else math.nan
-            for s in plan.seeds
-        ]
+    if not rows:
+        return []
+    # Variant x seed test accuracies (and their mean), coloured above/below MAML's mean.
+    matrix = []
+    for row in rows:  # its runs are in seed order
+        runs = row["runs"]
+        values = [100 * r["test_accuracy"] if r["status"] == "complete" else math.nan for r in runs]
         mean = row["mean_test_accuracy"]
         matrix.append([*values, math.nan if mean is None else 100 * mean])
-        labels.append(row["name"])
-    if matrix:
-        center = None
-        if maml is not None and maml["mean_test_accuracy"] is not None:
-            center = 100 * maml["mean_test_accuracy"]
-        heatmap(
-            out / "test-accuracy.png",
-            matrix,
-            labels,
-            [f"seed {s}" for s in plan.seeds] + ["mean"],
-            "test accuracy % per variant and seed"
-            + (" (colours centred on MAML's mean)" if center is not None else ""),
-            "test accuracy %",
-            center=center,
-        )
-        plots["test accuracy per variant and seed"] = "test-accuracy.png"
+    maml = next((r["mean_test_accuracy"] for r in rows if r["name"] == "maml"), None)
+    center = None if maml is None else 100 * maml
+    heatmap(
+        out / "test-accuracy.png",
+        matrix,
+        [row["name"] for row in rows],
+        [f"seed {s}" for s in results["settings"]["seeds"]] + ["mean"],
+        "test accuracy % per variant and seed"
+        + (" (colours centred on MAML's mean)" if center is not None else ""),
+        "test accuracy %",
+        center=center,
+    )
+    lines = ["![test accuracy per variant and seed](test-accuracy.png)", ""]
     series = []
-    for row in rows:
+    for row in rows:  # validation accuracy per (1-based) epoch, mean over the seeds
         curves: dict[int, list[float]] = {}
         for run in row["runs"]:
-            for record in read_metrics(out / run["run_dir"] / "metrics.jsonl"):
+            for record in read_metrics(RunDir(out / run["run_dir"]).metrics):
                 if record.get("kind") == "val":
                     curves.setdefault(int(record["epoch"]), []).append(100 * record["accuracy"])
         if curves:
             epochs = sorted(curves)
-            series.append(
-                Series(row["name"], epochs, [statistics.fmean(curves[e]) for e in epochs])
-            )
+            means = [statistics.fmean(curves[e]) for e in epochs]
+            series.append(Series(row["name"], epochs, means))
     if series:
-        line_chart(
-            out / "val-accuracy.png",
-            series,
-            "validation accuracy, mean over seeds",
-            "epoch",
-            "validation accuracy %",
-        )
-        plots["validation accuracy per epoch"] = "val-accuracy.png"
-    firsts = []
-    for row in rows:
-        started = [r for r in row["runs"] if (out / r["run_dir"] / "config.toml").is_file()]
-        if started:
-            firsts.append(out / started[0]["run_dir"])
+        title = "validation accuracy, mean over seeds"
+        line_chart(out / "val-accuracy.png", series, title, "epoch", "validation accuracy %")
+        lines += ["![validation accuracy per epoch](val-accuracy.png)", ""]
+    # `mamlpp report` of the first started seed of each variant.
+    started = [
+        [r for r in row["runs"] if RunDir(out / r["run_dir"]).config.is_file()] for row in rows
+    ]
+    firsts = [out / runs[0]["run_dir"] for runs in started if runs]
     if firsts:
         make_report(firsts, out / "report")
-        plots["report"] = "report/report.md"
-    return plots
+        lines.append(
+            "Per-run curves, learned inner learning rates, MSL weights and BN gammas (first "
+            "seed of each variant): [report/report.md](report/report.md)"
+        )
+    return lines

@@ -16,9 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +25,44 @@ from ..datasource import load_splits
 from ..format import duration
 from ..runs import read_json, write_json
 from ..train import resolve_device
-from .aggregate import RUN_RECORD
 from .calibration import calibrate
 from .grid import Variant
-from .plan import Plan, base_config_or_probe, run_config, run_dir_of, train_argv, write_plan
+from .plan import (
+    RUN_RECORD,
+    Plan,
+    base_config,
+    is_finished,
+    run_config,
+    run_dir_of,
+    train_argv,
+    write_plan,
+)
 
 
-@dataclass
-class RunOutcome:
-    variant: str
-    seed: int
-    status: str  # complete | skipped | interrupted | failed: ...
-    summary: dict[str, Any] | None = None
+def threads_per_run(threads: int, jobs: int) -> int:
+    """``--threads``; 0 with several jobs shares the cores out between them."""
+    return max(1, (os.cpu_count() or 1) // jobs) if threads == 0 and jobs > 1 else threads
 
 
 class Workers:
-    """The worker processes started so far; :meth:`stop` terminates them and starts no more."""
+    """The worker processes of one session; :meth:`stop` terminates those running and starts
+    no more."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: list[subprocess.Popen] = []
+    def __init__(self, options: list[str], echo: bool) -> None:
+        self.options = options  # added to every worker's command: --device, --no-download ...
+        self.echo = echo  # the workers' output on the console as well (--jobs 1)
         self.stopped = False
+        self._running: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
 
-    def start(self, command: list[str]) -> subprocess.Popen | None:
+    def run(self, argv: list[str], log_path: Path, name: str) -> int | None:
+        """``mamlpp ARGV`` with its output appended to ``log_path``: its exit code, or None
+        when stopped before it started."""
         with self._lock:
             if self.stopped:
                 return None
             process = subprocess.Popen(
-                command,
+                [sys.executable, "-m", "mamlpp", *argv, *self.options],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -61,7 +70,14 @@ class Workers:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             self._running.append(process)
-            return process
+        print(f"started {name} (pid {process.pid}, log {log_path})", flush=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if self.echo:
+                    print(line, end="", flush=True)
+        return process.wait()
 
     def stop(self) -> None:
         with self._lock:
@@ -69,16 +85,6 @@ class Workers:
             for process in self._running:
                 if process.poll() is None:
                     process.terminate()  # SIGTERM: the run resumes from its checkpoint
-
-
-def pending_runs(plan: Plan, out: Path, variants: Sequence[Variant], seeds: Sequence[int]):
-    """(variant, seed) pairs without a summary.json, in grid order then seed order."""
-    todo, done = [], []
-    for variant in variants:
-        for seed in seeds:
-            finished = (run_dir_of(out, variant, seed) / "summary.json").is_file()
-            (done if finished else todo).append((variant, seed))
-    return todo, done
 
 
 def run_ablation(
@@ -93,60 +99,52 @@ def run_ablation(
     download: bool = True,
     threads: int = 0,
     progress: bool = True,
-    say: Callable[[str], None] = print,
-) -> list[RunOutcome]:
-    """Train every pending (variant, seed) of ``plan`` into ``out``; finished runs are skipped.
+) -> list[str]:
+    """Train every unfinished (variant, seed) of ``plan`` into ``out``; returns the runs that
+    failed ("maml seed 0"): failures are recorded, not raised.
 
     ``plan`` must already be merged with any plan stored in ``out``. When ``plan.budget`` is
-    None it is measured first (``plan.time_budget_s``) and stored in the plan. Returns one
-    outcome per requested run; failures are recorded, not raised.
+    None it is measured first (``plan.time_budget_s``) and stored in the plan.
     """
     torch_device = resolve_device(device)
-    if threads == 0 and jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-    if plan.budget is not None:
-        for variant in variants:  # every config error before anything trains
-            for seed in seeds:
-                run_config(plan, variant, seed, threads)
+    threads = threads_per_run(threads, jobs)
+    todo = []
+    for variant in variants:
+        for seed in seeds:
+            run_config(plan.probe(), variant, seed, threads)  # every error before any training
+            if is_finished(out, variant, seed):
+                where = run_dir_of(out, variant, seed).root
+                print(f"skipping {variant.name} seed {seed}: finished ({where})", flush=True)
+            else:
+                todo.append((variant, seed))
     write_plan(out, plan)
-    todo, done = pending_runs(plan, out, variants, seeds)
-    outcomes = [RunOutcome(v.name, s, "skipped") for v, s in done]
-    for variant, seed in done:
-        say(f"skipping {variant.name} seed {seed}: finished ({run_dir_of(out, variant, seed)})")
     if not todo:
-        return outcomes
+        return []
     # Once, here (downloaded if needed, the cache built): the workers only read it.
-    splits = load_splits(
-        base_config_or_probe(plan).data, data_dir, download=download, progress=progress
-    )
+    splits = load_splits(base_config(plan).data, data_dir, download=download, progress=progress)
     if plan.budget is None:
-        say(
+        print(
             f"measuring the cost of an iteration on {torch_device} for a "
-            f"{plan.time_budget_s:g} s budget"
+            f"{plan.time_budget_s:g} s budget",
+            flush=True,
         )
-        plan.budget, plan.calibration = calibrate(
-            plan, list(variants), splits, torch_device, plan.time_budget_s, threads, say=say
-        )
+        plan.budget, plan.calibration = calibrate(plan, variants, splits, torch_device, threads)
         write_plan(out, plan)
-        say(
+        print(
             f"budget: {plan.budget} meta-iterations ({plan.epochs} epochs x "
-            f"{plan.iterations_per_epoch})"
+            f"{plan.iterations_per_epoch})",
+            flush=True,
         )
     options = ["--device", torch_device.type, "--no-download", "--quiet"]
     options += ["--data-dir", str(data_dir)] if data_dir else []
-    echo = say if jobs == 1 else None
-    workers = Workers()
+    workers = Workers(options, echo=jobs == 1)
     pool = ThreadPoolExecutor(max_workers=jobs)
     previous = None
     if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
         previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        futures = [
-            pool.submit(_train_one, plan, out, v, s, threads, options, workers, echo, say)
-            for v, s in todo
-        ]
-        for future in as_completed(futures):
-            outcomes.append(future.result())
+        futures = [pool.submit(train_one, plan, out, v, s, threads, workers) for v, s in todo]
+        statuses = [future.result() for future in futures]
     except BaseException:
         workers.stop()
         raise
@@ -154,28 +152,22 @@ def run_ablation(
         pool.shutdown(wait=True, cancel_futures=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return outcomes
+    failed = zip(todo, statuses, strict=True)
+    return [f"{v.name} seed {s}" for (v, s), status in failed if status.startswith("failed")]
 
 
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _train_one(
-    plan: Plan,
-    out: Path,
-    variant: Variant,
-    seed: int,
-    threads: int,
-    options: list[str],
-    workers: Workers,
-    echo: Callable[[str], None] | None,
-    say: Callable[[str], None],
-) -> RunOutcome:
-    """One worker: ``mamlpp train ... --resume`` in a subprocess; its outcome recorded."""
-    run_dir = run_dir_of(out, variant, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    argv = train_argv(plan, variant, seed, run_dir, threads)
+def train_one(
+    plan: Plan, out: Path, variant: Variant, seed: int, threads: int, workers: Workers
+) -> str:
+    """One run in a worker, its command and outcome recorded in its ``ablate.json``; returns
+    the outcome: complete, interrupted or "failed: why"."""
+    run = run_dir_of(out, variant, seed)
+    run.root.mkdir(parents=True, exist_ok=True)
+    argv = train_argv(plan, variant, seed, out, threads)
     record = {
         "variant": variant.name,
         "seed": seed,
@@ -183,42 +175,29 @@ def _train_one(
         "command": shlex.join(["mamlpp", *argv]),
         "status": "running",
     }
-    write_json(run_dir / RUN_RECORD, record)
-    log_path = run_dir / "train.log"
-    with open(log_path, "a", encoding="utf-8") as log:
-        process = workers.start([sys.executable, "-m", "mamlpp", *argv, *options])
-        if process is None:
-            return RunOutcome(variant.name, seed, "interrupted")
-        say(f"started {variant.name} seed {seed} (pid {process.pid}, log {log_path})")
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            if echo is not None:
-                echo(line.rstrip("\n"))
-        code = process.wait()
-    summary = read_json(run_dir / "summary.json")
+    write_json(run.root / RUN_RECORD, record)
+    name, log_path = f"{variant.name} seed {seed}", run.root / "train.log"
+    code = workers.run(argv, log_path, name)
+    summary = read_json(run.summary)
     if code == 0 and summary is not None:
         status = "complete"
-        say(
-            f"finished {variant.name} seed {seed}: test {100 * summary['test_accuracy']:.2f}% "
+        print(
+            f"finished {name}: test {100 * summary['test_accuracy']:.2f}% "
             f"+- {100 * summary['test_ci95']:.2f}% over {summary['test_tasks']} tasks, "
-            f"{duration(summary['wall_time_s'])}"
+            f"{duration(summary['wall_time_s'])}",
+            flush=True,
         )
     else:
-        why = _last_error(log_path) or f"exit code {code}"
-        status = "interrupted" if workers.stopped else f"failed: {why}"
-        say(f"{status.upper()} {variant.name} seed {seed} (log {log_path})")
-    write_json(run_dir / RUN_RECORD, {**record, "status": status})
-    return RunOutcome(variant.name, seed, status, summary)
+        status = "interrupted" if workers.stopped else f"failed: {_last_error(log_path, code)}"
+        print(f"{status.upper()} {name} (log {log_path})", flush=True)
+    write_json(run.root / RUN_RECORD, {**record, "status": status})
+    return status
 
 
-def _last_error(log: Path) -> str | None:
-    try:
-        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if line.startswith("mamlpp: error: "):
-            return line[len("mamlpp: error: ") :]
-    return None
+def _last_error(log: Path, code: int | None) -> str:
+    """The worker's one-line error (the last ``mamlpp: error:`` line of its log), else its
+    exit code."""
+    prefix = "mamlpp: error: "
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        errors = [line[len(prefix) :].rstrip() for line in handle if line.startswith(prefix)]
+    return errors[-1] if errors else f"exit code {code}"
