@@ -262,10 +262,14 @@ def first_block_folded(
         mean = torch.bmm(w, patch_mean).squeeze(-1) + bias  # [B, O]
         scale = gamma * torch.rsqrt(var + eps)  # [B, O]
     # `0 * bias`: the bias stays in the graph (the inner loop differentiates it) with gradient 0.
-    y = torch.baddbmm((beta + 0.0 * bias)[..., None], scale[..., None] * w, centred)  # [B, O, M]
-    y = F.max_pool2d(y.view(num_tasks, out * n, height, width), 2)  # [B, O*n, H/2, W/2]
-    y = F.leaky_relu(y, 0.01)  # after the pool: the two commute (see task_batched_forward)
-    y = y.view(num_tasks, out, n, *y.shape[2:]).permute(2, 0, 1, 3, 4)  # [n, B, O, H/2, W/2]
+    # The output is made channels-last, [B, M, O] = [B*n, H, W, O] in memory, because PyTorch's
+    # CPU max-pool is several times faster in that layout than in NCHW (fwd 5.9 vs 43.5 ms here).
+    y = torch.baddbmm(
+        (beta + 0.0 * bias)[:, None, :], centred.transpose(1, 2), (scale[..., None] * w).mT
+    )  # [B, M, O]
+    y = y.view(num_tasks * n, height, width, out).permute(0, 3, 1, 2)  # [B*n, O, H, W], CL
+    y = F.max_pool2d(y, 2).reshape(num_tasks, n, out, height // 2, width // 2)
+    y = F.leaky_relu(y.transpose(0, 1), 0.01)  # after the pool: they commute (see below)
     unbiased = var * (positions / max(positions - 1, 1))  # as running statistics use it
     return y.reshape(n, num_tasks * out, *y.shape[3:]), (mean.detach(), unbiased.detach())
 
