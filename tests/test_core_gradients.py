@@ -133,6 +133,41 @@ def test_batched_equals_loop(config, execution):
         torch.testing.assert_close(value, buffers_l[name], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("in_channels,image_size", [(1, 16), (3, 18)])
+def test_folded_first_block_equals_conv_batch_norm_pool_on_binary_and_colour_images(
+    in_channels, image_size
+):
+    """Block 0 of the batched Conv4 folds BN into the conv (patch mean and covariance) and pools
+    channels-last. Binary images (Omniglot's strokes) have many equal patches: a degenerate patch
+    covariance and exact ties in the max-pool (tied positions have equal patches there, so which
+    one takes the gradient does not change it). Colour images with an odd intermediate size
+    (18 -> 9 -> 4) exercise K = 27 patches and a cropped pool."""
+    from mamlpp import MAMLpp
+    from mamlpp.nn import Conv4
+
+    config = ALL_ON_2_STEPS.replace(first_order_epochs=0)  # second order
+    torch.manual_seed(0)
+    net = Conv4(3, in_channels=in_channels, channels=3, image_size=image_size)
+    looped = MAMLpp(net, config, execution="loop").double()
+    batched = clone_learner(looped)
+    batched.execution = "batched"
+    g = torch.Generator().manual_seed(3)
+    sx, sy, qx, qy = tiny_tasks(tasks=3, image_size=image_size)
+    shape = (in_channels, image_size, image_size)
+    sx = (torch.rand(*sx.shape[:2], *shape, generator=g) > 0.7).double()
+    qx = (torch.rand(*qx.shape[:2], *shape, generator=g) > 0.7).double()
+    batch = (sx, sy, qx, qy)
+    loss_l, grads_l, _ = _loss_and_grads(looped, batch, update_bn_stats=True)
+    loss_b, grads_b, _ = _loss_and_grads(batched, batch, update_bn_stats=True)
+    torch.testing.assert_close(loss_b, loss_l, rtol=0, atol=1e-10)
+    assert set(grads_l) == set(grads_b) and grads_b["conv0.weight"].abs().max() > 1e-3
+    for name in grads_l:
+        torch.testing.assert_close(grads_b[name], grads_l[name], rtol=0, atol=1e-10)
+    buffers_l = dict(looped.backbone.named_buffers())
+    for name, value in batched.backbone.named_buffers():
+        torch.testing.assert_close(value, buffers_l[name], rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("execution", ["batched", "loop"])
 @pytest.mark.parametrize("bn_mode", ["transductive", "per_step"])
 @pytest.mark.parametrize("epoch", [0, 10])  # MSL on at epoch 0, off from msl_epochs=10
