@@ -334,6 +334,19 @@ def test_calibration_times_the_training_step_of_a_real_trainer(monkeypatch) -> N
     assert cost["iterations_per_epoch"] == 716 and budget == 716 * 5
 
 
+def test_budget_lands_nearest_the_target_time_and_never_beyond_it() -> None:
+    from mamlpp.ablate.calibration import iterations_per_epoch
+
+    # 100 epochs of 1 s per iteration (summed over epochs: 100 s), validations 10 s in all.
+    # Target 0.9 x 800 = 720 s: (720 - 10) / 100 = 7.1 -> 7; 0.9 x 850 = 765: 7.55 -> 8 (810 s,
+    # within 850; rounding down would give 710 s, 84% of the budget).
+    assert iterations_per_epoch(800, 0.9, 100.0, 10.0) == 7
+    assert iterations_per_epoch(850, 0.9, 100.0, 10.0) == 8
+    # Nearest would pass the budget itself (8 x 100 + 10 > 805): one fewer.
+    assert iterations_per_epoch(805, 0.99, 100.0, 10.0) == 7
+    assert iterations_per_epoch(50, 0.9, 100.0, 10.0) == 0  # too short: the caller says so
+
+
 def test_warm_up_covers_the_cuda_graph_capture() -> None:
     from types import SimpleNamespace
 

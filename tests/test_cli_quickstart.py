@@ -91,6 +91,8 @@ def test_quickstart_writes_every_file(quickstart_run: Path) -> None:
     assert sorted(summary["ensemble_epochs"]) == [1, 2]
     assert summary["iterations"] == 6 and summary["epochs"] == 2
     assert summary["wall_time_s"] > 0 and summary["iterations_per_second"] > 0
+    # Training (iterations) < training with validations and checkpoints < everything.
+    assert 0 < summary["train_time_s"] < summary["fit_time_s"] < summary["wall_time_s"]
     assert summary["preset"] == "quickstart" and summary["device"] == "cpu"
 
 

@@ -184,6 +184,7 @@ class Trainer:
         # a run with a smaller top-k never deletes checkpoints.
         self.keep_top_k = config.eval.top_k
         self.train_seconds = 0.0  # time in training iterations, over all sessions
+        self.fit_seconds: float | None = None  # wall time when training ended (run_training)
         self._session_start = time.perf_counter()
         self._wall_at_start = 0.0
 
@@ -602,7 +603,9 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "best_val_accuracy": accuracy_of[best[0]] if best else None,
         "epochs": t.epochs,
         "iterations": iterations,
-        "train_time_s": trainer.train_seconds,
+        "train_time_s": trainer.train_seconds,  # in training iterations only
+        # Iterations, validations and checkpoints: what a time budget (ablate) plans for.
+        "fit_time_s": trainer.fit_seconds,
         # Training, validation, checkpoints and the test over all sessions (not data loading).
         "wall_time_s": trainer._wall_now(),
         "iterations_per_second": iterations / max(trainer.train_seconds, 1e-9),
@@ -659,6 +662,7 @@ def run_training(
             torch.set_num_threads(config.train.threads)
         try:
             trainer.fit()
+            trainer.fit_seconds = trainer._wall_now()  # training and validations, all sessions
             result, ensemble = trainer.test()
         finally:
             torch.set_num_threads(threads)  # a library call leaves no global trace
