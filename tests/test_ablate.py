@@ -453,6 +453,27 @@ def _publisher():
     return module
 
 
+def test_published_gpu_lines_judge_each_setting_against_its_own_target() -> None:
+    results = _publisher()
+
+    def study(ways: int, accuracy: float) -> dict:
+        run = {"device": "cuda:0"}
+        plus = {"name": "maml++", "mean_test_accuracy": accuracy, "mean_test_ci95": 0.003}
+        settings = {"ways": ways, "shots": 1, "budget": 30000, "time_budget_s": 240}
+        return {
+            "variants": [{**plus, "runs": [run]}],
+            "settings": settings,
+            "environment": {"gpu": "NVIDIA H100"},
+            "test_tasks": {"count": 600},
+        }
+
+    lines = results._gpu_lines({"g5": study(5, 0.9930), "g20": study(20, 0.9710)})
+    assert len(lines) == 2
+    assert "5-way 1-shot" in lines[0] and "Target >= 99.40%: NOT met" in lines[0]
+    assert "20-way 1-shot" in lines[1] and "Target >= 97.00%: met" in lines[1]
+    assert "97.65%" in lines[1] and "time budget 240 s" in lines[1]
+
+
 def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) -> None:
     results = _publisher()
     out = grid
