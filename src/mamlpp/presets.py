@@ -122,7 +122,7 @@ def _paper_presets(settings=PAPER_SETTINGS) -> dict[str, Preset]:
 
 
 PRESETS: dict[str, Preset] = {
-    # Omniglot 5-way 1-shot MAML++ in 8-10 minutes on a 2-core CPU. The paper's schedule
+    # Omniglot 5-way 1-shot MAML++ in 6-10 minutes on a 2-core CPU. The paper's schedule
     # shapes are kept by shortening each epoch, not the number of epochs: 100 epochs of 15
     # iterations, so MSL anneals over epochs 0-9, DA switches to second order at epoch 50 and
     # the outer lr follows the full cosine. 32 filters (not 64) and 50 validation tasks per
