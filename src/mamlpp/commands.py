@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_report(subparsers)
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -68,7 +68,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         help="data-parallel on G processes of this machine: launches torchrun for you "
         "(one per GPU on CUDA; see docs/distributed.md)",
     )
-    _add_data_options(parser)
+    add_data_options(parser)
     parser.set_defaults(handler=_train)
 
 
@@ -190,7 +190,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--top-k", type=int, help="checkpoints in the ensemble (default: the run's eval.top_k)"
     )
-    _add_data_options(parser)
+    add_data_options(parser)
     parser.set_defaults(handler=_evaluate)
 
 

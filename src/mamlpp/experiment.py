@@ -193,7 +193,7 @@ def check_keys(tree: dict[str, Any], where: str) -> None:
         if name == "preset":
             continue
         if name not in SECTIONS:
-            raise ConfigError(f"unknown section [{name}] in {where}{_suggest(name, SECTIONS)}")
+            raise ConfigError(f"unknown section [{name}] in {where}{suggest(name, SECTIONS)}")
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] in {where} must be a table of key = value pairs")
         known = _known_keys(name)
@@ -201,7 +201,7 @@ def check_keys(tree: dict[str, Any], where: str) -> None:
             if name == "meta" and key == "total_epochs":
                 raise ConfigError("meta.total_epochs is set by train.epochs; set train.epochs")
             if key not in known:
-                raise ConfigError(f"unknown key {name}.{key} in {where}{_suggest(key, known)}")
+                raise ConfigError(f"unknown key {name}.{key} in {where}{suggest(key, known)}")
 
 
 def _known_keys(section: str) -> tuple[str, ...]:
@@ -210,7 +210,7 @@ def _known_keys(section: str) -> tuple[str, ...]:
     return tuple(f.name for f in fields(SECTIONS[section]))
 
 
-def _suggest(name: str, options) -> str:
+def suggest(name: str, options) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..commands import _add_data_options as add_data_options
+from ..commands import add_data_options
 from ..errors import ConfigError, MamlppError
-from ..experiment import _suggest
+from ..experiment import suggest
 from ..format import plural
 from ..presets import MAML_META
 from ..train import resolve_device
@@ -110,7 +110,7 @@ def parse_seeds(text: str) -> list[int]:
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan of a ``mamlpp ablate`` invocation (not yet merged with OUT's)."""
     if args.dataset not in DATASETS:
-        hint = _suggest(args.dataset, DATASETS)
+        hint = suggest(args.dataset, DATASETS)
         raise ConfigError(
             f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}{hint}"
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import MetaConfig
 from ..errors import ConfigError
-from ..experiment import _suggest
+from ..experiment import suggest
 from ..presets import MAML_META
 
 # The [meta] key that switches each technique; "on" values come from the MAML++ preset, "off"
@@ -90,7 +90,7 @@ def parse_variants(text: str) -> list[Variant]:
     names = [part.strip() for part in text.split(",")]
     for name in names:
         if name not in known:
-            hint = _suggest(name, VARIANTS)
+            hint = suggest(name, VARIANTS)
             raise ConfigError(f"unknown variant {name!r}{hint}; --list shows the grid")
     chosen = {known[name] for name in names}
     return [v for v in GRID if v in chosen]
