@@ -119,3 +119,17 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(Exception, match=r"pip install 'mamlpp\[plot\]'"):
         plots.line_figure([], "t", "x", "y")
+
+
+def test_run_status_reads_the_state_from_a_runs_files() -> None:
+    """One rule for `mamlpp report` and `mamlpp ablate`: complete, failed, in progress, not
+    started."""
+    from mamlpp.runs import run_status
+
+    val = [{"kind": "val", "epoch": 1}, {"kind": "train", "epoch": 2}, {"kind": "val", "epoch": 2}]
+    assert run_status({"test_accuracy": 0.9}, val, 3) == "complete"
+    assert run_status(None, val, 3) == "epoch 2/3"
+    failed = [*val, {"kind": "failed", "epoch": 3, "step": 7}]
+    assert run_status(None, failed, 3) == "failed in epoch 3 (non-finite loss)"
+    assert run_status(None, [{"kind": "train", "epoch": 1}], 3) == "epoch 0/3"
+    assert run_status(None, [], 3) == "not started"

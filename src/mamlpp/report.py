@@ -26,7 +26,7 @@ from .errors import MamlppError
 from .experiment import ExperimentConfig
 from .format import duration, markdown_table, percent
 from .plots import Series, heatmap, line_chart, merge_equal
-from .runs import RunDir, read_json, read_metrics, read_run_config, require_run_dir
+from .runs import RunDir, read_json, read_metrics, read_run_config, require_run_dir, run_status
 from .schedules import step_loss_weights
 
 
@@ -101,7 +101,8 @@ def _curve_series(runs: list[RunData], key: str) -> list[Series]:
         per_epoch = run.config.train.iterations_per_epoch
         train = [r for r in run.metrics if r.get("kind") == "train" and key in r]
         val = [r for r in run.metrics if r.get("kind") == "val" and key in r]
-        failed = " (failed)" if _failure(run) else ""
+        status = run_status(run.summary, run.metrics, run.config.train.epochs)
+        failed = " (failed)" if status.startswith("failed") else ""
         series.append(
             Series(
                 f"{run.name} train{failed}",
@@ -204,22 +205,11 @@ def _pct(value: float | None, ci: float | None = None) -> str:
     return percent(value) + (f" ± {percent(ci)}" if ci is not None else "")
 
 
-def _failure(run: RunData) -> dict[str, Any] | None:
-    """The trainer's "failed" line, if the run stopped on a non-finite loss (and was not
-    resumed since: a resume truncates it away)."""
-    last = run.metrics[-1] if run.metrics else None
-    return last if last is not None and last.get("kind") == "failed" else None
-
-
 def _row(run: RunData) -> list[str]:
     c, s = run.config, run.summary
     val = [r for r in run.metrics if r.get("kind") == "val"]
     best = max(val, key=lambda r: (r["accuracy"], -r["epoch"])) if val else None
-    done_epochs = max((r["epoch"] for r in val), default=0)
-    status = "complete" if s else f"epoch {done_epochs}/{c.train.epochs}"
-    failure = _failure(run)
-    if failure is not None:
-        status = f"failed in epoch {failure['epoch']} (non-finite loss)"
+    status = run_status(s, run.metrics, c.train.epochs)
     techniques = " ".join(c.techniques) or "MAML"
     return [
         run.name,

@@ -172,6 +172,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def run_status(summary: dict[str, Any] | None, metrics: list[dict[str, Any]], epochs: int) -> str:
+    """A run's state from its files: "complete" (summary.json written), "failed in epoch N
+    (non-finite loss)" (the trainer's last metrics line; a resume truncates it away), "epoch k/E"
+    (validations so far) or "not started"."""
+    if summary is not None:
+        return "complete"
+    if metrics and metrics[-1].get("kind") == "failed":
+        return f"failed in epoch {metrics[-1]['epoch']} (non-finite loss)"
+    if not metrics:
+        return "not started"
+    done = max((r["epoch"] for r in metrics if r.get("kind") == "val"), default=0)
+    return f"epoch {done}/{epochs}"
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the lines up to iteration ``step`` (those the resumed checkpoint had seen):
     the resumed run writes the rest again, so nothing is duplicated."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 from ..errors import ConfigError
-from ..runs import read_json, read_metrics, write_json
+from ..runs import read_json, read_metrics, run_status, write_json
 from .grid import Variant
 from .plan import PLAN_FILE, PLAN_FORMAT, RUN_RECORD, Plan, base_config, read_plan, run_dir_of
 from .render import plots, results_markdown
@@ -23,15 +23,9 @@ def run_entry(out: Path, plan: Plan, variant: Variant, seed: int) -> dict[str, A
     run = run_dir_of(out, variant, seed)
     summary = read_json(run.summary)
     record = read_json(run.root / RUN_RECORD) or {}
-    if summary is not None:
-        status = "complete"
-    elif str(record.get("status", "")).startswith("failed"):
-        status = record["status"]
-    elif run.metrics.is_file():
-        val = [r for r in read_metrics(run.metrics) if r.get("kind") == "val"]
-        status = f"epoch {len(val)}/{plan.epochs}"
-    else:
-        status = "not started"
+    status = run_status(summary, read_metrics(run.metrics), plan.epochs)
+    if summary is None and str(record.get("status", "")).startswith("failed"):
+        status = record["status"]  # the worker's own account (exit code, last error line)
     return {
         "seed": seed,
         "status": status,
