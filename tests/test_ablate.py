@@ -517,6 +517,11 @@ def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) ->
     assert (
         "--data-dir DATA_DIR --out STUDY_DIR/grid" in provenance and torch.__version__ in provenance
     )
+    assert "* Published: " in provenance
+    # Rewriting the text from what is published is not a new publication, and says so.
+    assert results.main(["regenerate", "--dest", str(dest)]) == 0
+    assert "* Regenerated: " in (dest / "PROVENANCE.md").read_text()
+    assert (dest / "RESULTS.md").read_text() == section
     assert data["environment"]["cpu_count"] == os.cpu_count()
     missing = tmp_path / "plain.md"
     missing.write_text("no markers\n")

@@ -82,7 +82,7 @@ def results_markdown(results: dict[str, Any], plot_lines: list[str]) -> str:
         "each run's 1.96 standard errors over test tasks. Wall time is a run's training, "
         "validation, checkpoints and test; it/s counts training iterations only.",
         "",
-        *_findings(results),
+        *findings(results),
     ]
     notes = [f"`{r['name']}`: {r['note']}" for r in results["variants"] if r["note"]]
     if notes:
@@ -111,7 +111,7 @@ def _table_row(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _findings(results: dict[str, Any]) -> list[str]:
+def findings(results: dict[str, Any]) -> list[str]:
     """Generated sentences: MAML++ against MAML, and the variants below MAML."""
     rows = {r["name"]: r for r in results["variants"]}
     maml, plus = rows.get("maml"), rows.get("maml++")
