@@ -110,3 +110,32 @@ def test_gpu_check_script_arguments_are_valid(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("plan: device cuda") == 3
     assert "gpu_check done" in result.stdout
+
+
+def test_gpu_tests_script_names_every_cuda_only_test():
+    """benchmarks/gpu_tests.sh runs the CUDA-only tests by name: on this machine they are
+    collected and skipped (a renamed test would be 'not found', a new one missing here)."""
+    import os
+    import re
+    from pathlib import Path
+
+    script = Path("benchmarks/gpu_tests.sh").read_text()
+    named = set(re.findall(r'"(tests/[\w/]+\.py::\w+)"', script))
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_tests.sh"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
+    expected = "4 passed" if __import__("torch").cuda.is_available() else "4 skipped"
+    assert result.returncode == 0 and expected in result.stdout, result.stdout + result.stderr
+    # Every test that skips for want of CUDA is in the script.
+    skip_without_cuda = re.compile(
+        r"skipif\(not torch\.cuda\.is_available\(\).*\n(?:@.*\n)*def (\w+)"
+    )
+    cuda_only = {
+        f"{path.as_posix()}::{match.group(1)}"
+        for path in Path("tests").glob("test_*.py")
+        for match in skip_without_cuda.finditer(path.read_text())
+    }
+    assert named == cuda_only and len(named) == 4
