@@ -125,27 +125,41 @@ def load_mini_imagenet(
                 else _flat_files(root, split)
             )
             images, cache = _decode_cached(root, split, files, image_size, cache_dir, progress)
-        if images.shape[-1] != image_size or images.shape[-2] != image_size:
-            images = _resize_batch(images, image_size)
-        table, counts = build_class_index(torch.from_numpy(image_class), len(names))
         meta = {
             "dataset": "mini-imagenet",
             "source": str(root),
             "format": layout,
             "cache": str(cache) if cache else "(none: read directly)",
         }
-        result[split] = FewShotSplit(
-            name=split,
-            images=images,
-            class_images=table,
-            class_counts=counts,
-            class_names=names,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            rotate=False,
-            meta=meta,
-        )
+        labels = torch.from_numpy(image_class)
+        result[split] = imagenet_split(split, images, labels, names, image_size, meta)
     return result
+
+
+def imagenet_split(
+    split: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    image_size: int,
+    meta: dict[str, str],
+) -> FewShotSplit:
+    """A split of ImageNet-derived images (mini- and tiered-ImageNet): uint8 ``[N, 3, H, W]``
+    resized to ``image_size`` if needed, labels ``[N]``, ImageNet normalisation, no rotations."""
+    if images.shape[-2:] != (image_size, image_size):
+        images = _resize_batch(images, image_size)
+    table, counts = build_class_index(labels, len(names))
+    return FewShotSplit(
+        name=split,
+        images=images,
+        class_images=table,
+        class_counts=counts,
+        class_names=names,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        rotate=False,
+        meta=meta,
+    )
 
 
 # ----------------------------------------------------------------------------- pickle caches

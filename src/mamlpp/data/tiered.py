@@ -30,9 +30,9 @@ from .files import data_dir
 from .folder import load_folder_dataset
 from .image_cache import cache_folder, decode_images, read_images, write_images
 from .images import Preprocessing
-from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, _ArrayUnpickler, _resize_batch
+from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, _ArrayUnpickler, imagenet_split
 from .omniglot_splits import SPLIT_NAMES
-from .structures import FewShotSplit, build_class_index
+from .structures import FewShotSplit
 
 FOLDER_NAMES = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", "tieredImageNet")
 CACHE_VERSION = 1
@@ -97,20 +97,9 @@ def load_tiered_imagenet(
             raise DataError(
                 f"{root}: {split} has {pixels.shape[0]} images but {label.shape[0]} labels"
             )
-        images = torch.from_numpy(pixels)
-        if images.shape[-1] != image_size:
-            images = _resize_batch(images, image_size)
-        table, counts = build_class_index(torch.from_numpy(label), len(names))
-        result[split] = FewShotSplit(
-            name=split,
-            images=images,
-            class_images=table,
-            class_counts=counts,
-            class_names=names,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            rotate=False,
-            meta={"dataset": "tiered-imagenet", "source": str(root), "format": layout},
+        meta = {"dataset": "tiered-imagenet", "source": str(root), "format": layout}
+        result[split] = imagenet_split(
+            split, torch.from_numpy(pixels), torch.from_numpy(label), names, image_size, meta
         )
     return result
 
