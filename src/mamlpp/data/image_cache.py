@@ -1,9 +1,9 @@
 """Decoded images kept as one uint8 ``.npz`` so that only the first load decodes files.
 
-Used by the folder and tieredImageNet loaders: :func:`decode_images` fills ``[M, C, S, S]`` with a
-progress bar, :func:`write_images` stores it atomically (a failure only costs later loads their
-speed-up), :func:`read_images` returns it, or None when the file is missing, unreadable or of
-another shape (the caller then decodes again).
+Used by the folder, mini-ImageNet and tieredImageNet loaders: :func:`decode_images` fills
+``[M, C, S, S]`` with a progress bar, :func:`write_images` stores it atomically (a failure only
+costs later loads their speed-up), :func:`read_images` returns it, or None when the file is
+missing, unreadable or of another shape (the caller then decodes again).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import DataError
 from ..progress import progress_bar
-from .files import data_dir, is_writable_dir
+from .files import data_dir, is_writable_dir, make_dirs
 
 
 def cache_folder(source: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -65,6 +65,7 @@ def decode_images(
 def write_images(path: Path, images: np.ndarray) -> Path | None:
     """Store ``images`` at ``path`` (atomically); the path, or None (with a warning) on failure."""
     try:
+        make_dirs(path.parent)  # <data dir>/cache may not exist yet
         with atomic_write(path) as handle:
             np.savez(handle, images=images)
     except (DataError, OSError) as error:

@@ -18,21 +18,18 @@ import csv
 import gzip
 import hashlib
 import io
-import json
 import os
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_write
 from ..errors import DataError
-from ..progress import progress_bar
-from .files import data_dir, is_writable_dir, make_dirs
+from .files import data_dir
+from .image_cache import cache_folder, decode_images, read_images, write_images
 from .omniglot_splits import SPLIT_NAMES, SPLITS_DIR
 from .structures import FewShotSplit, build_class_index
 
@@ -129,7 +126,7 @@ def load_mini_imagenet(
             "dataset": "mini-imagenet",
             "source": str(root),
             "format": layout,
-            "cache": str(cache) if cache else "(none: read directly)",
+            "cache": str(cache) if cache else "(none)",
         }
         labels = torch.from_numpy(image_class)
         result[split] = imagenet_split(split, images, labels, names, image_size, meta)
@@ -303,40 +300,22 @@ def _decode_cached(
     image_size: int,
     cache_dir: str | os.PathLike[str] | None,
     progress: bool,
-) -> tuple[torch.Tensor, Path]:
-    folder = (
-        Path(cache_dir).expanduser()
-        if cache_dir is not None
-        else root
-        if is_writable_dir(root)
-        else data_dir() / "cache"
+) -> tuple[torch.Tensor, Path | None]:
+    """uint8 ``[len(files), 3, S, S]`` from the cache when it is current, else decoded (and
+    cached); the cache file's path, or None when it could not be written."""
+    key = _fingerprint(files, image_size)
+    path = cache_folder(root, cache_dir) / f"miniimagenet-{split}-{image_size}px-{key}.npz"
+    images = read_images(path, len(files), image_size)
+    if images is not None:
+        return torch.from_numpy(images), path
+    images = decode_images(
+        files,
+        lambda file, _: _decode_image(file, image_size),
+        (3, image_size, image_size),
+        f"decoding mini-ImageNet {split}",
+        progress,
     )
-    path = folder / f"miniimagenet-{split}-{image_size}px-{_fingerprint(files, image_size)}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                images = data["images"]
-            if images.shape == (len(files), 3, image_size, image_size):
-                return torch.from_numpy(images), path
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable cache: rebuild below
-    images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
-    bar = progress_bar(len(files), f"decoding mini-ImageNet {split}", "img", enabled=progress)
-    try:
-        for i, file in enumerate(files):
-            images[i] = _decode_image(file, image_size)
-            bar.update(1)
-    finally:
-        bar.close()
-    try:
-        make_dirs(path.parent)
-        with atomic_write(path) as handle:
-            meta = json.dumps({"version": CACHE_VERSION, "split": split})
-            np.savez(handle, images=images, meta=np.array(meta))
-    except (DataError, OSError) as error:
-        # The images are decoded; only later loads lose their speed-up.
-        warnings.warn(f"could not write the mini-ImageNet cache {path}: {error}", stacklevel=2)
-    return torch.from_numpy(images), path
+    return torch.from_numpy(images), write_images(path, images)
 
 
 def _decode_image(path: Path, image_size: int) -> np.ndarray:
