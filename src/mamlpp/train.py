@@ -184,7 +184,7 @@ class Trainer:
         # a run with a smaller top-k never deletes checkpoints.
         self.keep_top_k = config.eval.top_k
         self.train_seconds = 0.0  # time in training iterations, over all sessions
-        self.fit_seconds: float | None = None  # wall time when training ended (run_training)
+        self.fit_seconds: float | None = None  # wall time when fit() ended
         self._session_start = time.perf_counter()
         self._wall_at_start = 0.0
 
@@ -281,6 +281,7 @@ class Trainer:
             while not self.done:
                 self._train_epoch()
                 self._end_epoch()
+            self.fit_seconds = self._wall_now()  # training, validations, checkpoints: all sessions
         finally:
             self.bar.close()
             self.metrics.close()
@@ -662,7 +663,6 @@ def run_training(
             torch.set_num_threads(config.train.threads)
         try:
             trainer.fit()
-            trainer.fit_seconds = trainer._wall_now()  # training and validations, all sessions
             result, ensemble = trainer.test()
         finally:
             torch.set_num_threads(threads)  # a library call leaves no global trace
