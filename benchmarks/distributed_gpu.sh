@@ -30,7 +30,7 @@ counts() {  # 1 2 4 ... up to $gpus that divide the meta-batch $1
 }
 
 for preset in omniglot-20w1s omniglot-5w1s mini-imagenet-5w1s mini-imagenet-5w5s; do
-    batch=$("$py" -c "from mamlpp.presets import resolve_config as r; print(r('$preset').train.tasks_per_batch)")
+    batch=$("$py" -c "from mamlpp.run.presets import resolve_config as r; print(r('$preset').train.tasks_per_batch)")
     echo "== $preset: strong scaling at its meta-batch of $batch ==" | tee -a "$out/log.txt"
     timeout 240 "$py" benchmarks/distributed_scaling.py --preset "$preset" --device cuda \
         --nprocs "$(counts "$batch")" --iters 20 --warmup 5 --set "train.graph_sync=$sync" \

@@ -1,7 +1,7 @@
-"""Data-parallel scaling: seconds per meta-iteration with 1..G processes (mamlpp.distributed).
+"""Data-parallel scaling: seconds per meta-iteration with 1..G processes (mamlpp.engine.distributed).
 
-Each process runs the trainer's outer step (:class:`mamlpp.fast.FastMetaStep` with the
-:class:`~mamlpp.distributed.Distributed` sync: its B/G tasks, one all-reduce of the gradients,
+Each process runs the trainer's outer step (:class:`mamlpp.engine.step_runner.FastMetaStep` with the
+:class:`~mamlpp.engine.distributed.Distributed` sync: its B/G tasks, one all-reduce of the gradients,
 a gather of the BN statistics, the same Adam step) on fixed random episodes of a preset's
 shapes; the sampler is not timed. Rank 0 reports the median over timed iterations of the
 slowest rank (a barrier closes every iteration).
@@ -32,10 +32,10 @@ def worker(args: argparse.Namespace) -> None:
     """One process of the job (or the only one when G = 1)."""
     import torch
 
-    from mamlpp.distributed import init_from_env, sync_in_graph
-    from mamlpp.fast import FastMetaStep
-    from mamlpp.presets import resolve_config
-    from mamlpp.train import build_learner
+    from mamlpp.engine.distributed import init_from_env, sync_in_graph
+    from mamlpp.engine.step_runner import FastMetaStep
+    from mamlpp.run.build import build_learner
+    from mamlpp.run.presets import resolve_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Seconds per meta-iteration, FLOP rate against a large matmul, peak memory (see mamlpp.bench).
+"""Seconds per meta-iteration, FLOP rate against a large matmul, peak memory (see mamlpp.studies.bench).
 
 python benchmarks/meta_step.py --configs omniglot-20w1s --paths batched,loop --json out.json
 """
@@ -6,7 +6,8 @@ python benchmarks/meta_step.py --configs omniglot-20w1s --paths batched,loop --j
 import argparse
 import sys
 
-from mamlpp.bench import add_arguments, main
+from mamlpp.cli.bench import add_arguments
+from mamlpp.studies.bench import main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

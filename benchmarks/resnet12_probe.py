@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from mamlpp.bench import CONFIGS, _status_kib, build_problem
-from mamlpp.fast import FastMetaStep
+from mamlpp.engine.step_runner import FastMetaStep
+from mamlpp.studies.bench import CONFIGS, _status_kib, build_problem
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 ``python tests/distributed_helpers.py OUT`` (with torchrun's variables RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT in the environment) trains the tiny synthetic problem of
-:func:`train_tiny` through :class:`mamlpp.distributed.Distributed` and saves this rank's final
+:func:`train_tiny` through :class:`mamlpp.engine.distributed.Distributed` and saves this rank's final
 state to ``OUT/rank<R>.pt``. The tests run the same function in one process and compare.
 """
 
@@ -148,8 +148,8 @@ def train_tiny(
     """
     from mamlpp import MAMLpp, MetaConfig
     from mamlpp.data import EpisodeSampler, load_dataset
-    from mamlpp.fast import FastMetaStep
-    from mamlpp.nn.backbones import conv4_for
+    from mamlpp.engine.step_runner import FastMetaStep
+    from mamlpp.nn.conv4 import conv4_for
 
     splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
     sampler = EpisodeSampler(splits["train"], 3, 1, 2, seed=7)
@@ -179,7 +179,7 @@ def evaluate_tiny(state: dict, shards=None):
     """A float32 learner (the sampler's dtype) holding ``state``, evaluated on 9 validation
     tasks, 4 per batch (with 2 processes the blocks are 4 and 5 tasks: uneven on purpose)."""
     from mamlpp.data import EpisodeSampler, load_dataset
-    from mamlpp.evaluate import evaluate
+    from mamlpp.run.evaluate import evaluate
 
     splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
     sampler = EpisodeSampler(splits["val"], 3, 1, 2, seed=1)
@@ -191,7 +191,7 @@ def evaluate_tiny(state: dict, shards=None):
 def tiny_eval_learner():
     """The float32 learner of the tiny problem, freshly initialised (seed 0)."""
     from mamlpp import MAMLpp, MetaConfig
-    from mamlpp.nn.backbones import conv4_for
+    from mamlpp.nn.conv4 import conv4_for
 
     torch.manual_seed(0)
     config = MetaConfig(num_inner_steps=2, total_epochs=EPOCHS)
@@ -201,7 +201,7 @@ def tiny_eval_learner():
 def _main(out: Path) -> None:
     from dataclasses import asdict
 
-    from mamlpp.distributed import init_from_env
+    from mamlpp.engine.distributed import init_from_env
 
     torch.set_num_threads(1)
     dist = init_from_env(torch.device("cpu"))

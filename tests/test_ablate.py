@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp import ablate
-from mamlpp.cli import main
-from mamlpp.experiment import build_config, read_toml
+from mamlpp.studies import ablate
+from mamlpp.cli.main import main
+from mamlpp.run.experiment import build_config, read_toml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -158,7 +158,7 @@ def test_aggregation_matches_the_run_summaries(grid) -> None:
 def test_all_variants_see_identical_test_tasks(grid) -> None:
     out = grid
     from mamlpp.data import EpisodeSampler, load_dataset
-    from mamlpp.evaluate import task_fingerprint
+    from mamlpp.run.evaluate import task_fingerprint
 
     split = load_dataset("synthetic", image_size=28)["test"]
     expected = task_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=2), 6)
@@ -194,8 +194,9 @@ def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, caps
     leaves it) is continued by the re-run's worker and ends where an uninterrupted run ends."""
     out = grid
     from mamlpp.data import load_dataset
-    from mamlpp.runs import RunDir
-    from mamlpp.train import Trainer, run_training
+    from mamlpp.run.run_dir import RunDir
+    from mamlpp.run.trainer import Trainer
+    from mamlpp.run.training import run_training
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -268,7 +269,7 @@ def test_a_failed_run_is_recorded_and_reported(grid, tmp_path, capsys) -> None:
 
 
 def test_time_calls_discards_warm_up_and_times_each_call(monkeypatch) -> None:
-    from mamlpp.ablate import calibration
+    from mamlpp.studies.ablate import calibration
 
     clock = {"now": 0.0, "calls": 0}
 
@@ -284,9 +285,9 @@ def test_time_calls_discards_warm_up_and_times_each_call(monkeypatch) -> None:
 def test_calibration_times_the_training_step_of_a_real_trainer(monkeypatch) -> None:
     """The budget comes from Trainer.train_step (what an epoch calls; on CUDA a graph replay)
     per schedule regime, after the warm-up calls, and from a validation after its warm-up."""
-    from mamlpp.ablate import calibration
     from mamlpp.data import load_dataset
-    from mamlpp.train import Trainer
+    from mamlpp.run.trainer import Trainer
+    from mamlpp.studies.ablate import calibration
 
     clock = {"now": 0.0}
     steps: list[tuple[int, int]] = []
@@ -335,7 +336,7 @@ def test_calibration_times_the_training_step_of_a_real_trainer(monkeypatch) -> N
 
 
 def test_budget_lands_nearest_the_target_time_and_never_beyond_it() -> None:
-    from mamlpp.ablate.calibration import iterations_per_epoch
+    from mamlpp.studies.ablate.calibration import iterations_per_epoch
 
     # 100 epochs of 1 s per iteration (summed over epochs: 100 s), validations 10 s in all.
     # Target 0.9 x 800 = 720 s: (720 - 10) / 100 = 7.1 -> 7; 0.9 x 850 = 765: 7.55 -> 8 (810 s,
@@ -350,7 +351,7 @@ def test_budget_lands_nearest_the_target_time_and_never_beyond_it() -> None:
 def test_warm_up_covers_the_cuda_graph_capture() -> None:
     from types import SimpleNamespace
 
-    from mamlpp.ablate.calibration import warmup_calls
+    from mamlpp.studies.ablate.calibration import warmup_calls
 
     eager = SimpleNamespace(fast_step=SimpleNamespace(warmup_steps=3, use_cuda_graph=False))
     assert warmup_calls(eager) == 1

@@ -17,8 +17,8 @@ from own_images_helpers import omniglot_characters, write_classes
 from PIL import Image
 
 import mamlpp
-from mamlpp.cli import main
-from mamlpp.predictor import FewShotPredictor, InputError
+from mamlpp.cli.main import main
+from mamlpp.run.predictor import FewShotPredictor, InputError
 
 WAYS = 5
 
@@ -273,9 +273,9 @@ def test_exported_file_is_refused_when_foreign(tmp_path, capsys) -> None:
 
 def _untrained_predictor() -> FewShotPredictor:
     """A fresh (untrained) 5-way 1-shot learner on 28x28 grey images: input handling only."""
-    from mamlpp.datasource import preprocessing_for
-    from mamlpp.experiment import build_config
-    from mamlpp.train import build_learner
+    from mamlpp.run.build import build_learner
+    from mamlpp.run.datasource import preprocessing_for
+    from mamlpp.run.experiment import build_config
 
     config = build_config({"data": {"dataset": "folder"}, "model": {"channels": 8}})
     learner = build_learner(config, 1)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mamlpp.cli import main
+from mamlpp.cli.main import main
 
 
 def test_bench_cli_writes_json_report(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_flop_count_matches_spec_for_omniglot_20w1s():
     """The FLOP counter charges the spec's 185 GFLOP for Omniglot 20-way 1-shot (MSL on)."""
     import torch
 
-    from mamlpp.bench import CONFIGS, build_problem, count_flops
+    from mamlpp.studies.bench import CONFIGS, build_problem, count_flops
 
     learner, batch = build_problem(CONFIGS["omniglot-20w1s"], torch.device("cpu"))
     # Count on 1 of 8 tasks (the count is linear in tasks) to keep the test fast.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from mamlpp.bench import CONFIGS
-from mamlpp.cli import main
+from mamlpp.cli.main import main
 from mamlpp.nn.module_backbone import ModuleBackbone
+from mamlpp.studies.bench import CONFIGS
 
 
 def test_resnet12_bench_with_and_without_checkpointing(tmp_path):
@@ -31,7 +31,7 @@ def test_paper_scale_configs_for_the_generic_path_and_resnet12():
     assert CONFIGS["mini-imagenet-5w1s-resnet12"].channels == 64  # 64-160-320-640
     import torch
 
-    from mamlpp.bench import build_problem
+    from mamlpp.studies.bench import build_problem
 
     learner, batch = build_problem(CONFIGS["tiny"], torch.device("cpu"))
     assert not isinstance(learner.backbone, ModuleBackbone)

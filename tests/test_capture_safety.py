@@ -4,7 +4,7 @@ A CUDA graph cannot record a host-to-device copy, a value read on the host or a 
 shape. Such a call either breaks capture on a GPU (as a Python-list index in the statistics fold
 once did, on the first real GPU) or syncs every iteration. These tests run one whole fast-path
 iteration (meta-loss, backward, clamp, capturable Adam step, statistics fold) under
-:class:`mamlpp.capture.CaptureHazardMode` in every schedule regime, so the CPU-only CI guards code
+:class:`mamlpp.engine.capture.CaptureHazardMode` in every schedule regime, so the CPU-only CI guards code
 that only a GPU would run.
 """
 
@@ -18,8 +18,8 @@ import torch
 from core_helpers import tiny_learner, tiny_tasks
 
 from mamlpp import MetaConfig
-from mamlpp.capture import CaptureError, CaptureHazardMode, find_capture_hazards
-from mamlpp.fast import FastMetaStep
+from mamlpp.engine.capture import CaptureError, CaptureHazardMode, find_capture_hazards
+from mamlpp.engine.step_runner import FastMetaStep
 from mamlpp.nn.per_step_bn import fold_running_stats
 
 

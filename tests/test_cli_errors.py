@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import mamlpp.datasource as datasource
-from mamlpp.cli import main
+import mamlpp.run.datasource as datasource
+from mamlpp.cli.main import main
 from mamlpp.errors import DataError
-from mamlpp.presets import PRESETS
+from mamlpp.run.presets import PRESETS
 
 
 def _error(capsys) -> str:

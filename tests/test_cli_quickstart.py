@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mamlpp.cli import main
-from mamlpp.experiment import build_config
-from mamlpp.presets import resolve_config
+from mamlpp.cli.main import main
+from mamlpp.run.experiment import build_config
+from mamlpp.run.presets import resolve_config
 
 SHORT = [
     "train.epochs=2",

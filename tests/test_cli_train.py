@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp.cli import main
+from mamlpp.cli.main import main
 from mamlpp.data import load_dataset
-from mamlpp.presets import resolve_config
-from mamlpp.runs import RunDir
-from mamlpp.train import NonFiniteLoss, run_training
+from mamlpp.run.presets import resolve_config
+from mamlpp.run.run_dir import RunDir
+from mamlpp.run.trainer import NonFiniteLoss
+from mamlpp.run.training import run_training
 
 TINY = [
     "train.epochs=2",

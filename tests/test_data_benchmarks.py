@@ -23,14 +23,14 @@ from test_data_download import (  # noqa: F401  (Server backs the `server` fixtu
 )
 
 import mamlpp.data.sources as sources
-from mamlpp.cli import main
+from mamlpp.cli.main import main
 from mamlpp.data import load_dataset
 from mamlpp.data.cifar import class_split
 from mamlpp.data.sources import RemoteFile
-from mamlpp.datasource import load_splits
 from mamlpp.errors import DataError
-from mamlpp.experiment import DataSection
-from mamlpp.presets import resolve_config
+from mamlpp.run.datasource import load_splits
+from mamlpp.run.experiment import DataSection
+from mamlpp.run.presets import resolve_config
 
 # CIFAR-100's superclasses (coarse labels 0..19) and their fine classes, the test's own oracle.
 SUPERCLASSES = {

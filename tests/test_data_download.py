@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mamlpp.data.sources as sources
-from mamlpp.cli import main
+from mamlpp.cli.main import main
 from mamlpp.data import ChecksumError, data_dir, download_file, download_omniglot, extract_zip
 from mamlpp.data.sources import RemoteFile
 from mamlpp.errors import DataError
@@ -343,13 +343,13 @@ def test_cli_data_without_action_prints_usage(capsys):
 
 
 def _omniglot_data():
-    from mamlpp.presets import resolve_config
+    from mamlpp.run.presets import resolve_config
 
     return resolve_config("quickstart", None, []).data
 
 
 def test_one_zip_present_names_the_missing_one(tmp_path, monkeypatch) -> None:
-    from mamlpp.datasource import load_splits
+    from mamlpp.run.datasource import load_splits
 
     (tmp_path / "images_background.zip").write_bytes(b"the user's own copy")
     monkeypatch.setattr(sources, "download_file", pytest.fail)
@@ -361,7 +361,7 @@ def test_one_zip_present_names_the_missing_one(tmp_path, monkeypatch) -> None:
 
 
 def test_a_download_fetches_only_the_missing_zip_beside_the_other(tmp_path, monkeypatch) -> None:
-    from mamlpp.datasource import load_splits
+    from mamlpp.run.datasource import load_splits
 
     mine = tmp_path / "images_background.zip"
     mine.write_bytes(b"the user's own copy, whatever its md5")

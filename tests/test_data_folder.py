@@ -15,9 +15,9 @@ from PIL import Image
 import mamlpp.data.images as images_module
 from mamlpp.data import EpisodeSampler
 from mamlpp.data.folder import split_classes
-from mamlpp.datasource import load_splits, preprocessing_for
 from mamlpp.errors import ConfigError, DataError
-from mamlpp.experiment import DataSection, build_config
+from mamlpp.run.datasource import load_splits, preprocessing_for
+from mamlpp.run.experiment import DataSection, build_config
 
 GREY28 = preprocessing_for(DataSection(dataset="folder"), channels=1)
 
@@ -214,7 +214,7 @@ def test_builtin_preprocessing_matches_the_loaders(omniglot_dir, tmp_path: Path)
 
 
 def test_data_info_shows_a_folder_dataset(flat: Path, capsys) -> None:
-    from mamlpp.cli import main
+    from mamlpp.cli.main import main
 
     assert main(["data", "info", "folder", "--data-dir", str(flat)]) == 0
     out = capsys.readouterr().out
@@ -222,7 +222,7 @@ def test_data_info_shows_a_folder_dataset(flat: Path, capsys) -> None:
 
 
 def test_runs_from_before_the_folder_keys_still_resume() -> None:
-    from mamlpp.experiment import check_resumable
+    from mamlpp.run.experiment import check_resumable
 
     new = build_config({}).to_dict()
     old = {**new, "data": {k: v for k, v in new["data"].items() if k not in ("channels", "resize")}}

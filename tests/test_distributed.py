@@ -1,4 +1,4 @@
-"""Data-parallel meta-training (mamlpp.distributed): G processes on gloo equal one process.
+"""Data-parallel meta-training (mamlpp.engine.distributed): G processes on gloo equal one process.
 
 Every test starts its own processes (gloo on 127.0.0.1, a free port), each a few seconds.
 """
@@ -20,9 +20,9 @@ from distributed_helpers import (
 )
 
 from mamlpp.data import EpisodeSampler, load_dataset
-from mamlpp.distributed import Distributed, block, check_divisible
+from mamlpp.engine.distributed import Distributed, block, check_divisible
 from mamlpp.errors import ConfigError
-from mamlpp.evaluate import evaluate
+from mamlpp.run.evaluate import evaluate
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -22,8 +22,8 @@ from distributed_helpers import (
     wait_all,
 )
 
-from mamlpp.cli import main
-from mamlpp.runs import read_metrics
+from mamlpp.cli.main import main
+from mamlpp.run.run_dir import read_metrics
 
 # 3 epochs x 4 iterations of 4 tasks: epoch 1 first order, MSL off after epoch 2, the outer lr
 # changes every epoch. 7 validation and 9 test tasks: uneven blocks over 2 ranks. All epoch

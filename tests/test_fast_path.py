@@ -12,11 +12,11 @@ from distributed_helpers import silence_dead_biases
 from test_capture_safety import REGIMES, _capturable_step, capturable_adam_on_cpu  # noqa: F401
 
 from mamlpp import MetaConfig
-from mamlpp.capture import CaptureError
-from mamlpp.distributed import sync_in_graph
+from mamlpp.core.types import PassStats
+from mamlpp.engine.capture import CaptureError
+from mamlpp.engine.distributed import sync_in_graph
+from mamlpp.engine.step_runner import FastMetaStep, choose_execution
 from mamlpp.errors import ConfigError
-from mamlpp.fast import FastMetaStep, choose_execution
-from mamlpp.learner import PassStats
 
 
 def test_fast_step_matches_loop_path_updates():
@@ -127,7 +127,7 @@ def test_run_log_and_summary_say_what_trains(tmp_path, capsys):
     summary.json records them (on the CPU: eager, nothing measured)."""
     import json
 
-    from mamlpp.cli import main
+    from mamlpp.cli.main import main
 
     args = ["train", "--preset", "synthetic", "--out", str(tmp_path / "run"), "--device", "cpu"]
     for assignment in (
@@ -158,7 +158,7 @@ def test_run_log_and_summary_say_what_trains(tmp_path, capsys):
 
 
 class MirroredRank:
-    """A :class:`~mamlpp.outer_step.StepSync` for rank 0 of 2 whose peer holds exactly this
+    """A :class:`~mamlpp.core.outer_step.StepSync` for rank 0 of 2 whose peer holds exactly this
     rank's tasks: its collectives are those of one process on the meta-batch repeated twice."""
 
     world_size = 2
@@ -295,7 +295,7 @@ def test_graph_sync_setting_auto_follows_the_backend():
 
 
 def test_bad_graph_sync_is_a_one_line_usage_error(tmp_path, capsys):
-    from mamlpp.cli import main
+    from mamlpp.cli.main import main
 
     out = tmp_path / "run"
     args = ["train", "--preset", "synthetic", "--device", "cpu", "--out", str(out)]

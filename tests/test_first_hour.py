@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mamlpp import train as train_module
-from mamlpp.cli import main
-from mamlpp.runs import RunDir
+from mamlpp.run import trainer as train_module
+from mamlpp.cli.main import main
+from mamlpp.run.run_dir import RunDir
 
 TINY = [
     "train.epochs=3",
@@ -113,8 +113,8 @@ def test_a_run_with_history_and_no_checkpoint_is_never_restarted(run_copy: Path,
 
 
 def test_an_unreadable_checkpoint_message_is_complete(tmp_path: Path) -> None:
-    from mamlpp.checkpoint import load_checkpoint
     from mamlpp.errors import MamlppError
+    from mamlpp.run.checkpoint import load_checkpoint
 
     empty = tmp_path / "latest.pt"
     empty.write_bytes(b"")
@@ -150,7 +150,7 @@ def test_resume_with_another_preset_is_refused_before_loading_data(
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the resume check")
 
-    monkeypatch.setattr("mamlpp.datasource.load_splits", no_data)
+    monkeypatch.setattr("mamlpp.run.datasource.load_splits", no_data)
     monkeypatch.setenv("MAMLPP_DATA", str(tmp_path / "data"))
     args = ["train", "--out", str(finished), "--resume", "--preset", "omniglot-5w1s"]
     assert main(args) == 2
@@ -161,7 +161,7 @@ def test_resume_with_another_preset_is_refused_before_loading_data(
 def test_resume_of_a_folder_without_config_is_refused_early(
     run_copy: Path, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr("mamlpp.datasource.load_splits", pytest.fail)
+    monkeypatch.setattr("mamlpp.run.datasource.load_splits", pytest.fail)
     (run_copy / "config.toml").unlink()
     assert _resume(run_copy) == 2
     assert "no config.toml" in _one_line_error(capsys)
@@ -191,7 +191,7 @@ def test_impossible_episodes_exit_2_without_a_run_folder(tmp_path: Path, setting
 
 
 def test_a_second_writer_is_refused_and_a_stale_lock_does_not_block(run_copy: Path, capsys) -> None:
-    from mamlpp.runs import locked
+    from mamlpp.run.run_dir import locked
 
     run = RunDir(run_copy)
     before = run.latest.read_bytes()

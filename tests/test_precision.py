@@ -7,7 +7,13 @@ import copy
 import pytest
 import torch
 
-from mamlpp.bench import CONFIGS, build_problem, gradient_errors, meta_gradients, parameter_group
+from mamlpp.studies.bench import (
+    CONFIGS,
+    build_problem,
+    gradient_errors,
+    meta_gradients,
+    parameter_group,
+)
 
 
 def _float64_problem():

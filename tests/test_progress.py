@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from mamlpp.progress import LOG_INTERVAL, progress_bar
+from mamlpp.util.progress import LOG_INTERVAL, progress_bar
 
 
 class Tty(io.StringIO):

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp import plots, report
-from mamlpp.cli import main
+from mamlpp.studies import plots, report
+from mamlpp.cli.main import main
 from mamlpp.data import load_dataset
-from mamlpp.presets import resolve_config
-from mamlpp.runs import RunDir
-from mamlpp.train import NonFiniteLoss, run_training
+from mamlpp.run.presets import resolve_config
+from mamlpp.run.run_dir import RunDir
+from mamlpp.run.trainer import NonFiniteLoss
+from mamlpp.run.training import run_training
 
 TINY = [
     "train.epochs=3",
@@ -124,7 +125,7 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch) -> None:
 def test_run_status_reads_the_state_from_a_runs_files() -> None:
     """One rule for `mamlpp report` and `mamlpp ablate`: complete, failed, in progress, not
     started."""
-    from mamlpp.runs import run_status
+    from mamlpp.run.run_dir import run_status
 
     val = [{"kind": "val", "epoch": 1}, {"kind": "train", "epoch": 2}, {"kind": "val", "epoch": 2}]
     assert run_status({"test_accuracy": 0.9}, val, 3) == "complete"

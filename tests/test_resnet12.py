@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from mamlpp import MAMLpp, MetaConfig, ModuleBackbone, ResNet12
-from mamlpp.experiment import build_config, config_differences
 from mamlpp.nn.resnet12 import resnet12_widths
-from mamlpp.presets import resolve_config
-from mamlpp.train import build_learner
+from mamlpp.run.build import build_learner
+from mamlpp.run.experiment import build_config, config_differences
+from mamlpp.run.presets import resolve_config
 
 
 def test_standard_architecture_shapes_and_size():

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import mamlpp.atomic as atomic
-import mamlpp.checkpoint as checkpoint
-from mamlpp.checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+import mamlpp.run.checkpoint as checkpoint
+import mamlpp.util.atomic as atomic
 from mamlpp.errors import MamlppError
+from mamlpp.run.checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
 
 
 def _state(value: float) -> dict:
@@ -79,7 +79,7 @@ def test_data_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeyp
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from mamlpp.checkpoint import atomic_save
+    from mamlpp.run.checkpoint import atomic_save
     path = sys.argv[1]
     a = {"format": 1, "model": {"w": torch.zeros(512, 512)}, "value": 0.0}
     b = {"format": 1, "model": {"w": torch.ones(512, 512)}, "value": 1.0}

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mamlpp.config import MetaConfig
+from mamlpp.core.config import MetaConfig
 from mamlpp.errors import ConfigError
-from mamlpp.experiment import build_config, check_resumable, parse_set, to_toml
-from mamlpp.presets import PRESETS, resolve_config
-from mamlpp.runs import default_run_dir
+from mamlpp.run.experiment import build_config, check_resumable, parse_set, to_toml
+from mamlpp.run.presets import PRESETS, resolve_config
+from mamlpp.run.run_dir import default_run_dir
 
 PAPER = [
     f"{data}-{ways}w{shots}s"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from mamlpp.checkpoint import atomic_save
 from mamlpp.data import EpisodeSampler, make_synthetic
-from mamlpp.evaluate import confidence_interval95, ensemble_paths, evaluate, load_member
-from mamlpp.presets import resolve_config
-from mamlpp.runs import RunDir
-from mamlpp.train import build_learner
+from mamlpp.run.build import build_learner
+from mamlpp.run.checkpoint import atomic_save
+from mamlpp.run.evaluate import confidence_interval95, ensemble_paths, evaluate, load_member
+from mamlpp.run.presets import resolve_config
+from mamlpp.run.run_dir import RunDir
 
 
 def _config(*extra: str):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp.runs import read_metrics
+from mamlpp.run.run_dir import read_metrics
 
 # Tiny synthetic run: 3 epochs x 6 iterations, a checkpoint every 2 iterations; epoch 1 first
 # order, then second order; MSL switches off after epoch 2.

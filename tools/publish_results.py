@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mamlpp.ablate.render import findings
 from mamlpp.errors import ConfigError, MamlppError
-from mamlpp.format import duration, markdown_table, percent
+from mamlpp.studies.ablate.render import findings
+from mamlpp.util.format import duration, markdown_table, percent
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TABLE_HEADER = [
@@ -70,7 +70,7 @@ def _git(*args: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """The machine's description (versions, hardware) plus the git commit, for provenance."""
-    from mamlpp.ablate import environment as machine
+    from mamlpp.studies.ablate import environment as machine
 
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {

@@ -7,29 +7,53 @@ The public API:
   :func:`msl_weights`, :func:`step_loss_weights`, :func:`second_order_at`, :func:`outer_lr`;
 * any ``nn.Module`` as a backbone: :class:`ModuleBackbone` (``MAMLpp(module, config)`` wraps a
   plain module with it), and :class:`ResNet12`;
-* fast training steps: :class:`FastMetaStep` (CUDA-graph replay where possible);
+* training steps: :class:`MetaStepRunner` (CUDA-graph replay on GPUs, eager elsewhere; also
+  under its earlier name ``FastMetaStep``);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
 * evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles;
 * own images: :func:`load` (a model from ``mamlpp export``) -> :class:`FewShotPredictor`, whose
   ``adapt_and_predict`` takes PIL images or tensors and class names.
+
+The package is layered (``docs/architecture.md``): ``core`` (MAML++ itself) on ``nn`` (networks),
+``engine`` (running steps fast) and ``data`` beside each other, ``run`` (experiments) on those,
+and ``studies`` and ``cli`` on top. The names below load on first use, so ``import mamlpp`` (and
+``mamlpp --version``) does not import torch until the library is used.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import MetaConfig
-from .data import EpisodeSampler, FewShotSplit, TaskBatch, load_dataset
-from .errors import ConfigError, DataError, MamlppError
-from .evaluate import EvalResult, evaluate
-from .fast import FastMetaStep
-from .learner import MAMLpp
-from .nn import Conv4
-from .nn.backbones import conv4_for
-from .nn.module_backbone import ModuleBackbone
-from .nn.resnet12 import ResNet12
-from .predictor import FewShotPredictor, Prediction, load
-from .schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
+# public name -> the module that defines it
+_EXPORTS = {
+    "MetaConfig": "mamlpp.core.config",
+    "MAMLpp": "mamlpp.core.learner",
+    "msl_weights": "mamlpp.core.schedules",
+    "outer_lr": "mamlpp.core.schedules",
+    "second_order_at": "mamlpp.core.schedules",
+    "step_loss_weights": "mamlpp.core.schedules",
+    "Conv4": "mamlpp.nn.conv4",
+    "conv4_for": "mamlpp.nn.conv4",
+    "ModuleBackbone": "mamlpp.nn.module_backbone",
+    "ResNet12": "mamlpp.nn.resnet12",
+    "MetaStepRunner": "mamlpp.engine.step_runner",
+    "FastMetaStep": "mamlpp.engine.step_runner",
+    "EpisodeSampler": "mamlpp.data",
+    "FewShotSplit": "mamlpp.data",
+    "TaskBatch": "mamlpp.data",
+    "load_dataset": "mamlpp.data",
+    "EvalResult": "mamlpp.run.evaluate",
+    "evaluate": "mamlpp.run.evaluate",
+    "FewShotPredictor": "mamlpp.run.predictor",
+    "Prediction": "mamlpp.run.predictor",
+    "load": "mamlpp.run.predictor",
+    "ConfigError": "mamlpp.errors",
+    "DataError": "mamlpp.errors",
+    "MamlppError": "mamlpp.errors",
+}
 
 __all__ = [
     "ConfigError",
@@ -43,9 +67,10 @@ __all__ = [
     "MAMLpp",
     "MamlppError",
     "MetaConfig",
+    "MetaStepRunner",
     "ModuleBackbone",
-    "ResNet12",
     "Prediction",
+    "ResNet12",
     "TaskBatch",
     "__version__",
     "conv4_for",
@@ -57,3 +82,31 @@ __all__ = [
     "second_order_at",
     "step_loss_weights",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mamlpp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # the same names for type checkers and IDEs
+    from mamlpp.core.config import MetaConfig
+    from mamlpp.core.learner import MAMLpp
+    from mamlpp.core.schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
+    from mamlpp.data import EpisodeSampler, FewShotSplit, TaskBatch, load_dataset
+    from mamlpp.engine.step_runner import FastMetaStep, MetaStepRunner
+    from mamlpp.errors import ConfigError, DataError, MamlppError
+    from mamlpp.nn.conv4 import Conv4, conv4_for
+    from mamlpp.nn.module_backbone import ModuleBackbone
+    from mamlpp.nn.resnet12 import ResNet12
+    from mamlpp.run.evaluate import EvalResult, evaluate
+    from mamlpp.run.predictor import FewShotPredictor, Prediction, load

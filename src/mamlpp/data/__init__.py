@@ -10,21 +10,26 @@ Typical use::
 
 from __future__ import annotations
 
-from .archive import extract_zip
-from .cifar import find_cifar100, load_cifar_fewshot
-from .download import ChecksumError, download_file
-from .files import data_dir
-from .folder import load_folder_dataset
-from .images import Preprocessing
-from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, find_mini_imagenet, load_mini_imagenet
-from .omniglot import find_omniglot, load_omniglot, prepare_omniglot
-from .omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
-from .registry import DATASETS, load_dataset
-from .sampler import Episodes, EpisodeSampler
-from .sources import download_mini_imagenet, download_omniglot
-from .structures import FewShotSplit, TaskBatch
-from .synthetic import make_synthetic
-from .tiered import find_tiered_imagenet, load_tiered_imagenet
+from mamlpp.data.archive import extract_zip
+from mamlpp.data.cifar import find_cifar100, load_cifar_fewshot
+from mamlpp.data.download import ChecksumError, download_file
+from mamlpp.data.files import data_dir
+from mamlpp.data.folder import load_folder_dataset
+from mamlpp.data.images import Preprocessing
+from mamlpp.data.miniimagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    find_mini_imagenet,
+    load_mini_imagenet,
+)
+from mamlpp.data.omniglot import find_omniglot, load_omniglot, prepare_omniglot
+from mamlpp.data.omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
+from mamlpp.data.sampler import Episodes, EpisodeSampler
+from mamlpp.data.sources import download_mini_imagenet, download_omniglot
+from mamlpp.data.structures import FewShotSplit, TaskBatch
+from mamlpp.data.synthetic import make_synthetic
+from mamlpp.data.table import DATASETS, load_dataset
+from mamlpp.data.tiered import find_tiered_imagenet, load_tiered_imagenet
 
 __all__ = [
     "DATASETS",

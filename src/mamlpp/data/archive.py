@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError
+from mamlpp.errors import DataError
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .files import data_dir
-from .miniimagenet import _ArrayUnpickler, _resize_batch
-from .omniglot_splits import SPLIT_NAMES, SPLITS_DIR
-from .structures import FewShotSplit, build_class_index
+from mamlpp.data.files import data_dir
+from mamlpp.data.miniimagenet import _ArrayUnpickler, _resize_batch
+from mamlpp.data.omniglot_splits import SPLIT_NAMES, SPLITS_DIR
+from mamlpp.data.structures import FewShotSplit, build_class_index
+from mamlpp.errors import DataError
 
 TARBALL = "cifar-100-python.tar.gz"
 FOLDER = "cifar-100-python"

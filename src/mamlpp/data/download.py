@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import DataError
-from ..progress import progress_bar
-from .files import file_digest, make_dirs
+from mamlpp.data.files import file_digest, make_dirs
+from mamlpp.errors import DataError
+from mamlpp.util.progress import progress_bar
 
 USER_AGENT = "mamlpp-data/0.1 (+https://github.com/)"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

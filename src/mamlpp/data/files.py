@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import DataError
+from mamlpp.errors import DataError
 
 ENV_VAR = "MAMLPP_DATA"
 DEFAULT_DATA_DIR = Path("~/.cache/mamlpp")

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .image_cache import cache_folder, decode_images, read_images, write_images
-from .images import Preprocessing, list_class_folders, list_images
-from .omniglot_splits import SPLIT_NAMES
-from .structures import FewShotSplit, build_class_index
+from mamlpp.data.image_cache import cache_folder, decode_images, read_images, write_images
+from mamlpp.data.images import Preprocessing, list_class_folders, list_images
+from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.structures import FewShotSplit, build_class_index
+from mamlpp.errors import DataError
 
 CACHE_VERSION = 1
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
-from ..errors import DataError
-from ..progress import progress_bar
-from .files import data_dir, is_writable_dir, make_dirs
+from mamlpp.data.files import data_dir, is_writable_dir, make_dirs
+from mamlpp.errors import DataError
+from mamlpp.util.atomic import atomic_write
+from mamlpp.util.progress import progress_bar
 
 
 def cache_folder(source: Path, cache_dir: str | os.PathLike[str] | None) -> Path:

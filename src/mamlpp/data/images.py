@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
-from .miniimagenet import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
+from mamlpp.data.miniimagenet import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
+from mamlpp.errors import DataError
 
 # The normalisations a folder dataset can choose (data.normalize); "unit" keeps pixels in [0, 1]
 # as Omniglot does, "half" maps them to [-1, 1], "imagenet" is the usual ImageNet mean/std.

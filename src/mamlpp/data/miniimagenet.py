@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
-from .files import data_dir
-from .image_cache import cache_folder, decode_images, read_images, write_images
-from .omniglot_splits import SPLIT_NAMES, SPLITS_DIR
-from .structures import FewShotSplit, build_class_index
+from mamlpp.data.files import data_dir
+from mamlpp.data.image_cache import cache_folder, decode_images, read_images, write_images
+from mamlpp.data.omniglot_splits import SPLIT_NAMES, SPLITS_DIR
+from mamlpp.data.structures import FewShotSplit, build_class_index
+from mamlpp.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_write
-from ..errors import DataError
-from ..progress import progress_bar
-from .archive import member_parts, open_zip, read_member
-from .files import data_dir, is_writable_dir, make_dirs
-from .omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
-from .structures import FewShotSplit, build_class_index
+from mamlpp.data.archive import member_parts, open_zip, read_member
+from mamlpp.data.files import data_dir, is_writable_dir, make_dirs
+from mamlpp.data.omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
+from mamlpp.data.structures import FewShotSplit, build_class_index
+from mamlpp.errors import DataError
+from mamlpp.util.atomic import atomic_write
+from mamlpp.util.progress import progress_bar
 
 SUBSETS = {"images_background": 964, "images_evaluation": 659}  # characters per subset
 DRAWERS = 20

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from mamlpp.errors import DataError
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 SPLIT_NAMES = ("train", "val", "test")

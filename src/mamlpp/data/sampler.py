@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import DataError
-from .structures import Device, FewShotSplit, TaskBatch
+from mamlpp.data.structures import Device, FewShotSplit, TaskBatch
+from mamlpp.errors import DataError
 
 _MASK32 = 0xFFFFFFFF
 # Odd multipliers below 2**31, so a 32-bit value times one never overflows int64 (no reliance on

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .download import ChecksumError, download_file
-from .files import data_dir
+from mamlpp.data.download import ChecksumError, download_file
+from mamlpp.data.files import data_dir
+from mamlpp.errors import DataError
 
 
 @dataclass(frozen=True)

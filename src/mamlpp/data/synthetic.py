@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .omniglot_splits import SPLIT_NAMES
-from .structures import FewShotSplit
+from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.structures import FewShotSplit
+from mamlpp.errors import DataError
 
 
 def make_synthetic(

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .files import data_dir
-from .folder import load_folder_dataset
-from .image_cache import cache_folder, decode_images, read_images, write_images
-from .images import Preprocessing
-from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD, _ArrayUnpickler, imagenet_split
-from .omniglot_splits import SPLIT_NAMES
-from .structures import FewShotSplit
+from mamlpp.data.files import data_dir
+from mamlpp.data.folder import load_folder_dataset
+from mamlpp.data.image_cache import cache_folder, decode_images, read_images, write_images
+from mamlpp.data.images import Preprocessing
+from mamlpp.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD, _ArrayUnpickler, imagenet_split
+from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.structures import FewShotSplit
+from mamlpp.errors import DataError
 
 FOLDER_NAMES = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", "tieredImageNet")
 CACHE_VERSION = 1

@@ -2,7 +2,7 @@
 
 :class:`ModuleBackbone` takes a module built from standard layers (an ``nn.Sequential`` of
 Conv2d/BatchNorm2d/LeakyReLU/MaxPool2d/Flatten/Linear, a ResNet, an MLP with BatchNorm1d, ...)
-and gives it the :class:`~mamlpp.nn.backbones.Backbone` protocol that the algorithm calls:
+and gives it the :class:`~mamlpp.nn.conv4.Backbone` protocol that the algorithm calls:
 
 * Every ``nn.BatchNorm1d/2d/3d`` becomes a :class:`StepBatchNorm`: gamma/beta ``[S, C]`` per
   inner step (BNWB) or ``[C]``, running statistics ``[S, C]`` (BNRS) or ``[C]``; the per-step
@@ -37,10 +37,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..errors import ConfigError
-from .backbones import BatchStats
-from .batch_norm_fn import batch_norm_train
-from .per_step_bn import PerStepBatchNorm, _row
+from mamlpp.errors import ConfigError
+from mamlpp.nn.backbone import BatchStats
+from mamlpp.nn.batch_norm_fn import batch_norm_train
+from mamlpp.nn.per_step_bn import PerStepBatchNorm, _row
 
 PREFIX = "module."  # the wrapped module's parameters appear as "module.<its own name>"
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

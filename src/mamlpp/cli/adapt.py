@@ -1,0 +1,184 @@
+"""``mamlpp adapt``: predict the classes of new images from a labelled support folder (through
+:class:`mamlpp.run.predictor.FewShotPredictor`).
+
+Every input is read and checked before anything is computed or written, so a usage error (wrong
+number of classes, an empty class folder, an unreadable image, an image that cannot be brought to
+the trained size or channels) is one line, exit code 2, and no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from mamlpp.errors import ConfigError, DataError
+from mamlpp.run.predictor import FewShotPredictor, InputError, Prediction
+from mamlpp.util.atomic import atomic_write
+
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    adapt = subparsers.add_parser(
+        "adapt",
+        help="classify new images after adapting to a labelled support folder",
+        description="Adapt a trained model to SUPPORT/<class>/* (N classes, K images each) and "
+        "print the predicted class of every query image; --out writes every class's "
+        "probability as CSV or JSON.",
+    )
+    adapt.add_argument("model", metavar="RUN_DIR", help="a run folder, or a file from `export`")
+    adapt.add_argument("--support", required=True, metavar="DIR", help="DIR/<class>/<images>")
+    adapt.add_argument(
+        "--query", required=True, nargs="+", metavar="PATH", help="image files or folders"
+    )
+    adapt.add_argument("--out", metavar="FILE.csv|FILE.json", help="write all probabilities")
+    adapt.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="average the top-k checkpoints by validation accuracy (run folders; default 1)",
+    )
+    adapt.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    adapt.set_defaults(handler=run_adapt)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def support_images(folder: str | Path) -> dict[str, list[Path]]:
+    """``{class name: image files}`` of ``folder/<class>/``, classes sorted by name (the rule
+    of folder datasets: hidden entries skipped, an empty class refused)."""
+    from mamlpp.data.folder import class_files
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"support folder {root} does not exist")
+    try:
+        return class_files(root)
+    except DataError as error:
+        raise InputError(f"support: {error}") from None
+
+
+def query_images(paths: list[str]) -> list[Path]:
+    """Query files in the order given; a folder contributes its images, sorted."""
+    from mamlpp.data.images import list_images
+
+    files: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise InputError(f"query folder {path} has no images")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"query image {path} does not exist")
+    return files
+
+
+def _load_predictor(model: str, top_k: int | None, device: str) -> FewShotPredictor:
+    from mamlpp.run.build import resolve_device
+
+    where = resolve_device(device)
+    path = Path(model)
+    if path.is_file():
+        if top_k is not None:
+            raise ConfigError("--top-k applies to run folders; an exported model keeps its own")
+        return FewShotPredictor.from_file(path, where)
+    return FewShotPredictor.from_run(path, top_k or 1, where)
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def _table(files: list[Path], prediction: Prediction) -> str:
+    labels = [str(f) for f in files]
+    width = max(len("file"), *(len(s) for s in labels))
+    cls_width = max(len("predicted"), *(len(c) for c in prediction.classes))
+    lines = [f"{'file':<{width}}  {'predicted':<{cls_width}}  probability"]
+    for label, name, p in zip(labels, prediction.predicted, prediction.confidence, strict=True):
+        lines.append(f"{label:<{width}}  {name:<{cls_width}}  {p:.4f}")
+    return "\n".join(lines)
+
+
+def _csv_text(files: list[Path], prediction: Prediction) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "predicted", "probability", *(f"p[{c}]" for c in prediction.classes)])
+    rows = zip(files, prediction.predicted, prediction.confidence, strict=True)
+    for (file, name, p), probs in zip(rows, prediction.probabilities.tolist(), strict=True):
+        writer.writerow([str(file), name, repr(p), *(repr(v) for v in probs)])
+    return buffer.getvalue()
+
+
+def _json_record(
+    files: list[Path], prediction: Prediction, predictor: FewShotPredictor, model: str
+) -> dict:
+    return {
+        "model": model,
+        "checkpoints": predictor.sources,
+        "classes": prediction.classes,
+        "notes": prediction.notes,
+        "predictions": [
+            {
+                "file": str(file),
+                "predicted": name,
+                "probability": p,
+                "probabilities": dict(zip(prediction.classes, probs, strict=True)),
+            }
+            for file, name, p, probs in zip(
+                files,
+                prediction.predicted,
+                prediction.confidence,
+                prediction.probabilities.tolist(),
+                strict=True,
+            )
+        ],
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        with atomic_write(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--out must end in .csv or .json, got {out.name}")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out folder {out.parent} does not exist")
+    support = support_images(args.support)
+    files = query_images(args.query)
+    predictor = _load_predictor(args.model, args.top_k, args.device)
+    sx, sy, names, notes = predictor.prepare_support(
+        support, labels=[str(f) for fs in support.values() for f in fs]
+    )
+    qx = predictor.prepare_query(files, labels=[str(f) for f in files])
+    prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    members = len(predictor.members)
+    if members > 1:
+        print(f"ensemble of {members} checkpoints: {', '.join(predictor.sources)}")
+    print(_table(files, prediction))
+    if out is not None:
+        if out.suffix.lower() == ".csv":
+            _write_atomic(out, _csv_text(files, prediction))
+        else:
+            record = _json_record(files, prediction, predictor, args.model)
+            _write_atomic(out, json.dumps(record, indent=2) + "\n")
+        print(f"probabilities of all {len(names)} classes in {out}")
+    return 0

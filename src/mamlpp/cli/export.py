@@ -1,0 +1,36 @@
+"""``mamlpp export``: a run's model (config, top-k weights, preprocessing) as one file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mamlpp.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a run's model (config, weights, preprocessing) as one file",
+        description="Write RUN_DIR's top-k checkpoints, config and preprocessing as one file "
+        "that torch.load(weights_only=True) reads and mamlpp.load() turns into a predictor.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("out", metavar="MODEL.pt")
+    parser.add_argument(
+        "--top-k", type=int, default=1, metavar="K", help="checkpoints to include (default 1)"
+    )
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ConfigError(f"folder {out.parent} does not exist")
+    from mamlpp.run.predictor import FewShotPredictor
+
+    predictor = FewShotPredictor.from_run(args.run_dir, args.top_k, "cpu")
+    predictor.export(out)
+    size = out.stat().st_size / 1e6
+    print(f"exported {', '.join(predictor.sources)} of {args.run_dir} to {out} ({size:.1f} MB)")
+    return 0

@@ -1,0 +1,62 @@
+"""The ``mamlpp`` command.
+
+Each command is a module of :mod:`mamlpp.cli` with a ``register(subparsers)`` function, so this
+file only wires them together and turns
+:class:`~mamlpp.errors.MamlppError` into a one-line message and an exit code (2 for
+configuration errors, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mamlpp import __version__
+from mamlpp.cli import ablate, adapt, bench, data, evaluate, export, presets, report, train
+from mamlpp.errors import MamlppError
+
+# One module a command, in the order `mamlpp --help` lists them. Each imports only argparse-level
+# code at the top, so `mamlpp --help` and `mamlpp --version` run without importing torch.
+COMMANDS = (data, bench, train, evaluate, presets, report, ablate, adapt, export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mamlpp",
+        description="MAML++ few-shot learning: train, evaluate, benchmark and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"mamlpp {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MamlppError as error:
+        print(f"mamlpp: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("mamlpp: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `mamlpp presets | head`: the reader went away; exit quietly like other Unix tools.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as error:  # a full disk, a read-only or unreadable folder: one line, no trace
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mamlpp: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""The MAML++ learner: meta-loss for training, adaptation and prediction for evaluation.
+
+No optimiser, device policy or I/O lives here (the outer update is :mod:`mamlpp.core.outer_step`; the
+loop around it is :mod:`mamlpp.run.trainer`). The learner owns the backbone and the learned inner
+learning rates (LSLR), gives the backbone's batch norm its per-step rows from the MetaConfig
+(BNRS, BNWB), and turns a meta-batch of tasks into a loss ready for ``.backward()`` with the one
+algorithm of :mod:`mamlpp.core.algorithm`. ``execution`` only chooses how the tasks of a call are
+computed (:mod:`mamlpp.core.executions`: ``"batched"``, ``"loop"`` or ``"vmap"``; same results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from mamlpp.core import algorithm, schedules
+from mamlpp.core.algorithm import InnerLoopPlan
+from mamlpp.core.config import MetaConfig
+from mamlpp.core.executions import check_execution, task_batched_forward
+from mamlpp.core.outer_step import outer_step
+from mamlpp.core.types import Backbone, PassStats
+from mamlpp.errors import ConfigError
+from mamlpp.nn.module_backbone import ModuleBackbone
+from mamlpp.nn.per_step_bn import fold_running_stats
+
+
+class MAMLpp(nn.Module):
+    """MAML++ around a backbone (e.g. :class:`~mamlpp.nn.Conv4`) and a :class:`MetaConfig`.
+
+    Meta-parameters (for the outer optimiser): every backbone parameter (conv/linear weights and
+    biases, BN gamma/beta) plus, with LSLR, the inner learning-rate table ``inner_lrs`` of shape
+    ``[len(adapted_names), S]``: one scalar per adapted tensor per inner step.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | nn.Module,
+        config: MetaConfig | None = None,
+        execution: str = "batched",
+        checkpoint_steps: bool = False,
+    ):
+        super().__init__()
+        config = MetaConfig() if config is None else config
+        if not hasattr(backbone, "task_batched_forward"):
+            # A plain nn.Module (standard layers): run functionally, batched under vmap.
+            backbone = ModuleBackbone(backbone)
+        self.backbone = backbone
+        self.config = config
+        # The config states the step count and the per-step switches once; the backbone's batch
+        # norm gets its rows from here: [S, C] under BNWB / BNRS, else shared [C].
+        for layer in backbone.bn_layers().values():
+            layer.set_steps(
+                config.num_inner_steps, config.per_step_bn_affine, config.per_step_bn_stats
+            )
+        self.execution = check_execution(execution)
+        # Recompute each inner step's activations in the outer backward instead of storing them
+        # (trades compute for memory).
+        self.checkpoint_steps = checkpoint_steps
+        names = list(backbone.adaptable_names())
+        if config.adapt_bn_affine:
+            names += [f"{bn}.{p}" for bn in backbone.bn_layers() for p in ("weight", "bias")]
+        self.adapted_names: tuple[str, ...] = tuple(names)
+        table = torch.full((len(names), config.num_inner_steps), float(config.inner_lr))
+        if config.learn_inner_lrs:
+            self.inner_lrs = nn.Parameter(table)
+        else:
+            self.register_buffer("inner_lrs", table)
+
+    # -- what the outer optimiser trains ------------------------------------------------------
+    def meta_parameters(self) -> Iterator[nn.Parameter]:
+        """Backbone parameters, then the LSLR table when it is learned."""
+        yield from self.backbone.parameters()
+        if isinstance(self.inner_lrs, nn.Parameter):
+            yield self.inner_lrs
+
+    def network_parameters(self) -> Iterator[nn.Parameter]:
+        """The backbone's parameters alone (gradient clipping applies to these only)."""
+        return self.backbone.parameters()
+
+    def make_optimizer(self) -> torch.optim.Adam:
+        """Adam over the meta-parameters at the epoch-0 learning rate (spec: default betas)."""
+        return torch.optim.Adam(self.meta_parameters(), lr=self.outer_lr(0))
+
+    def clip_gradients_(self) -> None:
+        """Clamp each network gradient element to [-grad_clip, grad_clip] (not the LSLR table)."""
+        if self.config.grad_clip is None:
+            return
+        for p in self.network_parameters():
+            if p.grad is not None:
+                p.grad.clamp_(-self.config.grad_clip, self.config.grad_clip)
+
+    # -- schedules (pure functions of the epoch) ----------------------------------------------
+    def msl_weights(self, epoch: int) -> list[float] | None:
+        return schedules.step_loss_weights(epoch, self.config)
+
+    def second_order_at(self, epoch: int) -> bool:
+        return schedules.second_order_at(epoch, self.config)
+
+    def outer_lr(self, epoch: int) -> float:
+        return schedules.outer_lr(epoch, self.config)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _params(self) -> dict[str, Tensor]:
+        return dict(self.backbone.named_parameters())
+
+    def _bn_names(self) -> list[str]:
+        return list(self.backbone.bn_layers())
+
+    def _running(self) -> dict[str, Tensor]:
+        return {
+            f"{bn}.running_{s}": getattr(layer, f"running_{s}")
+            for bn, layer in self.backbone.bn_layers().items()
+            for s in ("mean", "var")
+        }
+
+    @staticmethod
+    def _check_batch(
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor | None = None,
+        query_y: Tensor | None = None,
+    ) -> None:
+        # Inputs are [B, n, *example]: images [C, H, W] for the built-in networks, any example
+        # shape (vectors, sequences, volumes) for a wrapped module.
+        if support_y.dim() != 2 or support_x.shape[:2] != support_y.shape:
+            raise ValueError(
+                "support_x must be [B, N*K, ...] and support_y [B, N*K], got shapes "
+                f"{tuple(support_x.shape)} and {tuple(support_y.shape)}"
+            )
+        if query_x is not None:
+            if query_x.shape[0] != support_x.shape[0] or query_x.shape[2:] != support_x.shape[2:]:
+                raise ValueError(
+                    f"query_x must be [B={support_x.shape[0]}, N*T, "
+                    f"{', '.join(map(str, support_x.shape[2:]))}], "
+                    f"got shape {tuple(query_x.shape)}"
+                )
+            if query_y is not None and query_y.shape != query_x.shape[:2]:
+                raise ValueError(
+                    f"query_y must be [B, N*T] = {tuple(query_x.shape[:2])}, "
+                    f"got {tuple(query_y.shape)}"
+                )
+
+    # -- training --------------------------------------------------------------------------------
+    def meta_loss(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        epoch: int = 0,
+        *,
+        execution: str | None = None,
+        update_bn_stats: bool = True,
+        msl_weights: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Outer loss of a meta-batch at ``epoch`` (MSL weights and derivative order from the
+        schedules), ready for ``.backward()``.
+
+        Shapes: ``support_x [B, N*K, C, H, W]``, ``support_y [B, N*K]``, ``query_x
+        [B, N*T, C, H, W]``, ``query_y [B, N*T]``. With ``update_bn_stats`` the running statistics
+        are updated from the batch statistics of every pass (per-step rows under BNRS), exactly
+        as a task-by-task loop would update them.
+
+        Metrics (detached tensors): ``accuracy`` (final-step query accuracy), ``step_losses`` and
+        ``step_accuracies`` ``[T]`` (T = S under MSL, else 1), ``support_losses [S]``, each the
+        mean over tasks. ``msl_weights`` (a ``[S]`` tensor) replaces the schedule's values while
+        MSL is active, so a captured CUDA graph reads new weights each epoch.
+        """
+        loss, metrics, stats = self.meta_loss_and_stats(
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            epoch,
+            execution=execution,
+            msl_weights=msl_weights,
+        )
+        if update_bn_stats:
+            self.fold_batch_stats(stats)
+        return loss, metrics
+
+    def meta_loss_and_stats(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        epoch: int = 0,
+        *,
+        execution: str | None = None,
+        msl_weights: Tensor | None = None,
+        total_tasks: int | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor], PassStats]:
+        """:meth:`meta_loss` without touching the running statistics: also returns every
+        pass's batch statistics (:class:`PassStats`) for :meth:`fold_batch_stats`.
+
+        ``total_tasks`` is the divisor of the ``"mean"`` task reduction (default: B). A process
+        of a data-parallel run holds B of ``total_tasks`` tasks, so its losses still sum to the
+        whole meta-batch's loss.
+        """
+        self._check_batch(support_x, support_y, query_x, query_y)
+        weights = self.msl_weights(epoch)
+        if weights is not None and msl_weights is not None:
+            weights = msl_weights
+        plan = InnerLoopPlan(
+            num_steps=self.config.num_inner_steps,
+            adapted_names=self.adapted_names,
+            second_order=self.second_order_at(epoch),
+            step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
+        )
+        losses, metrics, stats = algorithm.meta_loss(
+            task_batched_forward(self.backbone, execution or self.execution),
+            self._params(),
+            self.inner_lrs,
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            plan,
+            self._bn_names(),
+            checkpoint_steps=self.checkpoint_steps,
+        )
+        # losses [B]; metrics[k] [B, ...]; stats[bn] = (mean [B, P, C], var [B, P, C])
+        if self.config.task_reduction == "sum":
+            loss = losses.sum()
+        elif total_tasks is None:
+            loss = losses.mean()
+        else:
+            loss = losses.sum() / total_tasks
+        summary = {k: v.mean(0) for k, v in metrics.items()}
+        summary["accuracy"] = summary["step_accuracies"][-1]
+        summary["loss"] = loss.detach()
+        return loss, summary, PassStats(stats, tuple(plan.stat_rows()))
+
+    @torch.no_grad()
+    def fold_batch_stats(self, stats: PassStats) -> None:
+        """Fold the batch statistics of a meta-batch into the running statistics, in the order
+        a task-by-task loop would (momentum ``bn_momentum``; per-step rows under BNRS)."""
+        momentum = self.config.bn_momentum
+        for bn, layer in self.backbone.bn_layers().items():
+            mean, var = stats.values[bn]
+            layer.running_mean.copy_(
+                fold_running_stats(layer.running_mean, mean, stats.rows, momentum)
+            )
+            layer.running_var.copy_(
+                fold_running_stats(layer.running_var, var, stats.rows, momentum)
+            )
+
+    def meta_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        epoch: int = 0,
+    ) -> dict[str, Tensor]:
+        """One outer update (:func:`mamlpp.core.outer_step.outer_step`): meta-loss, backward,
+        optional clamp, optimiser step, running statistics."""
+        return outer_step(self, optimizer, (support_x, support_y, query_x, query_y), epoch)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _eval_plan(self, num_steps: int | None) -> InnerLoopPlan:
+        steps = self.config.num_inner_steps if num_steps is None else num_steps
+        per_step = (
+            self.config.learn_inner_lrs
+            or self.config.per_step_bn_stats
+            or self.config.per_step_bn_affine
+        )
+        if steps != self.config.num_inner_steps and per_step:
+            raise ConfigError(
+                f"evaluation with {steps} inner steps, but the model was trained with "
+                f"{self.config.num_inner_steps} and has per-step parameters (LSLR/BNRS/BNWB)"
+            )
+        return InnerLoopPlan(
+            num_steps=steps,
+            adapted_names=self.adapted_names,
+            second_order=False,
+            step_weights=None,
+            use_running_stats=self.config.bn_mode == "per_step",
+        )
+
+    def _lrs_for(self, steps: int) -> Tensor:
+        if steps == self.inner_lrs.shape[1]:
+            return self.inner_lrs
+        # Only reachable without per-step parameters: a constant inner learning rate.
+        return self.inner_lrs[:, :1].expand(-1, steps)
+
+    def _eval_inputs(self, num_steps: int | None):
+        """Plan, detached parameters, learning rates and (copied) running statistics."""
+        plan = self._eval_plan(num_steps)
+        params = {n: p.detach() for n, p in self._params().items()}
+        lrs = self._lrs_for(plan.num_steps).detach()
+        running = (
+            {n: t.clone() for n, t in self._running().items()} if plan.use_running_stats else None
+        )
+        return plan, params, lrs, running
+
+    def adapt_and_predict(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        num_steps: int | None = None,
+        execution: str | None = None,
+    ) -> Tensor:
+        """Evaluation: adapt to each task's support set (first order), then logits of its
+        query set from theta_S at BN step S-1.
+
+        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*T, ways]``) or one task
+        (``[N*K, C, H, W]`` -> ``[N*T, ways]``); any example shape in place of ``C, H, W``.
+        Nothing stored in the model changes: in ``bn_mode="per_step"`` the running statistics
+        are read, never written. No outer graph is built (inner gradients are taken on detached
+        copies).
+        """
+        single = support_y.dim() == 1  # one task: labels [N*K]
+        if single:
+            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        self._check_batch(support_x, support_y, query_x)
+        plan, params, lrs, running = self._eval_inputs(num_steps)
+        forward = task_batched_forward(self.backbone, execution or self.execution)
+        with torch.no_grad():
+            logits = algorithm.predict(
+                forward, params, lrs, support_x, support_y, query_x, plan, running
+            )
+        return logits[0] if single else logits
+
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, num_steps: int | None = None
+    ) -> dict[str, Tensor]:
+        """Fast weights theta_S for each task of ``support_x [B, N*K, C, H, W]`` (first order,
+        nothing stored changes). Returns ``{name: [B, ...]}`` for the adapted tensors."""
+        self._check_batch(support_x, support_y)
+        plan, params, lrs, running = self._eval_inputs(num_steps)
+        with torch.no_grad():
+            fast, _, _ = algorithm.adapt(
+                task_batched_forward(self.backbone, self.execution),
+                params,
+                lrs,
+                support_x,
+                support_y,
+                plan,
+                running,
+            )
+        return fast
+
+    def predict(self, fast_weights: dict[str, Tensor], query_x: Tensor) -> Tensor:
+        """Logits ``[B, N*T, ways]`` of ``query_x [B, N*T, C, H, W]`` with per-task fast
+        weights from :meth:`adapt`, at BN step S-1."""
+        plan, params, _, running = self._eval_inputs(None)
+        num_tasks = query_x.shape[0]
+        shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
+        with torch.no_grad():
+            forward = task_batched_forward(self.backbone, self.execution)
+            logits, _ = forward({**shared, **fast_weights}, query_x, plan.num_steps - 1, running)
+        return logits

@@ -1,0 +1,48 @@
+"""What the learner needs from a network: the :class:`Backbone` contract and the batch
+statistics a forward pass returns (Conv4, ModuleBackbone and ResNet-12 through it satisfy it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from torch import Tensor
+
+from mamlpp.nn.per_step_bn import PerStepBatchNorm
+
+# {bn layer name: (batch mean [C], unbiased batch variance [C])} from one forward pass.
+BatchStats = dict[str, tuple[Tensor, Tensor]]
+
+
+class Backbone(Protocol):
+    """What the learner needs from a network (the task-batched forward contract of
+    :mod:`mamlpp.core.algorithm` plus its per-task form and the names of its parts)."""
+
+    def adaptable_names(self) -> list[str]:
+        """Parameters adapted in the inner loop (conv and linear weights and biases)."""
+        ...
+
+    def bn_layers(self) -> dict[str, PerStepBatchNorm]:
+        """Batch-norm layers by name; the learner gives them per-step rows."""
+        ...
+
+    def functional_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """One task: logits ``[n, N]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``."""
+        ...
+
+    def task_batched_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """All tasks: ``params [B, ...]``, ``x [B, n, ...]`` -> ``([B, n, N], {bn: ([B, C],
+        [B, C])})``."""
+        ...

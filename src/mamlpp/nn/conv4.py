@@ -1,0 +1,270 @@
+"""Backbones as plain modules with a pure functional forward.
+
+A backbone owns its parameters and BN statistics but never sees the experiment configuration.
+The learner calls :meth:`functional_forward` with a dict of (possibly adapted) tensors, the inner
+step index for per-step batch norm, and optionally the running statistics to normalise with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mamlpp.nn.backbone import BatchStats
+from mamlpp.nn.batch_norm_fn import batch_norm_train
+from mamlpp.nn.per_step_bn import PerStepBatchNorm, per_step_batch_norm
+
+
+class Conv4(nn.Module):
+    """The conv4 ("VGG") backbone of MAML and MAML++ (spec section 2).
+
+    Four blocks of 3x3 conv (stride 1, padding 1, bias) -> per-step BN -> leaky ReLU (0.01) ->
+    2x2 max-pool, then flatten -> linear to ``ways`` classes. Omniglot: 64 channels, 28x28 input,
+    28->14->7->3->1 (64 features); mini-ImageNet: 48 channels, 84x84, 84->42->21->10->5 (1200).
+    Xavier-uniform weights, zero biases, BN gamma 1 and beta 0.
+
+    Batch norm is built shared (``[C]``); :class:`~mamlpp.MAMLpp` gives it per-step rows as its
+    MetaConfig says (BNRS, BNWB), so the network never repeats the experiment's settings.
+    """
+
+    def __init__(
+        self,
+        ways: int,
+        in_channels: int = 1,
+        channels: int = 64,
+        image_size: int = 28,
+        num_blocks: int = 4,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if ways < 2:
+            raise ValueError(f"Conv4 needs ways >= 2, got {ways}")
+        spatial = image_size
+        for _ in range(num_blocks):
+            spatial //= 2
+        if spatial < 1:
+            raise ValueError(f"image_size {image_size} is too small for {num_blocks} 2x2 max-pools")
+        self.ways = ways
+        self.num_blocks = num_blocks
+        for b in range(num_blocks):
+            conv = nn.Conv2d(in_channels if b == 0 else channels, channels, 3, padding=1)
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            self.add_module(f"conv{b}", conv)
+            bn = PerStepBatchNorm(channels, eps)
+            self.add_module(f"bn{b}", bn)
+        self.head = nn.Linear(channels * spatial * spatial, ways)
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def adaptable_names(self) -> list[str]:
+        names = [f"conv{b}.{p}" for b in range(self.num_blocks) for p in ("weight", "bias")]
+        return names + ["head.weight", "head.bias"]
+
+    def bn_layers(self) -> dict[str, PerStepBatchNorm]:
+        return {f"bn{b}": getattr(self, f"bn{b}") for b in range(self.num_blocks)}
+
+    def functional_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``step``.
+
+        ``params`` maps every parameter name to a tensor (adapted or not). ``running`` (buffer
+        name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics and
+        returns them per layer for the running-statistics update.
+        """
+        stats: BatchStats = {}
+        h = x
+        for b in range(self.num_blocks):
+            h = F.conv2d(h, params[f"conv{b}.weight"], params[f"conv{b}.bias"], padding=1)
+            bn = f"bn{b}"
+            eps = self._modules[bn].eps
+            if running is not None:
+                h, _ = per_step_batch_norm(
+                    h,
+                    params[f"{bn}.weight"],
+                    params[f"{bn}.bias"],
+                    step,
+                    running[f"{bn}.running_mean"],
+                    running[f"{bn}.running_var"],
+                    eps,
+                )
+            else:
+                h, batch = per_step_batch_norm(
+                    h, params[f"{bn}.weight"], params[f"{bn}.bias"], step, eps=eps
+                )
+                stats[bn] = batch
+            h = F.leaky_relu(h, 0.01)
+            h = F.max_pool2d(h, 2)
+        h = h.flatten(1)
+        return F.linear(h, params["head.weight"], params["head.bias"]), stats
+
+    def task_batched_forward(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        """All tasks of a meta-batch at once: every parameter carries a leading task dimension.
+
+        ``params[name]``: ``[B, *shape]`` (shared tensors expanded by the caller); ``x``:
+        ``[B, n, C, H, W]``. Returns logits ``[B, n, ways]`` and per-layer batch statistics
+        ``(mean [B, C], var [B, C])``; ``running`` holds per-step tables without a task dim.
+
+        Layout: tasks become channel groups. Activations live as ``[n, B*C, H, W]``, so one
+        grouped convolution (``groups=B``) applies each task's own weights, and batch norm over
+        the B*C channels is exactly per-task, per-channel batch norm (native fused kernel).
+        """
+        num_tasks, n = x.shape[:2]
+        h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])  # [n, B*C_in, H, W]
+        stats: BatchStats = {}
+        first = 0
+        if running is None:  # batch statistics: block 0 as one matmul (see first_block_folded)
+            gamma, beta = params["bn0.weight"], params["bn0.bias"]  # [B, S, C] or [B, C]
+            if gamma.dim() == 3:
+                gamma, beta = gamma[:, step], beta[:, step]
+            h, stats["bn0"] = first_block_folded(
+                x,
+                params["conv0.weight"],
+                params["conv0.bias"],
+                gamma,
+                beta,
+                self._modules["bn0"].eps,
+            )
+            first = 1
+        for b in range(first, self.num_blocks):
+            weight = params[f"conv{b}.weight"]  # [B, O, C, 3, 3]
+            h = F.conv2d(
+                h,
+                weight.reshape(-1, *weight.shape[2:]),
+                params[f"conv{b}.bias"].reshape(-1),
+                padding=1,
+                groups=num_tasks,
+            )  # [n, B*O, H, W]
+            bn = f"bn{b}"
+            layer = self._modules[bn]
+            gamma, beta = params[f"{bn}.weight"], params[f"{bn}.bias"]  # [B, S, C] or [B, C]
+            if gamma.dim() == 3:
+                gamma, beta = gamma[:, step], beta[:, step]
+            if running is not None:
+                mean = running[f"{bn}.running_mean"]
+                var = running[f"{bn}.running_var"]
+                if mean.dim() == 2:
+                    mean, var = mean[step], var[step]
+                h = F.batch_norm(
+                    h,
+                    mean.repeat(num_tasks),
+                    var.repeat(num_tasks),
+                    gamma.reshape(-1),
+                    beta.reshape(-1),
+                    training=False,
+                    eps=layer.eps,
+                )
+            else:
+                # Hand-written double backward: far cheaper than the generic one (second order).
+                h, mean, var = batch_norm_train(h, gamma.reshape(-1), beta.reshape(-1), layer.eps)
+                count = h.shape[0] * h.shape[2] * h.shape[3]
+                unbiased = var * (count / max(count - 1, 1))  # as running statistics use it
+                stats[bn] = (mean.view(num_tasks, -1), unbiased.view(num_tasks, -1))
+            # Pool first: leaky ReLU is increasing, so max-pool and it commute (same values,
+            # same argmax) and the activation touches a quarter of the elements.
+            h = F.leaky_relu(F.max_pool2d(h, 2), 0.01)
+        features = h.reshape(n, num_tasks, -1).transpose(0, 1)  # [B, n, O*h*w]
+        weight, bias = params["head.weight"], params["head.bias"]  # [B, ways, F], [B, ways]
+        logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))
+        return logits, stats
+
+    def forward(self, x: Tensor, step: int = -1) -> Tensor:
+        """Logits with the stored (unadapted) parameters and batch statistics, at BN row
+        ``step`` (default: the last)."""
+        logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
+        return logits
+
+
+def first_block_folded(
+    x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Conv4's block 0 (3x3 conv, training-mode BN, 2x2 max-pool, leaky ReLU) for all tasks,
+    with the batch norm folded into the convolution.
+
+    Why: block 0 works at full resolution on few input channels, so its cost is memory traffic
+    of elementwise passes (BN forward, backward and double backward over ``[n, B*C, H, W]``),
+    not FLOPs: on a 2-core CPU it was half of an Omniglot meta-iteration. Its input is data, so
+    with patches ``P`` (``[K = C_in*9]`` per position) the conv is ``w P + b`` and the batch
+    statistics follow from the patches' mean and covariance: ``mean = w mean(P) + b``,
+    ``var = w Cov(P) w^T``. The BN output ``gamma (w P + b - mean) / sqrt(var + eps) + beta`` is
+    one matmul of the centred patches with rescaled weights; nothing full-size but its output.
+    The conv bias cancels (its exact gradient is 0, as it is here, not rounding noise).
+
+    ``x [B, n, C_in, H, W]``, ``weight [B, O, C_in, 3, 3]``, ``bias``/``gamma``/``beta [B, O]``.
+    Returns the block's output ``[n, B*O, H/2, W/2]`` (the grouped layout of
+    :meth:`Conv4.task_batched_forward`) and ``(mean [B, O], unbiased var [B, O])``.
+    """
+    num_tasks, n, channels, height, width = x.shape
+    out = weight.shape[1]
+    positions = n * height * width
+    patches = F.unfold(x.reshape(num_tasks * n, channels, height, width), 3, padding=1)
+    patches = patches.view(num_tasks, n, -1, height * width).transpose(1, 2)  # [B, K, n, HW]
+    patches = patches.reshape(num_tasks, -1, positions)  # [B, K, M]
+    w = weight.reshape(num_tasks, out, -1)  # [B, O, K]
+    # The statistics in the weights' precision (float32 under bf16 autocast, as BN runs).
+    with torch.autocast(x.device.type, enabled=False):
+        patches = patches.to(w.dtype)
+        patch_mean = patches.mean(-1, keepdim=True)  # [B, K, 1]
+        centred = patches - patch_mean
+        cov = torch.bmm(centred, centred.transpose(1, 2)) / positions  # [B, K, K]
+        var = (torch.bmm(w, cov) * w).sum(-1)  # [B, O], biased, as BN normalises
+        mean = torch.bmm(w, patch_mean).squeeze(-1) + bias  # [B, O]
+        scale = gamma * torch.rsqrt(var + eps)  # [B, O]
+    # `0 * bias`: the bias stays in the graph (the inner loop differentiates it) with gradient 0.
+    # The output is made channels-last, [B, M, O] = [B*n, H, W, O] in memory, because PyTorch's
+    # CPU max-pool is several times faster in that layout than in NCHW (fwd 5.9 vs 43.5 ms here).
+    y = torch.baddbmm(
+        (beta + 0.0 * bias)[:, None, :], centred.transpose(1, 2), (scale[..., None] * w).mT
+    )  # [B, M, O]
+    y = y.view(num_tasks * n, height, width, out).permute(0, 3, 1, 2)  # [B*n, O, H, W], CL
+    y = F.max_pool2d(y, 2).reshape(num_tasks, n, out, height // 2, width // 2)
+    y = F.leaky_relu(y.transpose(0, 1), 0.01)  # after the pool: they commute (see below)
+    unbiased = var * (positions / max(positions - 1, 1))  # as running statistics use it
+    return y.reshape(n, num_tasks * out, *y.shape[3:]), (mean.detach(), unbiased.detach())
+
+
+def conv4_for(ways: int, in_channels: int, image_size: int, channels: int | None = None) -> Conv4:
+    """A Conv4 for images of this size: 64 filters up to 32x32 (Omniglot), else 48."""
+    if channels is None:
+        channels = 64 if image_size <= 32 else 48
+    return Conv4(ways, in_channels=in_channels, channels=channels, image_size=image_size)
+
+
+def conv4_sequential(
+    ways: int, in_channels: int = 1, channels: int = 64, image_size: int = 28
+) -> nn.Sequential:
+    """Conv4 as a plain ``nn.Sequential`` of standard layers (what any user network looks like):
+    ``MAMLpp(conv4_sequential(...), config)`` runs it through the generic path
+    (:class:`~mamlpp.nn.module_backbone.ModuleBackbone`); same mathematics as :class:`Conv4`."""
+    layers: list[nn.Module] = []
+    for b in range(4):
+        layers += [
+            nn.Conv2d(in_channels if b == 0 else channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.LeakyReLU(0.01),
+            nn.MaxPool2d(2),
+        ]
+    spatial = image_size // 16
+    head = nn.Linear(channels * spatial * spatial, ways)
+    for layer in (*layers, head):  # the spec's initialisation, as Conv4's
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers, nn.Flatten(), head)
+
+
+__all__ = ["Conv4", "conv4_for", "conv4_sequential"]

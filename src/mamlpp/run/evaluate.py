@@ -1,0 +1,174 @@
+"""Evaluation on fixed tasks: mean accuracy, a 95% confidence interval over tasks, ensembles.
+
+Task ``j`` of an evaluation is a pure function of (split, j, seed) (see
+:class:`~mamlpp.data.EpisodeSampler`), and evaluation always uses ids ``0..tasks-1``, so every
+call sees the same tasks. An ensemble averages the logits of several models on those same tasks
+(the paper averaged the top-3 or top-5 validation checkpoints). Models are only read: each
+ensemble member is a copy of a template learner with a checkpoint's state loaded into it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from mamlpp.core.learner import MAMLpp
+from mamlpp.data import EpisodeSampler
+from mamlpp.errors import MamlppError
+from mamlpp.run.checkpoint import load_checkpoint, top_k_epochs
+from mamlpp.run.run_dir import RunDir
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # mean over tasks of the per-task query accuracy
+    ci95: float  # 1.96 * sample std over tasks / sqrt(tasks)
+    loss: float  # mean query cross-entropy of the (averaged) logits
+    per_task_accuracies: list[float]
+    num_tasks: int
+    ensemble_size: int
+
+    def describe(self) -> str:
+        members = f", ensemble of {self.ensemble_size}" if self.ensemble_size > 1 else ""
+        return (
+            f"{100 * self.accuracy:.2f}% +- {100 * self.ci95:.2f}% "
+            f"(95% CI over {self.num_tasks} tasks{members})"
+        )
+
+
+class TaskSharding(Protocol):
+    """How the processes of a data-parallel job split evaluation tasks (mamlpp.engine.distributed)."""
+
+    def my_tasks(self, tasks: int) -> range:
+        """This process's task ids out of ``0..tasks-1``."""
+        ...
+
+    def gather_tasks(self, values: torch.Tensor, tasks: int) -> torch.Tensor:
+        """Every process's per-task ``values`` joined in task order: ``[tasks, ...]``."""
+        ...
+
+
+def confidence_interval95(per_task: torch.Tensor) -> float:
+    """Half-width of the normal 95% interval of the mean: 1.96 * std(ddof=1) / sqrt(n)."""
+    n = per_task.numel()
+    if n < 2:
+        return float("nan")
+    return 1.96 * float(per_task.double().std(unbiased=True)) / math.sqrt(n)
+
+
+def evaluate(
+    models: MAMLpp | Sequence[MAMLpp],
+    sampler: EpisodeSampler,
+    tasks: int = 600,
+    batch_size: int = 50,
+    *,
+    shards: TaskSharding | None = None,
+) -> EvalResult:
+    """Adapt every model to tasks ``0..tasks-1`` of ``sampler`` and score the averaged logits.
+
+    One model is an ensemble of one: its logits are used as they are. With ``shards`` (a
+    data-parallel job) each process scores its block of the tasks and the per-task values are
+    gathered in task order, so every process gets the single-process result.
+    """
+    members = [models] if isinstance(models, MAMLpp) else list(models)
+    if not members:
+        raise MamlppError("evaluation needs at least one model")
+    if tasks < 1 or batch_size < 1:
+        raise MamlppError(f"tasks and batch size must be >= 1, got {tasks} and {batch_size}")
+    task_ids = range(tasks) if shards is None else shards.my_tasks(tasks)
+    per_task = _score_tasks(members, sampler, task_ids, batch_size)  # [n, 2]: accuracy, loss
+    if shards is not None:
+        per_task = shards.gather_tasks(per_task, tasks)
+    accuracies, losses = per_task.cpu().unbind(-1)
+    return EvalResult(
+        accuracy=float(accuracies.double().mean()),
+        ci95=confidence_interval95(accuracies),
+        loss=float(losses.double().mean()),
+        per_task_accuracies=accuracies.tolist(),
+        num_tasks=accuracies.numel(),
+        ensemble_size=len(members),
+    )
+
+
+def _score_tasks(
+    members: list[MAMLpp], sampler: EpisodeSampler, task_ids: range, batch_size: int
+) -> torch.Tensor:
+    """``[len(task_ids), 2]``: per task, the query accuracy and mean cross-entropy of the
+    ensemble's averaged logits."""
+    accuracies, losses = [], []
+    for batch in sampler.batches(task_ids, batch_size):
+        sx, sy, qx, qy = batch
+        logits = members[0].adapt_and_predict(sx, sy, qx)  # [B, N*T, ways]
+        for model in members[1:]:
+            logits = logits + model.adapt_and_predict(sx, sy, qx)
+        if len(members) > 1:
+            logits = logits / len(members)
+        accuracies.append((logits.argmax(-1) == qy).float().mean(-1))  # [B]
+        loss = F.cross_entropy(logits.flatten(0, 1), qy.flatten(), reduction="none")
+        losses.append(loss.view(qy.shape).float().mean(-1))
+    if not accuracies:  # a process with no tasks (fewer tasks than processes)
+        return torch.zeros((0, 2), device=sampler.device)
+    return torch.stack([torch.cat(accuracies), torch.cat(losses)], dim=-1)
+
+
+def load_member(template: MAMLpp, path: Path, device: torch.device | str | None = None) -> MAMLpp:
+    """A copy of ``template`` holding the model state of checkpoint ``path``."""
+    return member_from_state(template, load_checkpoint(path)["model"], path, device)
+
+
+def member_from_state(
+    template: MAMLpp,
+    model_state: dict[str, torch.Tensor],
+    source: Path | str,
+    device: torch.device | str | None = None,
+) -> MAMLpp:
+    """A copy of ``template`` holding ``model_state`` (read from ``source``, named in errors)."""
+    member = copy.deepcopy(template)
+    try:
+        member.load_state_dict(model_state)
+    except (RuntimeError, KeyError) as error:
+        first = str(error).splitlines()[0]
+        raise MamlppError(f"checkpoint {source} does not fit this model: {first}") from None
+    if device is not None:
+        member.to(device)
+    return member
+
+
+def ensemble_paths(run: RunDir, k: int) -> list[Path]:
+    """The top-``k`` kept epoch checkpoints by validation accuracy (best first).
+
+    The ranking comes from the latest checkpoint's validation history; with no epoch
+    checkpoints yet, the latest checkpoint alone.
+    """
+    kept = run.epoch_checkpoints()
+    if run.latest.is_file():
+        history = load_checkpoint(run.latest).get("history", [])
+        ranked = [e for e in top_k_epochs(history, len(history)) if e in kept]
+    else:
+        ranked = sorted(kept)
+    paths = [kept[e] for e in ranked[:k]]
+    if not paths and run.latest.is_file():
+        paths = [run.latest]
+    if not paths:
+        raise MamlppError(f"no checkpoints in {run.checkpoints}")
+    return paths
+
+
+def task_fingerprint(sampler: EpisodeSampler, tasks: int) -> str:
+    """A hash of the classes, images and rotations of tasks ``0..tasks-1``: two runs with the
+    same fingerprint were tested on the same tasks."""
+    episodes = sampler.sample_indices(torch.arange(tasks))
+    digest = hashlib.sha256()
+    split = sampler.split
+    digest.update(f"{split.name}:{split.num_classes}:{split.num_images}:{tasks}".encode())
+    for tensor in (episodes.classes, episodes.images, episodes.rotations):
+        digest.update(tensor.to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

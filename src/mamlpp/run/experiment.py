@@ -1,0 +1,443 @@
+"""The experiment configuration: a frozen tree of sections, read from presets, TOML and ``--set``.
+
+Precedence: preset, then a TOML file, then ``--set section.key=value`` overrides. Every key is
+checked against the dataclass field types, so an unknown key, a wrong type or an impossible
+combination is a one-line :class:`~mamlpp.errors.ConfigError` (exit code 2 in the CLI).
+
+Sections::
+
+    preset = "quickstart"           # the base the run was built from (informational)
+    [data]   dataset, ways, shots, targets (query images per class), image_size; for own
+             image folders also channels, normalize, resize, val_fraction, test_fraction,
+             split_seed
+    [model]  backbone ("conv4" or "resnet12"), channels
+    [meta]   exactly the MetaConfig fields except total_epochs, which is train.epochs
+    [train]  epochs, iterations_per_epoch, tasks_per_batch, seed, log_every, checkpoint_every,
+             threads, tensorboard
+    [eval]   val_tasks, test_tasks, batch_size, top_k, val_seed, test_seed
+
+``meta.total_epochs`` is not a key of its own: cosine annealing, the MSL and DA schedules and the
+loop all count the same ``train.epochs``, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from mamlpp.core.config import MetaConfig
+from mamlpp.engine.precision import Precision
+from mamlpp.errors import ConfigError
+
+DatasetName = Literal[
+    "omniglot",
+    "omniglot-vinyals",
+    "mini-imagenet",
+    "synthetic",
+    "folder",
+    "cifar-fs",
+    "fc100",
+    "tiered-imagenet",
+]
+BackboneName = Literal["conv4", "resnet12"]
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: DatasetName = "omniglot"
+    ways: int = 5
+    shots: int = 1
+    # Query (target) images per class: 1 in the reference Omniglot configs, 15 on mini-ImageNet.
+    targets: int = 1
+    image_size: int = 28
+    # Own images (dataset "folder", see mamlpp.data.folder); the other datasets fix these.
+    channels: Literal["auto", "grey", "rgb"] = "auto"  # auto: grey if every image is grey
+    normalize: Literal["auto", "unit", "half", "imagenet"] = "auto"  # auto: unit ([0, 1])
+    resize: Literal["always", "never"] = "always"  # never: refuse images not image_size square
+    val_fraction: float = 0.15  # flat DIR/<class>/ folders: classes held out for validation
+    test_fraction: float = 0.15  # ... and for the test
+    split_seed: int = 0  # ... shuffled with this seed
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    backbone: BackboneName = "conv4"
+    # conv4: filters per layer (64 on Omniglot, 48 on mini-ImageNet); resnet12: the first
+    # block's width, the others 2.5x, 5x and 10x of it (64 -> the standard 64-160-320-640).
+    channels: int = 64
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 100
+    iterations_per_epoch: int = 500
+    tasks_per_batch: int = 8
+    seed: int = 0
+    # A metrics line (means over the window) every log_every iterations and at each epoch end.
+    log_every: int = 25
+    # An extra mid-epoch checkpoint every N iterations (0: only at the end of each epoch).
+    checkpoint_every: int = 0
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    tensorboard: bool = True  # log to RUN_DIR/tensorboard when the optional extra is installed
+    # On CUDA: replay each meta-iteration from a CUDA graph (mamlpp.engine.step_runner.FastMetaStep).
+    cuda_graph: bool = True
+    # When capture fails: "error" stops with the operation and source line that broke it;
+    # "eager" warns, trains without graphs and records that in the log and summary.json.
+    graph_fallback: Literal["error", "eager"] = "error"
+    # Distributed: the collectives inside the graph or eagerly between the replays of its two
+    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.distributed).
+    graph_sync: Literal["auto", "in-graph", "after-replay"] = "auto"
+    # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
+    # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).
+    precision: Precision = "fp32"
+    # How the tasks of a meta-batch run: "auto" measures the candidates on CUDA at start (the
+    # CPU uses "batched"), or one of "batched" (grouped convolutions), "loop", "vmap".
+    execution: Literal["auto", "batched", "loop", "vmap"] = "auto"
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    val_tasks: int = 600
+    test_tasks: int = 600
+    batch_size: int = 50  # tasks adapted together in one batched call
+    top_k: int = 5  # checkpoints in the test ensemble (paper-era code: 3, later: 5)
+    val_seed: int = 1
+    test_seed: int = 2
+
+
+# Keys of MetaConfig that the [meta] section exposes: all but total_epochs (= train.epochs).
+META_KEYS = tuple(f.name for f in fields(MetaConfig) if f.name != "total_epochs")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    preset: str = "quickstart"
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (the form stored in checkpoints and config.toml)."""
+        tree: dict[str, Any] = {"preset": self.preset}
+        for name in SECTIONS:
+            section = dataclasses.asdict(getattr(self, name))
+            if name == "meta":
+                section.pop("total_epochs")
+            tree[name] = section
+        return tree
+
+    @property
+    def techniques(self) -> list[str]:
+        """The MAML++ techniques switched on, in the paper's order (empty = plain MAML)."""
+        return [tag for tag, on in self.meta.techniques.items() if on]
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSection,
+    "model": ModelSection,
+    "meta": MetaConfig,
+    "train": TrainSection,
+    "eval": EvalSection,
+}
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def build_config(tree: dict[str, Any]) -> ExperimentConfig:
+    """An ExperimentConfig from a (possibly partial) nested dict, fully validated."""
+    check_keys(tree, where="config")
+    preset = tree.get("preset", "quickstart")
+    if not isinstance(preset, str):
+        raise ConfigError(f"preset must be a string, got {preset!r}")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        if name == "meta":
+            continue  # built below, once train.epochs is known
+        sections[name] = cls(
+            **{
+                key: _coerce(f"{name}.{key}", value, _field_types(cls)[key])
+                for key, value in tree.get(name, {}).items()
+            }
+        )
+    meta_values = {
+        key: _coerce(f"meta.{key}", value, _field_types(MetaConfig)[key])
+        for key, value in tree.get("meta", {}).items()
+    }
+    if sections["train"].epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {sections['train'].epochs}")
+    # MetaConfig's own validation (types, ranges, combinations) applies here; its messages
+    # name bare fields, so they get their section.
+    try:
+        meta = MetaConfig(**meta_values, total_epochs=sections["train"].epochs)
+    except ConfigError as error:
+        raise ConfigError(f"meta.{error}") from None
+    config = ExperimentConfig(preset=preset, meta=meta, **sections)
+    validate(config)
+    return config
+
+
+def check_keys(tree: dict[str, Any], where: str) -> None:
+    """Unknown sections and keys are errors, with a did-you-mean suggestion."""
+    for name, value in tree.items():
+        if name == "preset":
+            continue
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section [{name}] in {where}{suggest(name, SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] in {where} must be a table of key = value pairs")
+        known = _known_keys(name)
+        for key in value:
+            if name == "meta" and key == "total_epochs":
+                raise ConfigError("meta.total_epochs is set by train.epochs; set train.epochs")
+            if key not in known:
+                raise ConfigError(f"unknown key {name}.{key} in {where}{suggest(key, known)}")
+
+
+def _known_keys(section: str) -> tuple[str, ...]:
+    if section == "meta":
+        return META_KEYS
+    return tuple(f.name for f in fields(SECTIONS[section]))
+
+
+def suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; int -> float is the one conversion."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            options = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{key} must be one of {options}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        # TOML has no null: an optional value is switched off with "none".
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _coerce(key, value, args[0])
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {hint!r} for {key}")  # a programming error
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Ranges and combinations across sections (MetaConfig validates its own fields)."""
+    d, m, t, e = config.data, config.model, config.train, config.eval
+    positive = {
+        "data.ways": d.ways,
+        "data.shots": d.shots,
+        "data.targets": d.targets,
+        "data.image_size": d.image_size,
+        "model.channels": m.channels,
+        "train.epochs": t.epochs,
+        "train.iterations_per_epoch": t.iterations_per_epoch,
+        "train.tasks_per_batch": t.tasks_per_batch,
+        "train.log_every": t.log_every,
+        "eval.val_tasks": e.val_tasks,
+        "eval.test_tasks": e.test_tasks,
+        "eval.batch_size": e.batch_size,
+        "eval.top_k": e.top_k,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key, value in {
+        "train.seed": t.seed,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.threads": t.threads,
+        "eval.val_seed": e.val_seed,
+        "eval.test_seed": e.test_seed,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if d.ways < 2:
+        raise ConfigError(f"data.ways must be >= 2 (a task needs two classes), got {d.ways}")
+    if d.image_size < 16:
+        raise ConfigError(
+            f"data.image_size must be >= 16 (conv4 halves it four times), got {d.image_size}"
+        )
+    if d.dataset == "mini-imagenet" and d.image_size != 84:
+        raise ConfigError(f"mini-imagenet images are 84x84; data.image_size={d.image_size}")
+    _validate_folder_keys(d)
+    if t.checkpoint_every and t.checkpoint_every % t.log_every:
+        # Metrics windows must be closed at every checkpoint, or a resume would lose half a
+        # window and the metrics file would differ from an uninterrupted run.
+        raise ConfigError(
+            f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
+            f"train.log_every ({t.log_every})"
+        )
+
+
+def _validate_folder_keys(d: DataSection) -> None:
+    """The own-image keys apply to data.dataset="folder" only: elsewhere they would be ignored."""
+    defaults = DataSection()
+    if d.dataset != "folder":
+        for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(
+                    f"data.{key} applies to data.dataset='folder' only (the {d.dataset} "
+                    "dataset fixes its own preprocessing)"
+                )
+    for key in ("val_fraction", "test_fraction"):
+        if not 0.0 < getattr(d, key) < 1.0:
+            raise ConfigError(f"data.{key} must be between 0 and 1, got {getattr(d, key)}")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction must be < 1 (leave classes to train on), "
+            f"got {d.val_fraction} + {d.test_fraction}"
+        )
+    if d.split_seed < 0:
+        raise ConfigError(f"data.split_seed must be >= 0, got {d.split_seed}")
+
+
+# ------------------------------------------------------------------------------ TOML and --set
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+
+
+def parse_set(assignment: str) -> tuple[str, str, Any]:
+    """``"train.epochs=3"`` -> ``("train", "epochs", 3)``.
+
+    The value is read as a TOML literal (``3``, ``1e-3``, ``true``, ``"x"``); anything that is
+    not one (``omniglot``) is taken as a plain string.
+    """
+    key, sep, text = assignment.partition("=")
+    key, text = key.strip(), text.strip()
+    section, dot, name = key.partition(".")
+    if not sep or not dot or not section or not name or "." in name:
+        raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return section, name, value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; ``override`` wins (returns a new dict)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def to_toml(config: ExperimentConfig, header: str = "") -> str:
+    """The resolved configuration as TOML (written by tomli-w) that :func:`read_toml` +
+    :func:`build_config` read back to an equal config; ``None`` is written as ``"none"``."""
+    tree = config.to_dict()
+    tables = {name: {k: _toml_safe(v) for k, v in tree[name].items()} for name in SECTIONS}
+    comments = [*header.splitlines(), "meta.total_epochs is train.epochs"]
+    body = tomli_w.dumps({"preset": tree["preset"], **tables})
+    return "".join(f"# {line}\n" for line in comments) + body
+
+
+def toml_value(value: Any) -> str:
+    """One value as a TOML literal (what ``--set section.key=VALUE`` reads back)."""
+    return tomli_w.dumps({"v": _toml_safe(value)}).removeprefix("v = ").strip()
+
+
+def _toml_safe(value: Any) -> Any:
+    return "none" if value is None else value
+
+
+# ------------------------------------------------------------------------------ resume checks
+
+# Keys that may differ when a run is resumed: they change neither the training stream nor the
+# checkpoints it writes.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "eval.test_tasks",
+        "eval.batch_size",
+        "eval.top_k",
+        "train.tensorboard",
+        "train.threads",
+        # Same mathematics, another way to run it.
+        "train.cuda_graph",
+        "train.graph_fallback",
+        "train.graph_sync",
+        "train.execution",
+    }
+)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``section.key`` of every value that differs between two config dicts. A key missing
+    from one of them (a run saved before the key existed) counts as its default value."""
+    diffs = []
+    for name in SECTIONS:
+        defaults = {f.name: f.default for f in fields(SECTIONS[name])}
+        for key in sorted(set(old.get(name, {})) | set(new.get(name, {}))):
+            before = old.get(name, {}).get(key, defaults.get(key))
+            if before != new.get(name, {}).get(key, defaults.get(key)):
+                diffs.append(f"{name}.{key}")
+    return diffs
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to continue a run with a config that would change what it trains."""
+    # A key added to mamlpp after the run started (e.g. data.channels) did not exist then: the
+    # run behaved as its default does, so the default stands in for it.
+    old = merge(ExperimentConfig().to_dict(), old)
+    blocking = [k for k in config_differences(old, new) if k not in RESUMABLE_CHANGES]
+    if blocking:
+        shown = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(new, k)!r})" for k in blocking[:4])
+        more = f" and {len(blocking) - 4} more" if len(blocking) > 4 else ""
+        raise ConfigError(
+            f"cannot resume: the config differs from the run's in {shown}{more}; "
+            "start a new run (another --out) instead"
+        )
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return tree.get(section, {}).get(key)

@@ -1,0 +1,106 @@
+"""The run folder's life: refuse a folder that holds another run, find the checkpoint to resume
+from (falling back to the newest intact epoch file), and reconcile the folder with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.run.checkpoint import (
+    DamagedCheckpoint,
+    atomic_save,
+    load_checkpoint,
+    remove_stale_temporaries,
+    top_k_epochs,
+)
+from mamlpp.run.experiment import ExperimentConfig, check_resumable, to_toml
+from mamlpp.run.run_dir import RunDir, read_metrics, read_run_config, truncate_metrics
+from mamlpp.util.atomic import atomic_write
+
+
+def check_run_folder(run: RunDir, resume: bool, config: ExperimentConfig | None = None) -> None:
+    """Refuse a folder that already holds a run unless resuming, and (given ``config``) a
+    resume whose config would change the run. Cheap: call it before loading any data."""
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"--out {run.root} exists and is not a folder")
+    started = run.has_training_state() or run.metrics.is_file() or bool(run.epoch_checkpoints())
+    if started and not resume:
+        raise ConfigError(
+            f"{run.root} already holds a run; continue it with --resume or choose another --out"
+        )
+    if not (resume and started and config is not None):
+        return
+    if not run.config.is_file():
+        raise ConfigError(f"cannot resume {run.root}: it has training files but no config.toml")
+    check_resumable(read_run_config(run).to_dict(), config.to_dict())
+
+
+def kept_top_k(state: dict[str, Any]) -> int:
+    """The top-k whose epoch files a checkpoint's run keeps (older checkpoints: its eval.top_k)."""
+    return int(state.get("keep_top_k", state["config"]["eval"]["top_k"]))
+
+
+def resume_state(run: RunDir, say: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The state to resume from: ``latest.pt``, else (announced) the newest intact epoch file.
+
+    None only for a run with no checkpoint and no finished epoch; a run with history whose
+    checkpoints are all damaged or gone is refused, never silently restarted."""
+    problem = None
+    if run.latest.is_file():
+        try:
+            return load_checkpoint(run.latest)
+        except DamagedCheckpoint as error:
+            problem = str(error)
+    elif run.epoch_checkpoints():
+        problem = f"{run.latest} is missing"
+    for epoch, path in sorted(run.epoch_checkpoints().items(), reverse=True):
+        try:
+            state = load_checkpoint(path)
+        except DamagedCheckpoint as error:
+            say(f"warning: {error}")
+            continue
+        say(f"warning: {problem}; resuming from {path.name}, the end of epoch {epoch}")
+        atomic_save(state, run.latest)  # the intact state becomes latest.pt again
+        return state
+    finished = sum(r.get("kind") == "val" for r in read_metrics(run.metrics))
+    if problem or finished:
+        why = problem or f"{run.checkpoints} holds no checkpoint"
+        raise MamlppError(
+            f"cannot resume {run.root}: {why}, no intact epoch checkpoint remains and "
+            f"metrics.jsonl records {finished} finished epoch(s); move the folder away to start "
+            "again"
+        )
+    return None
+
+
+def prepare_run(
+    config: ExperimentConfig, run: RunDir, resume: bool, say: Callable[[str], None] = print
+) -> dict[str, Any] | None:
+    """Check the folder against ``resume``; return the checkpoint to resume from (or None).
+
+    A folder that already holds training state is never reused without ``--resume``, so two
+    runs (say MAML and MAML++) cannot write into one folder by accident.
+    """
+    check_run_folder(run, resume)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run.checkpoints)
+    state = resume_state(run, say) if resume else None
+    if state is not None:
+        check_resumable(state["config"], config.to_dict())
+        truncate_metrics(run.metrics, int(state["progress"]["step"]))
+        # Reconcile the epoch files with the checkpoint (a kill may have come mid-way); the
+        # largest top-k ever used decides, so a smaller eval.top_k never deletes a checkpoint.
+        keep_k = max(config.eval.top_k, kept_top_k(state))
+        keep = set(top_k_epochs(state["history"], keep_k))
+        for epoch, path in run.epoch_checkpoints().items():
+            if epoch not in keep or epoch > int(state["progress"]["epoch"]):
+                path.unlink(missing_ok=True)
+    elif run.metrics.is_file():
+        if resume:
+            say(f"no checkpoint yet in {run.checkpoints}: starting again from iteration 0")
+        truncate_metrics(run.metrics, 0)  # killed before the first checkpoint: start over
+    header = "mamlpp run configuration (preset, then --config file, then --set overrides)"
+    with atomic_write(run.config, "w", encoding="utf-8") as handle:
+        handle.write(to_toml(config, header))
+    return state

@@ -1,0 +1,281 @@
+"""A trained model applied to the user's own images: adapt to a labelled support set, predict.
+
+:class:`FewShotPredictor` holds one or more trained learners (a checkpoint ensemble averages
+their logits, as :func:`mamlpp.run.evaluate.evaluate` does) and the run's image
+:class:`~mamlpp.data.images.Preprocessing`. It comes from a run folder
+(:meth:`FewShotPredictor.from_run`) or from one exported file (:func:`load`), and
+``mamlpp adapt`` and ``mamlpp export`` are thin wrappers around it, so the command line and the
+Python API give the same probabilities by construction.
+
+The exported file is a plain dict that ``torch.load(weights_only=True)`` reads::
+
+    format = "mamlpp-model", version = 1, mamlpp_version
+    config        the run's resolved config (nested dict, as in checkpoints)
+    preprocessing size, channels, mean, std, resampling, resize rule
+    members       [state_dict, ...] one per ensemble member (CPU tensors)
+    checkpoints   the checkpoint file names they came from
+
+Adaptation is the evaluation inner loop of the run's settings (first order, S steps, BN step S-1).
+With ``meta.bn_mode = "transductive"`` (the default, as the authors' code) batch norm uses the
+statistics of the batch it sees, so a query image's probabilities depend on the other query images
+predicted with it; all queries of one call form one batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mamlpp.core.learner import MAMLpp
+from mamlpp.data.images import ImageLike, Preprocessing
+from mamlpp.errors import DataError, MamlppError
+from mamlpp.run.checkpoint import atomic_save, load_checkpoint
+from mamlpp.run.datasource import preprocessing_for
+from mamlpp.run.evaluate import ensemble_paths, load_member
+from mamlpp.run.experiment import ExperimentConfig, build_config
+from mamlpp.run.run_dir import read_run_config, require_run_dir
+
+MODEL_FORMAT = "mamlpp-model"
+MODEL_VERSION = 1
+
+
+class InputError(MamlppError):
+    """Support or query images the model cannot use (a usage error: exit code 2)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities of every query image over the support set's classes."""
+
+    classes: list[str]  # column order of ``probabilities``
+    probabilities: torch.Tensor  # float32 [Q, N]; each row sums to 1
+    notes: list[str] = field(default_factory=list)  # e.g. a shot count unlike training
+
+    @property
+    def predicted(self) -> list[str]:
+        """The most probable class of each query."""
+        return [self.classes[i] for i in self.probabilities.argmax(-1).tolist()]
+
+    @property
+    def confidence(self) -> list[float]:
+        """The probability of each query's predicted class."""
+        return self.probabilities.max(-1).values.tolist()
+
+
+class FewShotPredictor:
+    """Trained learners plus the run's preprocessing; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        members: Sequence[MAMLpp],
+        preprocessing: Preprocessing,
+        sources: Sequence[str] = (),
+    ) -> None:
+        if not members:
+            raise MamlppError("a predictor needs at least one trained learner")
+        self.config = config
+        self.members = list(members)
+        self.preprocessing = preprocessing
+        self.sources = list(sources)  # checkpoint names, for reports
+
+    @property
+    def ways(self) -> int:
+        return self.config.data.ways
+
+    @property
+    def shots(self) -> int:
+        return self.config.data.shots
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members[0].parameters()).device
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_run(
+        cls, run_dir: str | Path, top_k: int = 1, device: torch.device | str = "cpu"
+    ) -> FewShotPredictor:
+        """The top-``top_k`` checkpoints of a run folder by validation accuracy."""
+        if top_k < 1:
+            raise InputError(f"--top-k must be >= 1, got {top_k}")
+        run = require_run_dir(run_dir)
+        config = read_run_config(run)
+        paths = ensemble_paths(run, top_k)
+        shape = load_checkpoint(paths[0]).get("shape")
+        channels = int(shape[0]) if shape else preprocessing_for(config.data).channels
+        template = _template(config, channels, device)
+        members = [load_member(template, path, device) for path in paths]
+        preprocessing = preprocessing_for(config.data, channels)
+        return cls(config, members, preprocessing, [p.name for p in paths])
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> FewShotPredictor:
+        """A model written by :meth:`export` (``mamlpp export``)."""
+        path = Path(path)
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise MamlppError(f"model file {path} does not exist") from None
+        except Exception as error:  # torch raises many types for a damaged or foreign file
+            raise MamlppError(f"cannot read model file {path}: {error}".splitlines()[0]) from None
+        if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+            raise MamlppError(f"{path} is not an exported mamlpp model (see `mamlpp export`)")
+        if record.get("version") != MODEL_VERSION:
+            found = record.get("version")
+            raise MamlppError(f"{path} is model format {found}, not {MODEL_VERSION}")
+        config = build_config(record["config"])
+        preprocessing = Preprocessing.from_dict(record["preprocessing"])
+        template = _template(config, preprocessing.channels, device)
+        members = []
+        for state in record["members"]:
+            member = copy.deepcopy(template)
+            try:
+                member.load_state_dict(state)
+            except (RuntimeError, KeyError) as error:
+                first = str(error).splitlines()[0]
+                raise MamlppError(f"{path}: the weights do not fit the model: {first}") from None
+            members.append(member.to(device))
+        return cls(config, members, preprocessing, record.get("checkpoints", []))
+
+    def export(self, path: str | Path) -> None:
+        """Write this predictor as one file (atomically; see the module docstring)."""
+        from mamlpp import __version__
+
+        record = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "mamlpp_version": __version__,
+            "config": self.config.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "members": [
+                {k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.members
+            ],
+            "checkpoints": list(self.sources),
+        }
+        atomic_save(record, path)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def prepare_support(
+        self,
+        support: Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
+        class_names: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+        """(support_x [N*K, C, S, S], support_y [N*K], class names, notes), checked."""
+        if isinstance(support, Mapping):
+            if class_names is not None:
+                raise InputError(
+                    "give class names as the keys of the support mapping or as "
+                    "class_names, not both"
+                )
+            names = [str(name) for name in support]
+            per_class = [_image_list(support[name]) for name in support]
+            images = [image for group in per_class for image in group]
+            targets = [i for i, group in enumerate(per_class) for _ in group]
+        else:
+            images = _image_list(support)
+            if class_names is None or len(class_names) != len(images):
+                raise InputError("a support list needs class_names: one class name per image")
+            names = list(dict.fromkeys(str(c) for c in class_names))  # first-appearance order
+            index = {name: i for i, name in enumerate(names)}
+            targets = [index[str(c)] for c in class_names]
+        counts = [targets.count(i) for i in range(len(names))]
+        empty = [name for name, count in zip(names, counts, strict=True) if count == 0]
+        if empty:
+            raise InputError(f"support class {empty[0]!r} has no images")
+        if len(names) != self.ways:
+            raise InputError(
+                f"the support set has {len(names)} classes, but the model was trained for "
+                f"{self.ways}-way tasks (its output layer has {self.ways} classes)"
+            )
+        notes = []
+        if min(counts) != max(counts):
+            notes.append(f"support classes have {min(counts)} to {max(counts)} images each")
+        if max(counts) != self.shots or min(counts) != self.shots:
+            shown = counts[0] if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+            notes.append(
+                f"{shown} support images per class; the model was trained on "
+                f"{self.shots}-shot tasks (allowed: adaptation uses every support image)"
+            )
+        x = self._batch(images, labels or [f"support image {i}" for i in range(len(images))])
+        return x, torch.tensor(targets, dtype=torch.int64), names, notes
+
+    def prepare_query(
+        self, query: Sequence[ImageLike] | ImageLike, labels: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """query_x [Q, C, S, S] (one image, a list, or a tensor [Q, C, S, S])."""
+        items = _image_list(query)
+        if not items:
+            raise InputError("no query images")
+        return self._batch(items, labels or [f"query image {i}" for i in range(len(items))])
+
+    def _batch(self, images: Sequence[ImageLike], labels: Sequence[str]) -> torch.Tensor:
+        try:
+            return self.preprocessing.batch(images, labels)
+        except DataError as error:
+            raise InputError(str(error)) from None
+
+    def predict_prepared(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
+    ) -> torch.Tensor:
+        """Probabilities [Q, N]: softmax of the members' averaged logits."""
+        device = self.device
+        sx, sy, qx = support_x.to(device), support_y.to(device), query_x.to(device)
+        # The run's thread setting, as `mamlpp evaluate` does (small models: one thread is
+        # faster on a busy CPU); the caller's setting is restored.
+        threads = torch.get_num_threads()
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
+        try:
+            logits = sum(m.adapt_and_predict(sx, sy, qx) for m in self.members)
+        finally:
+            torch.set_num_threads(threads)
+        return torch.softmax(logits.float() / len(self.members), dim=-1).cpu()
+
+    def adapt_and_predict(
+        self,
+        support: Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
+        query: Sequence[ImageLike] | ImageLike,
+        class_names: Sequence[str] | None = None,
+    ) -> Prediction:
+        """Adapt to ``support`` and return the class probabilities of every ``query`` image.
+
+        ``support`` is ``{class name: [images]}`` or a list of images with ``class_names`` (one
+        per image). Images are file paths, encoded bytes, PIL images, or tensors ``[C, S, S]``
+        (uint8 0..255, or floating 0..1); ``query`` may also be one image or ``[Q, C, S, S]``.
+        """
+        sx, sy, names, notes = self.prepare_support(support, class_names)
+        qx = self.prepare_query(query)
+        return Prediction(names, self.predict_prepared(sx, sy, qx), notes)
+
+
+def _image_list(value: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
+    """One image (path, bytes, PIL image, tensor [C, S, S]) or several (a sequence, or a tensor
+    [B, C, S, S]) as a list."""
+    if isinstance(value, torch.Tensor):
+        return list(value.unbind(0)) if value.dim() == 4 else [value]
+    if isinstance(value, str | Path | bytes) or not isinstance(value, Sequence):
+        return [value]  # a path, bytes or a PIL image: one image
+    return list(value)
+
+
+def _template(config: ExperimentConfig, channels: int, device: torch.device | str) -> MAMLpp:
+    """The run's learner, built by the training code's own builder (so any backbone it knows
+    works here); its seeding is kept from touching the caller's random state."""
+    from mamlpp.run.build import build_learner
+
+    with torch.random.fork_rng(devices=[]):
+        return build_learner(config, channels, device)
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> FewShotPredictor:
+    """A model exported with ``mamlpp export RUN_DIR model.pt``, ready for
+    :meth:`FewShotPredictor.adapt_and_predict`."""
+    return FewShotPredictor.from_file(path, device)

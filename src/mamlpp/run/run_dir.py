@@ -1,0 +1,210 @@
+"""The run folder: where a training run keeps its config, metrics, checkpoints and summary.
+
+::
+
+    RUN_DIR/
+      config.toml          the resolved configuration (preset + file + --set)
+      metrics.jsonl        one JSON object per line: "train" lines and one "val" line per epoch
+      checkpoints/
+        latest.pt          the newest state (exact resume starts here)
+        epoch-NNNN.pt      the top-k epochs by validation accuracy (the test ensemble)
+      summary.json         test accuracy, 95% CI, tasks, ensemble size, wall time, it/s
+      tensorboard/         only when the optional extra is installed
+      .lock                held by the process that trains in the folder (one writer at a time)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.run.checkpoint import epoch_checkpoint_name, epoch_of
+from mamlpp.run.experiment import ExperimentConfig, build_config, read_toml
+from mamlpp.util.atomic import atomic_write
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / epoch_checkpoint_name(epoch)
+
+    def epoch_checkpoints(self) -> dict[int, Path]:
+        """``{epoch: path}`` of the kept per-epoch checkpoints."""
+        found = {}
+        if self.checkpoints.is_dir():
+            for path in self.checkpoints.glob("epoch-*.pt"):
+                epoch = epoch_of(path)
+                if epoch is not None:
+                    found[epoch] = path
+        return dict(sorted(found.items()))
+
+    def has_training_state(self) -> bool:
+        return self.latest.is_file()
+
+
+@contextlib.contextmanager
+def locked(run: RunDir) -> Iterator[None]:
+    """Hold the run folder's lock while training writes into it; a second writer (another
+    process, or another rank started by ``torchrun``) is refused with a one-line error.
+
+    An advisory ``flock`` that the kernel releases when its holder exits, however it exits, so
+    a lock file left by a killed process never blocks ``--resume``. Where ``fcntl`` does not
+    exist (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not on POSIX)
+        yield
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    handle = open(run.root / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        by = f" (pid {holder})" if holder else ""
+        raise ConfigError(
+            f"{run.root} is in use by another mamlpp process{by}; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def default_run_dir(preset: str, base: Path = Path("runs"), now: float | None = None) -> Path:
+    """``runs/<preset>-<YYYYmmdd-HHMMSS>``: MAML and MAML++ runs never share a folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    candidate = base / f"{preset}-{stamp}"
+    suffix = 2
+    while candidate.exists():
+        candidate = base / f"{preset}-{stamp}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+def require_run_dir(path: str | Path) -> RunDir:
+    run = RunDir(Path(path))
+    if not run.config.is_file():
+        raise MamlppError(f"{run.root} is not a mamlpp run folder (no config.toml)")
+    return run
+
+
+def read_run_config(run: RunDir) -> ExperimentConfig:
+    """The run's resolved config.toml (complete, so no preset lookup is needed)."""
+    return build_config(read_toml(run.config))
+
+
+# ------------------------------------------------------------------------------ metrics.jsonl
+
+
+class MetricsLog:
+    """Append-only JSON lines; each line is flushed so a killed run loses at most one line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self._handle.flush()
+
+    def sync(self) -> None:
+        """Flush to disk (called before a checkpoint that refers to these lines)."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete lines (a torn last line from a kill is skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def run_status(summary: dict[str, Any] | None, metrics: list[dict[str, Any]], epochs: int) -> str:
+    """A run's state from its files: "complete" (summary.json written), "failed in epoch N
+    (non-finite loss)" (the trainer's last metrics line; a resume truncates it away), "epoch k/E"
+    (validations so far) or "not started"."""
+    if summary is not None:
+        return "complete"
+    if metrics and metrics[-1].get("kind") == "failed":
+        return f"failed in epoch {metrics[-1]['epoch']} (non-finite loss)"
+    if not metrics:
+        return "not started"
+    done = max((r["epoch"] for r in metrics if r.get("kind") == "val"), default=0)
+    return f"epoch {done}/{epochs}"
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the lines up to iteration ``step`` (those the resumed checkpoint had seen):
+    the resumed run writes the rest again, so nothing is duplicated."""
+    kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        for record in kept:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (summary.json is read by `report` while runs may still be writing)."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,4 @@
+"""Infrastructure with no MAML in it: atomic file writes, text formatting, progress bars.
+
+The lowest layer beside :mod:`mamlpp.errors`: it imports nothing else of the package.
+"""
