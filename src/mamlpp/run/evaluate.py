@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
+from mamlpp.core.algorithm import per_task_accuracy, per_task_cross_entropy
 from mamlpp.core.learner import MAMLpp
 from mamlpp.data import EpisodeSampler
 from mamlpp.errors import MamlppError
@@ -111,9 +111,8 @@ def _score_tasks(
             logits = logits + model.adapt_and_predict(sx, sy, qx)
         if len(members) > 1:
             logits = logits / len(members)
-        accuracies.append((logits.argmax(-1) == qy).float().mean(-1))  # [B]
-        loss = F.cross_entropy(logits.flatten(0, 1), qy.flatten(), reduction="none")
-        losses.append(loss.view(qy.shape).float().mean(-1))
+        accuracies.append(per_task_accuracy(logits, qy).float())  # [B]
+        losses.append(per_task_cross_entropy(logits, qy).float())  # [B]
     if not accuracies:  # a process with no tasks (fewer tasks than processes)
         return torch.zeros((0, 2), device=sampler.device)
     return torch.stack([torch.cat(accuracies), torch.cat(losses)], dim=-1)

@@ -23,19 +23,20 @@ predicted with it; all queries of one call form one batch.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mamlpp import __version__
 from mamlpp.core.learner import MAMLpp
 from mamlpp.data.images import ImageLike, Preprocessing
 from mamlpp.errors import DataError, MamlppError
+from mamlpp.run.build import build_learner
 from mamlpp.run.checkpoint import atomic_save, load_checkpoint
 from mamlpp.run.datasource import preprocessing_for
-from mamlpp.run.evaluate import ensemble_paths, load_member
+from mamlpp.run.evaluate import ensemble_paths, load_member, member_from_state
 from mamlpp.run.experiment import ExperimentConfig, build_config
 from mamlpp.run.run_dir import read_run_config, require_run_dir
 
@@ -133,21 +134,11 @@ class FewShotPredictor:
         config = build_config(record["config"])
         preprocessing = Preprocessing.from_dict(record["preprocessing"])
         template = _template(config, preprocessing.channels, device)
-        members = []
-        for state in record["members"]:
-            member = copy.deepcopy(template)
-            try:
-                member.load_state_dict(state)
-            except (RuntimeError, KeyError) as error:
-                first = str(error).splitlines()[0]
-                raise MamlppError(f"{path}: the weights do not fit the model: {first}") from None
-            members.append(member.to(device))
+        members = [member_from_state(template, s, path, device) for s in record["members"]]
         return cls(config, members, preprocessing, record.get("checkpoints", []))
 
     def export(self, path: str | Path) -> None:
         """Write this predictor as one file (atomically; see the module docstring)."""
-        from mamlpp import __version__
-
         record = {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
@@ -269,8 +260,6 @@ def _image_list(value: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
 def _template(config: ExperimentConfig, channels: int, device: torch.device | str) -> MAMLpp:
     """The run's learner, built by the training code's own builder (so any backbone it knows
     works here); its seeding is kept from touching the caller's random state."""
-    from mamlpp.run.build import build_learner
-
     with torch.random.fork_rng(devices=[]):
         return build_learner(config, channels, device)
 
