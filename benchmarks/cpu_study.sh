@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU-budget reproduction study on real Omniglot 5-way 1-shot (spec sections 1 and 4), run on
+# The CPU-budget reproduction study on real Omniglot 5-way 1-shot (the paper, section 4), run on
 # a 2-core CPU and published into docs/results/ by the tool itself.
 #
 #   1. `mamlpp bench`: one meta-iteration of the batched path vs the loop path (tasks one by one,

@@ -1,7 +1,8 @@
-"""Data-parallel scaling: seconds per meta-iteration with 1..G processes (mamlpp.engine.distributed).
+"""Data-parallel scaling: seconds per meta-iteration with 1..G processes (engine.distributed).
 
 Each process runs the trainer's outer step (:class:`mamlpp.engine.step_runner.FastMetaStep` with the
-:class:`~mamlpp.engine.distributed.Distributed` sync: its B/G tasks, one all-reduce of the gradients,
+:class:`~mamlpp.engine.distributed.Distributed` sync: its B/G tasks, one all-reduce of the
+gradients,
 a gather of the BN statistics, the same Adam step) on fixed random episodes of a preset's
 shapes; the sampler is not timed. Rank 0 reports the median over timed iterations of the
 slowest rank (a barrier closes every iteration).

@@ -1,4 +1,4 @@
-"""Seconds per meta-iteration, FLOP rate against a large matmul, peak memory (see mamlpp.studies.bench).
+"""Seconds per meta-iteration, FLOP rate against a large matmul, peak memory (studies.bench).
 
 python benchmarks/meta_step.py --configs omniglot-20w1s --paths batched,loop --json out.json
 """

@@ -2,7 +2,8 @@
 
 ``python tests/distributed_helpers.py OUT`` (with torchrun's variables RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT in the environment) trains the tiny synthetic problem of
-:func:`train_tiny` through :class:`mamlpp.engine.distributed.Distributed` and saves this rank's final
+:func:`train_tiny` through :class:`mamlpp.engine.distributed.Distributed` and saves this rank's
+final
 state to ``OUT/rank<R>.pt``. The tests run the same function in one process and compare.
 """
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp.studies import ablate
 from mamlpp.cli.main import main
 from mamlpp.run.experiment import build_config, read_toml
+from mamlpp.studies import ablate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -88,7 +88,7 @@ def test_bench_rejects_unknown_config(capsys):
 
 
 def test_flop_count_matches_spec_for_omniglot_20w1s():
-    """The FLOP counter charges the spec's 185 GFLOP for Omniglot 20-way 1-shot (MSL on)."""
+    """The FLOP counter charges the known 185 GFLOP for Omniglot 20-way 1-shot (MSL on)."""
     import torch
 
     from mamlpp.studies.bench import CONFIGS, build_problem, count_flops

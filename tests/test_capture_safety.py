@@ -4,7 +4,8 @@ A CUDA graph cannot record a host-to-device copy, a value read on the host or a 
 shape. Such a call either breaks capture on a GPU (as a Python-list index in the statistics fold
 once did, on the first real GPU) or syncs every iteration. These tests run one whole fast-path
 iteration (meta-loss, backward, clamp, capturable Adam step, statistics fold) under
-:class:`mamlpp.engine.capture.CaptureHazardMode` in every schedule regime, so the CPU-only CI guards code
+:class:`mamlpp.engine.capture.CaptureHazardMode` in every schedule regime, so the CPU-only CI guards
+code
 that only a GPU would run.
 """
 

@@ -1,4 +1,5 @@
-"""Schedules against the spec's fixtures (MSL, DA, CA), and the config's validation."""
+"""Schedules against fixed values from the paper and the reference code (MSL, DA, CA), and the
+config's validation."""
 
 from __future__ import annotations
 

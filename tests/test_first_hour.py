@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mamlpp.run import trainer as train_module
 from mamlpp.cli.main import main
+from mamlpp.run import trainer as train_module
 from mamlpp.run.run_dir import RunDir
 
 TINY = [

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp.studies import plots, report
 from mamlpp.cli.main import main
 from mamlpp.data import load_dataset
 from mamlpp.run.presets import resolve_config
 from mamlpp.run.run_dir import RunDir
 from mamlpp.run.trainer import NonFiniteLoss
 from mamlpp.run.training import run_training
+from mamlpp.studies import plots, report
 
 TINY = [
     "train.epochs=3",

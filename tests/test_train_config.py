@@ -1,4 +1,4 @@
-"""Experiment configuration: presets from the spec, precedence, TOML round trip, --set parsing."""
+"""Experiment configuration: presets from the paper, precedence, TOML round trip, --set parsing."""
 
 from __future__ import annotations
 

@@ -305,7 +305,7 @@ def _speed_lines(
             )
             if ref is not None and variant == "maml++" and "cuda" in device:
                 text += (
-                    f"; the authors' code: {ref} s/iteration on one H100 (spec section 5), "
+                    f"; the authors' code: {ref} s/iteration on one H100 (docs/performance.md), "
                     f"{ref * its:.1f}x slower (different GPUs: compare with care)"
                 )
             lines.append(text + ".")

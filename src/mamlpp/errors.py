@@ -23,3 +23,9 @@ class DataError(MamlppError):
     """Missing, corrupt or unusable data (files, checksums, splits, episode sizes)."""
 
     exit_code = 1
+
+
+class InputError(MamlppError):
+    """Support or query images a model cannot use (a usage error: exit code 2)."""
+
+    exit_code = 2

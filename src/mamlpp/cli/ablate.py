@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mamlpp.cli.options import add_data_options
-from mamlpp.studies.ablate.plan import DATASETS
+from mamlpp.data.table import ABLATION_DATASETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "budget on the same fixed test tasks, then write OUT/results.md, results.json and "
         "plots. Re-running continues: finished runs are skipped, interrupted ones resume.",
     )
-    parser.add_argument("--dataset", default="omniglot", help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument(
+        "--dataset", default="omniglot", help=f"one of {', '.join(ABLATION_DATASETS)}"
+    )
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=1)
     budget = parser.add_mutually_exclusive_group()

@@ -14,10 +14,13 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mamlpp.errors import ConfigError, DataError
-from mamlpp.run.predictor import FewShotPredictor, InputError, Prediction
+from mamlpp.errors import ConfigError, DataError, InputError
 from mamlpp.util.atomic import atomic_write
+
+if TYPE_CHECKING:  # imported by the handlers: `mamlpp --help` stays free of torch
+    from mamlpp.run.predictor import FewShotPredictor, Prediction
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 
@@ -84,6 +87,7 @@ def query_images(paths: list[str]) -> list[Path]:
 
 def _load_predictor(model: str, top_k: int | None, device: str) -> FewShotPredictor:
     from mamlpp.run.build import resolve_device
+    from mamlpp.run.predictor import FewShotPredictor
 
     where = resolve_device(device)
     path = Path(model)
@@ -155,6 +159,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    from mamlpp.run.predictor import Prediction
+
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--out must end in .csv or .json, got {out.name}")

@@ -9,11 +9,12 @@ configuration errors, 1 otherwise).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from mamlpp import __version__
 from mamlpp.cli import ablate, adapt, bench, data, evaluate, export, presets, report, train
 from mamlpp.errors import MamlppError
+from mamlpp.version import __version__
 
 # One module a command, in the order `mamlpp --help` lists them. Each imports only argparse-level
 # code at the top, so `mamlpp --help` and `mamlpp --version` run without importing torch.
@@ -48,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `mamlpp presets | head`: the reader went away; exit quietly like other Unix tools.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as error:  # a full disk, a read-only or unreadable folder: one line, no trace

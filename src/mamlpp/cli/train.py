@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -110,7 +111,6 @@ def _train(args: argparse.Namespace) -> int:
 def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
     """``mamlpp train --nproc G ...`` = ``torchrun --standalone --nproc_per_node=G -m mamlpp
     train ...`` with the same options (and the run folder fixed before the launch)."""
-    import subprocess
 
     import torch
 

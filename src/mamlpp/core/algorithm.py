@@ -10,7 +10,8 @@ place) and ``running`` the stored statistics to normalise with instead (evaluati
 ``bn_mode="per_step"``). Grouped-convolution Conv4, a per-task loop, vmap and any ``nn.Module``
 are implementations of that contract, not copies of this file.
 
-One meta-batch, S inner steps (spec section 1)::
+One meta-batch, S inner steps ("How to train your MAML", Antoniou et al., ICLR 2019, sections 3
+and 4; ``docs/algorithm.md``)::
 
   theta_0 = meta-parameters (shared by all tasks: expanded views, gradients sum back)
   for i in 0..S-1:
@@ -85,10 +86,11 @@ def stack_pass_stats(
             passes.append(target_stats[i])
     if plan.step_weights is None:
         passes.append(target_stats[0])
-    return {
-        bn: tuple(torch.stack([p[bn][j] for p in passes], dim=1) for j in range(2))
-        for bn in bn_names
-    }
+
+    def stacked(bn: str, j: int) -> Tensor:  # j = 0: mean, 1: var -> [B, P, C]
+        return torch.stack([p[bn][j] for p in passes], dim=1)
+
+    return {bn: (stacked(bn, 0), stacked(bn, 1)) for bn in bn_names}
 
 
 def per_task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -138,7 +140,9 @@ def adapt(
 
     for i in range(plan.num_steps):
 
-        def inner_step(*fast_values: Tensor, step: int = i):
+        def inner_step(
+            *fast_values: Tensor, step: int = i
+        ) -> tuple[tuple[Tensor, ...], Tensor, BatchStats]:
             with torch.enable_grad():
                 if second_order:
                     inputs = [
@@ -196,7 +200,7 @@ def meta_loss(
     shared = _expand(params, num_tasks)
 
     def target_pass(step: int, fast: dict[str, Tensor]) -> None:
-        def run(*fast_values: Tensor):
+        def run(*fast_values: Tensor) -> tuple[Tensor, Tensor, BatchStats]:
             fast_now = dict(zip(fast, fast_values, strict=True))
             logits, stats = forward({**shared, **fast_now}, query_x, step)
             return (

@@ -1,12 +1,22 @@
 """The algorithm's configuration: one frozen dataclass, each MAML++ technique an independent switch.
 
-Defaults are MAML++ on Omniglot (spec section 1). Plain MAML and first-order MAML are
-configurations of the same learner, see :meth:`MetaConfig.maml` and :meth:`MetaConfig.fomaml`.
+Defaults are MAML++ on Omniglot ("How to train your MAML", Antoniou et al., ICLR 2019, section 4;
+where the paper and its reference code differ, ``docs/algorithm.md`` says which is the default).
+Plain MAML and first-order MAML are configurations of the same learner, see :meth:`MetaConfig.maml`
+and :meth:`MetaConfig.fomaml`.
+
+:func:`check_field` is the one check of a configuration value against its field's annotation,
+used by :class:`MetaConfig` and by the experiment configuration (:mod:`mamlpp.run.experiment`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,7 +75,7 @@ class MetaConfig:
     @classmethod
     def maml(cls, **overrides: Any) -> MetaConfig:
         """Plain MAML (Finn et al. 2017): all six techniques off, second order throughout."""
-        fields = dict(
+        fields: dict[str, Any] = dict(
             learn_inner_lrs=False,
             msl=False,
             first_order_epochs=0,
@@ -97,28 +107,68 @@ class MetaConfig:
         }
 
 
-def _check_type(config: MetaConfig, name: str, kinds: tuple[type, ...], optional: bool = False):
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    # bool is an int subclass: reject it where a number is expected, and vice versa.
-    if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(f"{name} must be {kinds[0].__name__}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise ConfigError(f"{name} must be {kinds[0].__name__}, got {value!r}")
+@functools.cache
+def field_types(cls: type) -> Mapping[str, Any]:
+    """The resolved annotation of every field of the dataclass ``cls``, by field name."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+# How a type reads in an error message: to a Python caller, and to someone writing TOML/--set.
+_TYPE_WORDS: dict[type, tuple[str, str]] = {
+    bool: ("bool", "true or false"),
+    int: ("int", "an integer"),
+    float: ("float", "a number"),
+    str: ("str", "a string"),
+}
+
+
+def check_field(key: str, value: Any, hint: Any, *, toml: bool = False) -> Any:
+    """Check ``value`` against the field annotation ``hint``; raise a one-line ConfigError
+    naming ``key``. Returns the value, an int given for a float converted to float.
+
+    Understood annotations: ``bool``, ``int``, ``float`` (an int is accepted), ``str``,
+    ``Literal[...]`` and ``X | None``. ``bool`` is never taken for a number, nor a number for a
+    ``bool``. With ``toml`` (values read from TOML or ``--set``) the messages use TOML's words
+    (``true or false``, ``an integer``, ...), the string ``"none"`` means None (TOML has no
+    null), and a float must be finite; a Python caller's values get Python's type names.
+    """
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            options = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{key} must be one of {options}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (toml and isinstance(value, str) and value.lower() == "none"):
+            return None
+        return check_field(key, value, args[0], toml=toml)
+    if hint not in _TYPE_WORDS:
+        raise TypeError(f"unsupported config field type {hint!r} for {key}")  # programming error
+    expected = _TYPE_WORDS[hint][1 if toml else 0]
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    if hint is float:
+        if toml and not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+        return float(value)
+    return value
 
 
 def validate_meta_config(config: MetaConfig) -> None:
     """Raise ConfigError (one line) for a wrong type, a bad value or an impossible combination."""
-    for name in ("learn_inner_lrs", "msl", "second_order", "per_step_bn_stats"):
-        _check_type(config, name, (bool,))
-    for name in ("per_step_bn_affine", "adapt_bn_affine", "cosine_lr"):
-        _check_type(config, name, (bool,))
-    for name in ("num_inner_steps", "msl_epochs", "first_order_epochs", "total_epochs"):
-        _check_type(config, name, (int,))
-    for name in ("inner_lr", "meta_lr", "meta_lr_min", "bn_momentum"):
-        _check_type(config, name, (float, int))
-    _check_type(config, "grad_clip", (float, int), optional=True)
+    for name, hint in field_types(MetaConfig).items():
+        check_field(name, getattr(config, name), hint)
 
     if config.num_inner_steps < 1:
         raise ConfigError(f"num_inner_steps must be >= 1, got {config.num_inner_steps}")
@@ -144,10 +194,6 @@ def validate_meta_config(config: MetaConfig) -> None:
         raise ConfigError(f"bn_momentum must lie in (0, 1], got {config.bn_momentum}")
     if config.grad_clip is not None and config.grad_clip <= 0:
         raise ConfigError(f"grad_clip must be > 0 or None, got {config.grad_clip}")
-    if config.bn_mode not in ("transductive", "per_step"):
-        raise ConfigError(f"bn_mode must be 'transductive' or 'per_step', got {config.bn_mode!r}")
-    if config.task_reduction not in ("mean", "sum"):
-        raise ConfigError(f"task_reduction must be 'mean' or 'sum', got {config.task_reduction!r}")
     if config.adapt_bn_affine and config.per_step_bn_affine:
         raise ConfigError(
             "adapt_bn_affine=True needs per_step_bn_affine=False: inner-loop adaptation applies "

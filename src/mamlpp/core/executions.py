@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mamlpp.core.types import BatchStats, TaskForward
+from mamlpp.core.types import Backbone, BatchStats, TaskForward
 from mamlpp.errors import ConfigError
 
 EXECUTIONS = ("batched", "loop", "vmap")
@@ -79,7 +79,7 @@ def check_execution(execution: str) -> str:
     return execution
 
 
-def task_batched_forward(backbone, execution: str) -> TaskForward:
+def task_batched_forward(backbone: Backbone, execution: str) -> TaskForward:
     """The forward of ``backbone`` for ``execution`` (see the module docstring)."""
     check_execution(execution)
     if execution == "batched":

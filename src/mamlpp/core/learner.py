@@ -1,11 +1,12 @@
 """The MAML++ learner: meta-loss for training, adaptation and prediction for evaluation.
 
-No optimiser, device policy or I/O lives here (the outer update is :mod:`mamlpp.core.outer_step`; the
-loop around it is :mod:`mamlpp.run.trainer`). The learner owns the backbone and the learned inner
-learning rates (LSLR), gives the backbone's batch norm its per-step rows from the MetaConfig
-(BNRS, BNWB), and turns a meta-batch of tasks into a loss ready for ``.backward()`` with the one
-algorithm of :mod:`mamlpp.core.algorithm`. ``execution`` only chooses how the tasks of a call are
-computed (:mod:`mamlpp.core.executions`: ``"batched"``, ``"loop"`` or ``"vmap"``; same results).
+No optimiser, device policy or I/O lives here (the outer update is
+:mod:`mamlpp.core.outer_step`; the loop around it is :mod:`mamlpp.run.trainer`). The learner owns
+the backbone and the learned inner learning rates (LSLR), gives the backbone's batch norm its
+per-step rows from the MetaConfig (BNRS, BNWB), and turns a meta-batch of tasks into a loss ready
+for ``.backward()`` with the one algorithm of :mod:`mamlpp.core.algorithm`. ``execution`` only
+chooses how the tasks of a call are computed (:mod:`mamlpp.core.executions`: ``"batched"``,
+``"loop"`` or ``"vmap"``; same results).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mamlpp.core.executions import check_execution, task_batched_forward
 from mamlpp.core.outer_step import outer_step
 from mamlpp.core.types import Backbone, PassStats
 from mamlpp.errors import ConfigError
+from mamlpp.nn.backbone import is_backbone
 from mamlpp.nn.module_backbone import ModuleBackbone
 from mamlpp.nn.per_step_bn import fold_running_stats
 
@@ -34,6 +36,9 @@ class MAMLpp(nn.Module):
     ``[len(adapted_names), S]``: one scalar per adapted tensor per inner step.
     """
 
+    backbone: Backbone
+    inner_lrs: Tensor  # [len(adapted_names), S]: a Parameter under LSLR, else a buffer
+
     def __init__(
         self,
         backbone: Backbone | nn.Module,
@@ -43,14 +48,12 @@ class MAMLpp(nn.Module):
     ):
         super().__init__()
         config = MetaConfig() if config is None else config
-        if not hasattr(backbone, "task_batched_forward"):
-            # A plain nn.Module (standard layers): run functionally, batched under vmap.
-            backbone = ModuleBackbone(backbone)
-        self.backbone = backbone
+        # A plain nn.Module (standard layers) runs functionally, batched under vmap.
+        self.backbone = backbone if is_backbone(backbone) else ModuleBackbone(backbone)
         self.config = config
         # The config states the step count and the per-step switches once; the backbone's batch
         # norm gets its rows from here: [S, C] under BNWB / BNRS, else shared [C].
-        for layer in backbone.bn_layers().values():
+        for layer in self.backbone.bn_layers().values():
             layer.set_steps(
                 config.num_inner_steps, config.per_step_bn_affine, config.per_step_bn_stats
             )
@@ -58,9 +61,9 @@ class MAMLpp(nn.Module):
         # Recompute each inner step's activations in the outer backward instead of storing them
         # (trades compute for memory).
         self.checkpoint_steps = checkpoint_steps
-        names = list(backbone.adaptable_names())
+        names = list(self.backbone.adaptable_names())
         if config.adapt_bn_affine:
-            names += [f"{bn}.{p}" for bn in backbone.bn_layers() for p in ("weight", "bias")]
+            names += [f"{bn}.{p}" for bn in self.backbone.bn_layers() for p in ("weight", "bias")]
         self.adapted_names: tuple[str, ...] = tuple(names)
         table = torch.full((len(names), config.num_inner_steps), float(config.inner_lr))
         if config.learn_inner_lrs:
@@ -80,7 +83,8 @@ class MAMLpp(nn.Module):
         return self.backbone.parameters()
 
     def make_optimizer(self) -> torch.optim.Adam:
-        """Adam over the meta-parameters at the epoch-0 learning rate (spec: default betas)."""
+        """Adam over the meta-parameters at the epoch-0 learning rate (default betas, as the
+        paper's reference code)."""
         return torch.optim.Adam(self.meta_parameters(), lr=self.outer_lr(0))
 
     def clip_gradients_(self) -> None:
@@ -201,7 +205,7 @@ class MAMLpp(nn.Module):
         whole meta-batch's loss.
         """
         self._check_batch(support_x, support_y, query_x, query_y)
-        weights = self.msl_weights(epoch)
+        weights: list[float] | Tensor | None = self.msl_weights(epoch)
         if weights is not None and msl_weights is not None:
             weights = msl_weights
         plan = InnerLoopPlan(
@@ -288,7 +292,9 @@ class MAMLpp(nn.Module):
         # Only reachable without per-step parameters: a constant inner learning rate.
         return self.inner_lrs[:, :1].expand(-1, steps)
 
-    def _eval_inputs(self, num_steps: int | None):
+    def _eval_inputs(
+        self, num_steps: int | None
+    ) -> tuple[InnerLoopPlan, dict[str, Tensor], Tensor, dict[str, Tensor] | None]:
         """Plan, detached parameters, learning rates and (copied) running statistics."""
         plan = self._eval_plan(num_steps)
         params = {n: p.detach() for n, p in self._params().items()}

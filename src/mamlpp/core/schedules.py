@@ -1,4 +1,5 @@
-"""Per-epoch schedules of MAML++ as pure functions of the (integer) epoch (spec section 1).
+"""Per-epoch schedules of MAML++ (MSL, DA, CA: "How to train your MAML", section 4) as pure
+functions of the (integer) epoch; ``docs/algorithm.md`` describes each.
 
 All three change once per epoch, never per iteration.
 """

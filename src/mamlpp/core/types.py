@@ -20,7 +20,11 @@ from torch import Tensor, nn
 
 from mamlpp.nn.backbone import Backbone, BatchStats
 
-__all__ = ["Backbone", "BatchStats", "MetaLearner", "PassStats", "TaskForward"]
+__all__ = ["Backbone", "BatchStats", "MetaBatch", "MetaLearner", "PassStats", "TaskForward"]
+
+# A meta-batch of B tasks, N ways, K shots, T targets per class:
+# (support_x [B, N*K, C, H, W], support_y [B, N*K], query_x [B, N*T, C, H, W], query_y [B, N*T]).
+MetaBatch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class TaskForward(Protocol):

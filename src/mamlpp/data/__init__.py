@@ -6,30 +6,49 @@ Typical use::
     splits = load_dataset("omniglot", data_dir)            # {"train", "val", "test"}
     train = EpisodeSampler(splits["train"], ways=20, shots=1, targets=1, seed=0, device="cuda")
     batch = train.sample(range(it * 8, it * 8 + 8))        # TaskBatch of 8 tasks
+
+The datasets by name are the table of :mod:`mamlpp.data.table`. The names below load on first
+use (PEP 562), so reading that table (as the command line does to build its parser) imports
+neither numpy nor torch.
 """
 
 from __future__ import annotations
 
-from mamlpp.data.archive import extract_zip
-from mamlpp.data.cifar import find_cifar100, load_cifar_fewshot
-from mamlpp.data.download import ChecksumError, download_file
-from mamlpp.data.files import data_dir
-from mamlpp.data.folder import load_folder_dataset
-from mamlpp.data.images import Preprocessing
-from mamlpp.data.miniimagenet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    find_mini_imagenet,
-    load_mini_imagenet,
-)
-from mamlpp.data.omniglot import find_omniglot, load_omniglot, prepare_omniglot
-from mamlpp.data.omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
-from mamlpp.data.sampler import Episodes, EpisodeSampler
-from mamlpp.data.sources import download_mini_imagenet, download_omniglot
-from mamlpp.data.structures import FewShotSplit, TaskBatch
-from mamlpp.data.synthetic import make_synthetic
-from mamlpp.data.table import DATASETS, load_dataset
-from mamlpp.data.tiered import find_tiered_imagenet, load_tiered_imagenet
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "extract_zip": "mamlpp.data.archive",
+    "find_cifar100": "mamlpp.data.cifar",
+    "load_cifar_fewshot": "mamlpp.data.cifar",
+    "ChecksumError": "mamlpp.data.download",
+    "download_file": "mamlpp.data.download",
+    "data_dir": "mamlpp.data.files",
+    "load_folder_dataset": "mamlpp.data.folder",
+    "Preprocessing": "mamlpp.data.images",
+    "find_mini_imagenet": "mamlpp.data.miniimagenet",
+    "load_mini_imagenet": "mamlpp.data.miniimagenet",
+    "find_omniglot": "mamlpp.data.omniglot",
+    "load_omniglot": "mamlpp.data.omniglot",
+    "prepare_omniglot": "mamlpp.data.omniglot",
+    "REFERENCE_CODE_SEED": "mamlpp.data.omniglot_splits",
+    "reference_split": "mamlpp.data.omniglot_splits",
+    "vinyals_split": "mamlpp.data.omniglot_splits",
+    "Episodes": "mamlpp.data.sampler",
+    "EpisodeSampler": "mamlpp.data.sampler",
+    "download_mini_imagenet": "mamlpp.data.sources",
+    "download_omniglot": "mamlpp.data.sources",
+    "IMAGENET_MEAN": "mamlpp.data.stats",
+    "IMAGENET_STD": "mamlpp.data.stats",
+    "FewShotSplit": "mamlpp.data.structures",
+    "TaskBatch": "mamlpp.data.structures",
+    "make_synthetic": "mamlpp.data.synthetic",
+    "DATASETS": "mamlpp.data.table",
+    "load_dataset": "mamlpp.data.table",
+    "find_tiered_imagenet": "mamlpp.data.tiered",
+    "load_tiered_imagenet": "mamlpp.data.tiered",
+}
 
 __all__ = [
     "DATASETS",
@@ -62,3 +81,36 @@ __all__ = [
     "reference_split",
     "vinyals_split",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mamlpp.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # the same names for type checkers and IDEs
+    from mamlpp.data.archive import extract_zip
+    from mamlpp.data.cifar import find_cifar100, load_cifar_fewshot
+    from mamlpp.data.download import ChecksumError, download_file
+    from mamlpp.data.files import data_dir
+    from mamlpp.data.folder import load_folder_dataset
+    from mamlpp.data.images import Preprocessing
+    from mamlpp.data.miniimagenet import find_mini_imagenet, load_mini_imagenet
+    from mamlpp.data.omniglot import find_omniglot, load_omniglot, prepare_omniglot
+    from mamlpp.data.omniglot_splits import REFERENCE_CODE_SEED, reference_split, vinyals_split
+    from mamlpp.data.sampler import Episodes, EpisodeSampler
+    from mamlpp.data.sources import download_mini_imagenet, download_omniglot
+    from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
+    from mamlpp.data.structures import FewShotSplit, TaskBatch
+    from mamlpp.data.synthetic import make_synthetic
+    from mamlpp.data.table import DATASETS, load_dataset
+    from mamlpp.data.tiered import find_tiered_imagenet, load_tiered_imagenet

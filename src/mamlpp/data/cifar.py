@@ -30,15 +30,13 @@ import torch
 from mamlpp.data.files import data_dir
 from mamlpp.data.miniimagenet import _ArrayUnpickler, _resize_batch
 from mamlpp.data.omniglot_splits import SPLIT_NAMES, SPLITS_DIR
+from mamlpp.data.stats import CIFAR100_MEAN, CIFAR100_STD
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError
 
 TARBALL = "cifar-100-python.tar.gz"
 FOLDER = "cifar-100-python"
 BENCHMARKS = ("cifar-fs", "fc100")
-# The usual CIFAR-100 training-set statistics (per channel, pixels in [0, 1]).
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 def find_cifar100(root: str | os.PathLike[str] | None = None) -> Path | None:
@@ -117,7 +115,7 @@ def read_cifar100(source: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
         data, fine = batch.get("data"), batch.get("fine_labels")
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"{path}: {part} data should be uint8 [N, 3072]")
-        if fine is None or len(fine) != data.shape[0]:
+        if not isinstance(fine, list | tuple | np.ndarray) or len(fine) != data.shape[0]:
             raise DataError(f"{path}: {part} fine_labels do not match its data")
         images.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(fine, dtype=np.int64))
@@ -128,10 +126,18 @@ def read_cifar100(source: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
 
 
 def load_cifar_fewshot(
-    source: str | os.PathLike[str], benchmark: str = "cifar-fs", image_size: int = 32
+    source: str | os.PathLike[str],
+    benchmark: str = "cifar-fs",
+    image_size: int = 32,
+    *,
+    progress: bool = False,
 ) -> dict[str, FewShotSplit]:
     """CIFAR-FS or FC100 as ``{"train", "val", "test"}`` FewShotSplits (uint8, CIFAR-100
-    mean/std); images are resized (antialiased bilinear) if ``image_size`` is not 32."""
+    mean/std); images are resized (antialiased bilinear) if ``image_size`` is not 32.
+
+    ``progress`` is accepted as by the other loaders; reading takes about a second, so no bar.
+    """
+    del progress
     split_names = class_split(benchmark)
     images, label, names = read_cifar100(source)
     index = {name: i for i, name in enumerate(names)}

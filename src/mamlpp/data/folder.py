@@ -18,7 +18,6 @@ keeps one channel when every image is grey (R = G = B after decoding), else thre
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import replace
@@ -27,13 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamlpp.data.image_cache import cache_folder, decode_images, read_images, write_images
+from mamlpp.data.image_cache import (
+    CACHE_VERSION,
+    cache_folder,
+    cached_images,
+    decode_images,
+    file_stamp,
+    fingerprint,
+)
 from mamlpp.data.images import Preprocessing, list_class_folders, list_images
 from mamlpp.data.omniglot_splits import SPLIT_NAMES
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError
-
-CACHE_VERSION = 1
 
 
 def folder_layout(root: Path) -> str:
@@ -162,19 +166,6 @@ def load_folder_dataset(
 # ----------------------------------------------------------------------------- decode + cache
 
 
-def _fingerprint(root: Path, paths: list[Path], preprocessing: Preprocessing, auto: bool) -> str:
-    recipe = {**preprocessing.to_dict(), "auto_channels": auto, "version": CACHE_VERSION}
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError as error:
-            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
-        rel = path.relative_to(root).as_posix()
-        digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 def _decode_cached(
     root: Path,
     paths: list[Path],
@@ -184,21 +175,27 @@ def _decode_cached(
     progress: bool,
 ) -> tuple[np.ndarray, Path | None]:
     """uint8 ``[M, C, S, S]`` of ``paths`` (from the cache when it is current)."""
-    key = _fingerprint(root, paths, preprocessing, auto_channels)
+    # The recipe is the whole preprocessing: the same files prepared another way are another cache.
+    recipe = {**preprocessing.to_dict(), "auto_channels": auto_channels, "version": CACHE_VERSION}
+    key = fingerprint(
+        json.dumps(recipe, sort_keys=True),
+        (file_stamp(path, path.relative_to(root).as_posix()) for path in paths),
+    )
     folder = cache_folder(root, cache_dir)
     name = f"mamlpp-folder-{preprocessing.image_size}px-{key}.npz"
     path = folder / (f".{name}" if folder == root else name)  # hidden: never taken for a class
-    images = read_images(path, len(paths), preprocessing.image_size)
-    if images is not None:
-        return images, path
-    images = decode_images(
-        paths,
-        lambda file, _: preprocessing.pixels(file, str(file)),
-        preprocessing.shape,
-        f"decoding {root.name}",
-        progress,
-    )
-    if auto_channels and images.shape[1] == 3:
-        if (images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all():
-            images = np.ascontiguousarray(images[:, :1])
-    return images, write_images(path, images)
+
+    def decode() -> np.ndarray:
+        images = decode_images(
+            paths,
+            lambda file, _: preprocessing.pixels(file, str(file)),
+            preprocessing.shape,
+            f"decoding {root.name}",
+            progress,
+        )
+        if auto_channels and images.shape[1] == 3:
+            if (images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all():
+                images = np.ascontiguousarray(images[:, :1])
+        return images
+
+    return cached_images(path, len(paths), preprocessing.image_size, decode)

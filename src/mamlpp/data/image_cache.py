@@ -1,18 +1,25 @@
 """Decoded images kept as one uint8 ``.npz`` so that only the first load decodes files.
 
-Used by the folder, mini-ImageNet and tieredImageNet loaders: :func:`decode_images` fills
-``[M, C, S, S]`` with a progress bar, :func:`write_images` stores it atomically (a failure only
-costs later loads their speed-up), :func:`read_images` returns it, or None when the file is
-missing, unreadable or of another shape (the caller then decodes again).
+One cache for the folder, mini-ImageNet and tieredImageNet loaders (Omniglot shares the version
+and the file stamps, but packs its pixels into bits, see :mod:`mamlpp.data.omniglot`):
+
+* :data:`CACHE_VERSION`: bumping it rebuilds every cache;
+* :func:`fingerprint` names a cache after how its images were made (a per-dataset recipe) and
+  the :func:`file_stamp` (name, size, mtime) of each source file, so a changed file rebuilds it;
+* :func:`cached_images` returns the cached ``[M, C, S, S]``, or builds it (usually with
+  :func:`decode_images`, which shows a progress bar) and stores it atomically: a failed write
+  only costs later loads their speed-up; an unreadable or ill-fitting cache is built again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,6 +27,32 @@ from mamlpp.data.files import data_dir, is_writable_dir, make_dirs
 from mamlpp.errors import DataError
 from mamlpp.util.atomic import atomic_write
 from mamlpp.util.progress import progress_bar
+
+# The version of every decoded-image cache (and of Omniglot's packed one): bump it when the
+# decoding changes, and each loader rebuilds its cache on the next load.
+CACHE_VERSION = 1
+
+T = TypeVar("T")
+
+
+def file_stamp(path: Path, name: str | None = None) -> str:
+    """``name:size:mtime_ns`` of a file (``size:mtime_ns`` without a name): what marks a source
+    file as changed for a cache."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    prefix = "" if name is None else f"{name}:"
+    return f"{prefix}{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def fingerprint(recipe: str, stamps: Iterable[str] = ()) -> str:
+    """16 hex digits naming a cache: sha256 of ``recipe`` (how the images were made, with
+    :data:`CACHE_VERSION`) and of each file's stamp (see :func:`file_stamp`)."""
+    digest = hashlib.sha256(recipe.encode())
+    for stamp in stamps:
+        digest.update(f"{stamp};".encode())
+    return digest.hexdigest()[:16]
 
 
 def cache_folder(source: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -44,8 +77,8 @@ def read_images(path: Path, count: int, image_size: int) -> np.ndarray | None:
 
 
 def decode_images(
-    items: Sequence[object],
-    decode: Callable[[object, int], np.ndarray],
+    items: Sequence[T],
+    decode: Callable[[T, int], np.ndarray],
     shape: tuple[int, int, int],
     desc: str,
     progress: bool,
@@ -72,3 +105,15 @@ def write_images(path: Path, images: np.ndarray) -> Path | None:
         warnings.warn(f"could not write the image cache {path}: {error}", stacklevel=2)
         return None
     return path
+
+
+def cached_images(
+    path: Path, count: int, image_size: int, build: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, Path | None]:
+    """uint8 ``[count, C, S, S]`` from the cache at ``path`` when it fits, else ``build()``
+    stored there; with the cache's path, or None when it could not be written."""
+    images = read_images(path, count, image_size)
+    if images is not None:
+        return images, path
+    images = build()
+    return images, write_images(path, images)

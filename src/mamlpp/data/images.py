@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mamlpp.data.miniimagenet import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
+from mamlpp.data.miniimagenet import IMAGE_SUFFIXES
+from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from mamlpp.errors import DataError
 
 # The normalisations a folder dataset can choose (data.normalize); "unit" keeps pixels in [0, 1]
@@ -107,6 +108,8 @@ class Preprocessing:
         label = name or (str(image) if isinstance(image, str | os.PathLike) else "image")
         if isinstance(image, Image.Image):
             return self._from_pil(image, label)
+        if isinstance(image, torch.Tensor):
+            raise DataError(f"{label} is a tensor: tensors are model input (see tensor_input)")
         try:
             if isinstance(image, bytes):
                 with Image.open(io.BytesIO(image)) as opened:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import os
 import pickle
@@ -28,16 +27,21 @@ import torch
 from PIL import Image
 
 from mamlpp.data.files import data_dir
-from mamlpp.data.image_cache import cache_folder, decode_images, read_images, write_images
+from mamlpp.data.image_cache import (
+    CACHE_VERSION,
+    cache_folder,
+    cached_images,
+    decode_images,
+    file_stamp,
+    fingerprint,
+)
 from mamlpp.data.omniglot_splits import SPLIT_NAMES, SPLITS_DIR
+from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 PICKLE_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
-CACHE_VERSION = 1
 FOLDER_NAMES = (
     "miniimagenet",
     "mini-imagenet",
@@ -285,14 +289,6 @@ def _flat_files(root: Path, split: str) -> tuple[list[Path], np.ndarray, list[st
     return files, np.array([index[label] for _, label in rows], dtype=np.int64), names
 
 
-def _fingerprint(files: list[Path], image_size: int) -> str:
-    digest = hashlib.sha256(f"mini-imagenet-v{CACHE_VERSION}:{image_size}".encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 def _decode_cached(
     root: Path,
     split: str,
@@ -303,26 +299,32 @@ def _decode_cached(
 ) -> tuple[torch.Tensor, Path | None]:
     """uint8 ``[len(files), 3, S, S]`` from the cache when it is current, else decoded (and
     cached); the cache file's path, or None when it could not be written."""
-    key = _fingerprint(files, image_size)
-    path = cache_folder(root, cache_dir) / f"miniimagenet-{split}-{image_size}px-{key}.npz"
-    images = read_images(path, len(files), image_size)
-    if images is not None:
-        return torch.from_numpy(images), path
-    images = decode_images(
-        files,
-        lambda file, _: _decode_image(file, image_size),
-        (3, image_size, image_size),
-        f"decoding mini-ImageNet {split}",
-        progress,
+    # The recipe is fixed (RGB, bicubic) but for the size; files are named by class folder.
+    key = fingerprint(
+        f"mini-imagenet-v{CACHE_VERSION}:{image_size}",
+        (file_stamp(path, f"{path.parent.name}/{path.name}") for path in files),
     )
-    return torch.from_numpy(images), write_images(path, images)
+    path = cache_folder(root, cache_dir) / f"miniimagenet-{split}-{image_size}px-{key}.npz"
+    images, written = cached_images(
+        path,
+        len(files),
+        image_size,
+        lambda: decode_images(
+            files,
+            lambda file, _: _decode_image(file, image_size),
+            (3, image_size, image_size),
+            f"decoding mini-ImageNet {split}",
+            progress,
+        ),
+    )
+    return torch.from_numpy(images), written
 
 
 def _decode_image(path: Path, image_size: int) -> np.ndarray:
     """JPEG/PNG -> uint8 [3, S, S]; bicubic resize only when the file is not S x S already."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
             if image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)

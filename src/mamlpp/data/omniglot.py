@@ -28,17 +28,20 @@ import torch
 from PIL import Image
 
 from mamlpp.data.archive import member_parts, open_zip, read_member
-from mamlpp.data.files import data_dir, is_writable_dir, make_dirs
+from mamlpp.data.files import data_dir, make_dirs
+from mamlpp.data.image_cache import CACHE_VERSION, cache_folder, file_stamp
 from mamlpp.data.omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
+from mamlpp.data.stats import OMNIGLOT_MEAN, OMNIGLOT_STD
 from mamlpp.data.structures import FewShotSplit, build_class_index
+from mamlpp.data.table import Partial
 from mamlpp.errors import DataError
 from mamlpp.util.atomic import atomic_write
 from mamlpp.util.progress import progress_bar
 
 SUBSETS = {"images_background": 964, "images_evaluation": 659}  # characters per subset
 DRAWERS = 20
-CACHE_VERSION = 1
-OMNIGLOT_MEAN, OMNIGLOT_STD = (0.0,), (1.0,)  # pixels stay {0, 1}, background 1, as the reference
+# A zip member (the archive, the entry) or a file of an extracted subset.
+PngHandle = tuple[zipfile.ZipFile, zipfile.ZipInfo] | Path
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,19 @@ def partial_omniglot(root: str | os.PathLike[str] | None = None) -> tuple[Path, 
     return None
 
 
+def missing_part(root: str | os.PathLike[str] | None = None) -> Partial | None:
+    """Omniglot found in part (see :func:`partial_omniglot`): the zip to fetch beside the other."""
+    found = partial_omniglot(root)
+    if found is None:
+        return None
+    folder, (subset,) = found
+    return Partial(
+        folder=folder,
+        missing=f"missing {subset}.zip (or the folder {subset}/) in {folder}",
+        fetching=f"{subset}.zip (md5-checked) beside the other",
+    )
+
+
 def _subset_location(source: Path, subset: str) -> Path | None:
     folder, archive = source / subset, source / f"{subset}.zip"
     if folder.is_dir():
@@ -100,7 +116,12 @@ def _resolve_source(source: str | os.PathLike[str]) -> Path:
 
 
 def source_fingerprint(source: Path) -> str:
-    """Hash of what the cache depends on: zip contents, or names, sizes and mtimes of the PNGs."""
+    """Hash of what the cache depends on: zip contents, or names, sizes and mtimes of the PNGs.
+
+    Omniglot keeps its own cache file (pixels packed to 1 bit, with the class names: about 3 MB
+    instead of 25), so its recipe tag differs from the decoded-image caches'; the version and
+    the file stamps are theirs (:mod:`mamlpp.data.image_cache`).
+    """
     digest = hashlib.sha256(f"omniglot-cache-v{CACHE_VERSION}".encode())
     for subset in SUBSETS:
         location = _subset_location(source, subset)
@@ -113,15 +134,14 @@ def source_fingerprint(source: Path) -> str:
         else:
             digest.update(f"dir:{subset}:".encode())
             for path in sorted(location.rglob("*.png")):
-                stat = path.stat()
-                rel = path.relative_to(location).as_posix()
-                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                stamp = file_stamp(path, path.relative_to(location).as_posix())
+                digest.update(f"{stamp};".encode())
     return digest.hexdigest()
 
 
 def default_cache_dir(source: Path) -> Path:
     """Beside the source when it is writable, else ``<data dir>/cache``."""
-    return source if is_writable_dir(source) else data_dir() / "cache"
+    return cache_folder(source, None)
 
 
 def prepare_omniglot(
@@ -135,7 +155,7 @@ def prepare_omniglot(
     if image_size < 1:
         raise DataError(f"image size must be positive, got {image_size}")
     key = source_fingerprint(root)[:16]
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(root)
+    folder = cache_folder(root, cache_dir)
     cache_path = folder / f"omniglot-{image_size}px-{key}.npz"
     cached = _read_cache(cache_path, image_size)
     if cached is not None:
@@ -198,9 +218,9 @@ def _decode_png(data: bytes, name: str, image_size: int) -> np.ndarray:
 
 def _list_pngs(
     location: Path, subset: str, stack: contextlib.ExitStack
-) -> list[tuple[str, str, object]]:
+) -> list[tuple[str, str, PngHandle]]:
     """(class name, file name, handle) for each PNG of a subset; handle reads the bytes."""
-    entries = []
+    entries: list[tuple[str, str, PngHandle]] = []
     if location.is_file():
         archive = stack.enter_context(open_zip(location))
         for info in archive.infolist():
@@ -220,13 +240,13 @@ def _list_pngs(
     return entries
 
 
-def _read_bytes(handle: object) -> bytes:
+def _read_bytes(handle: PngHandle) -> bytes:
     if isinstance(handle, Path):
         try:
             return handle.read_bytes()
         except OSError as error:
             raise DataError(f"cannot read {handle}: {error.strerror or error}") from None
-    archive, info = handle  # type: ignore[misc]
+    archive, info = handle
     return read_member(archive, info)
 
 
@@ -236,7 +256,7 @@ def _decode_all(root: Path, image_size: int, progress: bool):
 
 
 def _decode_all_open(root: Path, image_size: int, progress: bool, stack: contextlib.ExitStack):
-    entries: list[tuple[str, str, object]] = []
+    entries: list[tuple[str, str, PngHandle]] = []
     for subset, expected in SUBSETS.items():
         location = _subset_location(root, subset)
         assert location is not None

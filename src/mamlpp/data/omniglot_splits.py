@@ -19,8 +19,8 @@ SPLIT_NAMES = ("train", "val", "test")
 # 1200.99999 to 1200, giving 1150 / 50 / 423 classes.
 REFERENCE_FRACTIONS = (0.70918052988, 0.03080714725, 0.2606284658)
 # The shipped seed0_*.txt files shuffle with RandomState(0). The reference code instead replaces
-# val_seed=0 by RandomState(0).randint(1, 999999) == 985773 before shuffling, which is the seed
-# the spec quotes; it gives a different (same-sized) split. See docs/data.md.
+# val_seed=0 by RandomState(0).randint(1, 999999) == 985773 before shuffling; that gives a
+# different (same-sized) split. See docs/data.md.
 REFERENCE_SEED = 0
 REFERENCE_CODE_SEED = 985773
 

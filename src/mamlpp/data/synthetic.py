@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.stats import OMNIGLOT_MEAN, OMNIGLOT_STD
 from mamlpp.data.structures import FewShotSplit
 from mamlpp.errors import DataError
 
@@ -28,12 +29,15 @@ def make_synthetic(
     noise: float = 0.02,
     seed: int = 0,
     rotate_train: bool = False,
+    progress: bool = False,
 ) -> dict[str, FewShotSplit]:
     """Train/val/test splits of procedural stroke classes.
 
     ``classes``: classes per split (train, val, test). ``jitter``, ``shift``: per-sample end point
     noise and global offset, as fractions of the image side. ``noise``: pixel flip probability.
+    ``progress`` is accepted as by the file loaders; generating takes well under a second.
     """
+    del progress
     if len(classes) != 3 or min(classes) < 1 or samples_per_class < 1 or image_size < 4:
         raise DataError(
             "synthetic data needs 3 positive class counts, samples_per_class >= 1 "
@@ -70,8 +74,8 @@ def make_synthetic(
             class_images=torch.arange(n * samples_per_class).view(n, samples_per_class),
             class_counts=torch.full((n,), samples_per_class, dtype=torch.int64),
             class_names=[f"synthetic/{name}{i:04d}" for i in range(n)],
-            mean=(0.0,),
-            std=(1.0,),
+            mean=OMNIGLOT_MEAN,  # the same {0, 1} pixels as Omniglot
+            std=OMNIGLOT_STD,
             rotate=rotate_train and name == "train",
             meta={
                 "dataset": "synthetic",

@@ -16,10 +16,10 @@ pickle's size and mtime and the image size.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +27,31 @@ import torch
 
 from mamlpp.data.files import data_dir
 from mamlpp.data.folder import load_folder_dataset
-from mamlpp.data.image_cache import cache_folder, decode_images, read_images, write_images
+from mamlpp.data.image_cache import (
+    CACHE_VERSION,
+    cache_folder,
+    cached_images,
+    decode_images,
+    file_stamp,
+    fingerprint,
+)
 from mamlpp.data.images import Preprocessing
-from mamlpp.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD, _ArrayUnpickler, imagenet_split
+from mamlpp.data.miniimagenet import _ArrayUnpickler, imagenet_split
 from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from mamlpp.data.structures import FewShotSplit
+from mamlpp.data.table import dataset
 from mamlpp.errors import DataError
 
 FOLDER_NAMES = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", "tieredImageNet")
-CACHE_VERSION = 1
 PREPROCESSING = Preprocessing(84, 3, IMAGENET_MEAN, IMAGENET_STD, resample="bicubic")
 
 
 def how_to_get(folder: Path) -> str:
-    """The one-line answer to "where do I get tieredImageNet?"."""
-    return (
-        "tieredImageNet has no public download with a checksum (ImageNet terms of use apply): "
-        "make it with the tools of github.com/renmengye/few-shot-ssl-public from ImageNet, or "
-        "get the released {split}_images_png.pkl and {split}_labels.pkl files, and put them "
-        f"(or train/, val/, test/ folders of <wnid>/*.jpg) in {folder}"
-    )
+    """The one-line answer to "where do I get tieredImageNet?" (the dataset table's hint)."""
+    files = dataset("tiered-imagenet").files
+    assert files is not None
+    return files.how_to_get(folder)
 
 
 def find_tiered_imagenet(root: str | os.PathLike[str] | None = None) -> Path | None:
@@ -157,24 +162,21 @@ def _decode_png_pickle(
     path = root / f"{split}_images_png.pkl"
     if not path.is_file():
         raise DataError(f"missing {path}")
-    stat = path.stat()
-    key = hashlib.sha256(
-        f"tiered-v{CACHE_VERSION}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    ).hexdigest()[:16]
+    # One pickle holds the split, so its stamp alone names the cache (the recipe is fixed).
+    key = fingerprint(f"tiered-v{CACHE_VERSION}:{file_stamp(path)}")
     cache = cache_folder(root, cache_dir) / f"tiered-imagenet-{split}-{key}.npz"
-    images = read_images(cache, count, PREPROCESSING.image_size)
-    if images is not None:
-        return images
-    encoded = _load_pickle(path)
-    if not isinstance(encoded, list | np.ndarray):
-        raise DataError(f"{path} should hold a list of PNG-encoded images")
+
+    def decode_pickle() -> np.ndarray:
+        encoded = _load_pickle(path)
+        if not isinstance(encoded, list | np.ndarray):
+            raise DataError(f"{path} should hold a list of PNG-encoded images")
+        items: Sequence[object] = encoded if isinstance(encoded, list) else list(encoded)
+        return decode_images(
+            items, decode, PREPROCESSING.shape, f"decoding tieredImageNet {split}", progress
+        )
 
     def decode(item: object, i: int) -> np.ndarray:
         data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)  # type: ignore[call-overload]
         return PREPROCESSING.pixels(data, f"{path.name}[{i}]")
 
-    images = decode_images(
-        encoded, decode, PREPROCESSING.shape, f"decoding tieredImageNet {split}", progress
-    )
-    write_images(cache, images)
-    return images
+    return cached_images(cache, count, PREPROCESSING.image_size, decode_pickle)[0]

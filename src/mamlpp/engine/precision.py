@@ -33,8 +33,8 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
     try:
         yield
     finally:
-        for (owner, name), value in zip(flags, saved, strict=True):
-            setattr(owner, name, value)
+        for (flag_owner, flag), value in zip(flags, saved, strict=True):
+            setattr(flag_owner, flag, value)
         torch.backends.cudnn.benchmark = saved_benchmark
 
 

@@ -1,8 +1,8 @@
 """The step runner: one outer step per call, replayed from a CUDA graph on GPUs, eager elsewhere.
 
 The reference implementation spends a GPU's time launching tens of thousands of small kernels.
-Here the complete outer update (:func:`mamlpp.core.outer_step.outer_step`: S inner steps for all tasks,
-multi-step loss, double backward, gradient clamp, Adam step and running-statistics fold) is
+Here the complete outer update (:func:`mamlpp.core.outer_step.outer_step`: S inner steps for all
+tasks, multi-step loss, double backward, gradient clamp, Adam step and running-statistics fold) is
 recorded once into a CUDA graph and then replayed with one launch per iteration. What a replay
 needs:
 
@@ -13,8 +13,9 @@ needs:
 * one graph per schedule shape: MSL on/off and first/second order change the computation, so
   each combination (and each input shape) gets its own graph, captured on first use;
 * no host work inside the step: the last eager warm-up step of each graph runs under
-  :class:`~mamlpp.engine.capture.CaptureHazardMode`, and any hazard stops training with the operation and
-  the source line (``CaptureError``) instead of a cryptic failure or a silent slow-down;
+  :class:`~mamlpp.engine.capture.CaptureHazardMode`, and any hazard stops training with the
+  operation and the source line (``CaptureError``) instead of a cryptic failure or a silent
+  slow-down;
 * distributed (``sync``): the collectives are recorded into the graph (``sync_in_graph=True``,
   NCCL), or the step is recorded as two graphs, meta-loss + backward and clamp + Adam + fold,
   replayed around the collectives, which then run eagerly (``sync_in_graph=False``: a backend
@@ -28,6 +29,7 @@ the CPU the same outer step runs eagerly: there is nothing to capture.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,7 +42,7 @@ from torch import Tensor
 from mamlpp.core.executions import EXECUTIONS
 from mamlpp.core.learner import MAMLpp
 from mamlpp.core.outer_step import StepSync, outer_backward, outer_update, synchronise
-from mamlpp.core.types import PassStats
+from mamlpp.core.types import MetaBatch, PassStats
 from mamlpp.engine.capture import CaptureError, CaptureHazard, CaptureHazardMode
 from mamlpp.engine.precision import Precision, autocast_dtype_of, precision_context
 
@@ -64,8 +66,8 @@ class MetaStepRunner:
     them is checked for capture hazards. Returned metrics are copies.
 
     ``precision``: ``"fp32"``, ``"tf32"`` or ``"bf16"`` (see :func:`precision_context`).
-    ``fallback``: ``"error"`` (default) raises :class:`~mamlpp.engine.capture.CaptureError` when a graph
-    cannot be captured; ``"eager"`` warns and continues without graphs.
+    ``fallback``: ``"error"`` (default) raises :class:`~mamlpp.engine.capture.CaptureError` when a
+    graph cannot be captured; ``"eager"`` warns and continues without graphs.
     ``sync_in_graph``: the collectives of ``sync`` inside the step (one graph), or after the
     replay of phase 1 and before phase 2 (two graphs; see :mod:`mamlpp.core.outer_step`).
     """
@@ -102,7 +104,7 @@ class MetaStepRunner:
         self._msl_weights = torch.zeros(steps, device=self.device)  # static [S]
         self._graphs: dict[tuple, dict[str, Any]] = {}
         self._eager_counts: dict[tuple, int] = {}
-        self._pool = None
+        self._pool: Any = None  # the CUDA graph memory pool, shared by this runner's graphs
         self.captures = 0  # how many graphs were captured (for tests and benchmarks)
 
     # -- what runs ---------------------------------------------------------------------------
@@ -123,10 +125,19 @@ class MetaStepRunner:
         }
 
     # -- the step itself (eager, or recorded into graphs) -------------------------------------
-    def _body(self, sx, sy, qx, qy, epoch: int, segment=contextlib.nullcontext, between=None):
+    def _body(
+        self,
+        sx: Tensor,
+        sy: Tensor,
+        qx: Tensor,
+        qy: Tensor,
+        epoch: int,
+        segment: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        between: Callable[..., Any] | None = None,
+    ) -> dict[str, Tensor]:
         """One real step (or, under capture, its recording): phase 1, collectives, phase 2 (see
-        :func:`~mamlpp.core.outer_step.outer_step`). ``segment()`` is entered around each part a graph
-        records: the whole step, or each phase, with ``between(metrics, stats)`` (default: the
+        :func:`~mamlpp.core.outer_step.outer_step`). ``segment()`` is entered around each part a
+        graph records: the whole step, or each phase, with ``between(metrics, stats)`` (default: the
         collectives) run eagerly between them."""
         nothing = contextlib.nullcontext
         whole, part = (segment, nothing) if self.sync_in_graph else (nothing, segment)
@@ -149,7 +160,8 @@ class MetaStepRunner:
 
     def find_hazards(self, sx, sy, qx, qy, epoch: int) -> list[CaptureHazard]:
         """Run one real step with every part that a graph records under
-        :class:`~mamlpp.engine.capture.CaptureHazardMode` (eager collectives excluded); its hazards."""
+        :class:`~mamlpp.engine.capture.CaptureHazardMode` (eager collectives excluded); its
+        hazards."""
         mode = CaptureHazardMode()
         self._body(sx, sy, qx, qy, epoch, segment=lambda: mode)
         return mode.hazards
@@ -260,8 +272,11 @@ class MetaStepRunner:
             static["local"] = metrics, stats
             world = self.world_size  # phase 2 folds the whole meta-batch's [world * B, P, C]
             values = {
-                bn: tuple(t.new_empty((world * len(t), *t.shape[1:])) for t in pair)
-                for bn, pair in stats.values.items()
+                bn: (
+                    mean.new_empty((world * len(mean), *mean.shape[1:])),
+                    var.new_empty((world * len(var), *var.shape[1:])),
+                )
+                for bn, (mean, var) in stats.values.items()
             }
             static["stats_in"] = PassStats(values, stats.rows)
             return metrics, static["stats_in"]
@@ -269,7 +284,8 @@ class MetaStepRunner:
         torch.cuda.synchronize(self.device)
         # Gradients must be static buffers: allocated by the warm-up steps, zeroed in place.
         between = None if self.sync_in_graph else hold  # in the graph: the collectives
-        static["metrics"] = self._body(*static["inputs"], epoch, recorded, between)
+        sx, sy, qx, qy = static["inputs"]
+        static["metrics"] = self._body(sx, sy, qx, qy, epoch, recorded, between)
         self._graphs[key] = static
         self.captures += 1
         return static
@@ -277,7 +293,7 @@ class MetaStepRunner:
 
 def choose_execution(
     learner: MAMLpp,
-    batch: Sequence[Tensor],
+    batch: MetaBatch,
     *,
     precision: Precision = "fp32",
     candidates: Sequence[str] = EXECUTIONS,
@@ -303,7 +319,8 @@ def choose_execution(
         try:
             for _ in range(step.warmup_steps + 1):  # warm-up and capture, untimed
                 step(*batch, 0)
-            times = [timer(lambda step=step: step(*batch, 0)) for _ in range(iterations)]
+            one_step = partial(step, *batch, 0)
+            times = [timer(one_step) for _ in range(iterations)]
         except Exception:  # noqa: BLE001 - a candidate that cannot run is not chosen
             continue
         seconds[execution] = sorted(times)[len(times) // 2]
@@ -313,8 +330,6 @@ def choose_execution(
 
 
 def _copy_learner(learner: MAMLpp) -> MAMLpp:
-    import copy
-
     return copy.deepcopy(learner)
 
 

@@ -3,12 +3,15 @@ statistics a forward pass returns (Conv4, ModuleBackbone and ResNet-12 through i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from mamlpp.nn.per_step_bn import PerStepBatchNorm
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 # {bn layer name: (batch mean [C], unbiased batch variance [C])} from one forward pass.
 BatchStats = dict[str, tuple[Tensor, Tensor]]
@@ -16,7 +19,14 @@ BatchStats = dict[str, tuple[Tensor, Tensor]]
 
 class Backbone(Protocol):
     """What the learner needs from a network (the task-batched forward contract of
-    :mod:`mamlpp.core.algorithm` plus its per-task form and the names of its parts)."""
+    :mod:`mamlpp.core.algorithm` plus its per-task form and the names of its parts). Every
+    backbone is also an ``nn.Module``; of that the learner uses only the parameters."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]: ...
 
     def adaptable_names(self) -> list[str]:
         """Parameters adapted in the inner loop (conv and linear weights and biases)."""
@@ -46,3 +56,9 @@ class Backbone(Protocol):
         """All tasks: ``params [B, ...]``, ``x [B, n, ...]`` -> ``([B, n, N], {bn: ([B, C],
         [B, C])})``."""
         ...
+
+
+def is_backbone(network: object) -> TypeIs[Backbone]:
+    """Whether ``network`` implements :class:`Backbone` itself (has a ``task_batched_forward``);
+    any other module runs through :class:`~mamlpp.nn.module_backbone.ModuleBackbone`."""
+    return hasattr(network, "task_batched_forward")

@@ -25,9 +25,47 @@ whole meta-gradient against PyTorch's own batch norm.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+# What a batch-norm Function's backward returns: gradients of (x, gamma, beta), None for eps.
+Grads = tuple[Tensor | None, Tensor | None, Tensor | None, None]
+
+
+class FunctionContext(Protocol):
+    """What the batch-norm Functions use of autograd's ``ctx`` (torch types it ``Any``)."""
+
+    saved_tensors: tuple[Tensor, ...]
+    eps: float
+
+    def save_for_backward(self, *tensors: Tensor) -> None: ...
+
+    def mark_non_differentiable(self, *tensors: Tensor) -> None: ...
+
+    def set_materialize_grads(self, value: bool) -> None: ...
+
+
+def native_train_forward(
+    x: Tensor, gamma: Tensor, beta: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """PyTorch's fused training-mode kernel (statistics and normalisation in one pass over
+    ``x [n, C, *]``): ``(y, mean [C], biased var [C], rstd [C])``."""
+    y, mean, rstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+    return y, mean, rstd.pow(-2) - eps, rstd
+
+
+def native_train_backward(
+    grad_y: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PyTorch's fused first backward of :func:`native_train_forward`: ``(grad_x, grad_gamma =
+    B = sum(g * xh) [C], grad_beta = A = sum(g) [C])``."""
+    grad_x, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+        grad_y, x, gamma, None, None, mean, rstd, True, eps, [True, True, True]
+    )
+    return grad_x, grad_gamma, grad_beta
 
 
 def _c(v: Tensor) -> Tensor:
@@ -37,14 +75,15 @@ def _c(v: Tensor) -> Tensor:
 
 class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
-    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        # PyTorch's fused kernel: statistics and normalisation in one pass over x.
-        y, mean, rstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
-        var = rstd.pow(-2) - eps  # biased batch variance [C]
-        return y, mean, var, rstd
+    def forward(
+        x: Tensor, gamma: Tensor, beta: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return native_train_forward(x, gamma, beta, eps)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(
+        ctx: FunctionContext, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+    ) -> None:
         x, gamma, _, eps = inputs
         _, mean, var, rstd = output
         ctx.save_for_backward(x, gamma, mean, rstd)
@@ -53,7 +92,13 @@ class _BatchNormTrain(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, _grad_mean, _grad_var, _grad_rstd):
+    def backward(
+        ctx: FunctionContext,
+        grad_y: Tensor | None,
+        _grad_mean: Tensor | None,
+        _grad_var: Tensor | None,
+        _grad_rstd: Tensor | None,
+    ) -> Grads:
         x, gamma, mean, rstd = ctx.saved_tensors
         if grad_y is None:
             return None, None, None, None
@@ -66,15 +111,16 @@ class _BatchNormTrain(torch.autograd.Function):
 
 class _BatchNormTrainBackward(torch.autograd.Function):
     @staticmethod
-    def forward(x: Tensor, gamma: Tensor, grad_y: Tensor, mean: Tensor, rstd: Tensor, eps: float):
-        # The fused first backward: grad_x, B = sum(g * xh) (= grad gamma), A = sum(g) (= beta).
-        grad_x, b, a = torch.ops.aten.native_batch_norm_backward(
-            grad_y, x, gamma, None, None, mean, rstd, True, eps, [True, True, True]
-        )
-        return grad_x, b, a
+    def forward(
+        x: Tensor, gamma: Tensor, grad_y: Tensor, mean: Tensor, rstd: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # grad_x, B = sum(g * xh) (= grad gamma), A = sum(g) (= grad beta).
+        return native_train_backward(grad_y, x, gamma, mean, rstd, eps)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(
+        ctx: FunctionContext, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+    ) -> None:
         x, gamma, grad_y, mean, rstd, _ = inputs
         _, b, a = output
         ctx.save_for_backward(x, gamma, grad_y, mean, rstd, a, b)
@@ -82,7 +128,9 @@ class _BatchNormTrainBackward(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, u: Tensor | None, u_gamma: Tensor | None, u_beta: Tensor | None):
+    def backward(
+        ctx: FunctionContext, u: Tensor | None, u_gamma: Tensor | None, u_beta: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
         x, gamma, g, mean, r, a, b = ctx.saved_tensors
         n = x.numel() // x.shape[1]
         xh = torch.addcmul(_c(-mean * r), x, _c(r))  # [n, C, H, W], recomputed: one pass

@@ -15,11 +15,17 @@ from torch import Tensor, nn
 
 from mamlpp.nn.backbone import BatchStats
 from mamlpp.nn.batch_norm_fn import batch_norm_train
-from mamlpp.nn.per_step_bn import PerStepBatchNorm, per_step_batch_norm
+from mamlpp.nn.per_step_bn import (
+    PerStepBatchNorm,
+    per_step_batch_norm,
+    step_row,
+    unbiased_variance,
+)
 
 
 class Conv4(nn.Module):
-    """The conv4 ("VGG") backbone of MAML and MAML++ (spec section 2).
+    """The conv4 ("VGG") backbone of MAML (Finn et al., 2017), which MAML++ keeps ("How to train
+    your MAML", Antoniou et al., ICLR 2019; see ``docs/algorithm.md``).
 
     Four blocks of 3x3 conv (stride 1, padding 1, bias) -> per-step BN -> leaky ReLU (0.01) ->
     2x2 max-pool, then flatten -> linear to ``ways`` classes. Omniglot: 64 channels, 28x28 input,
@@ -51,14 +57,12 @@ class Conv4(nn.Module):
         self.num_blocks = num_blocks
         for b in range(num_blocks):
             conv = nn.Conv2d(in_channels if b == 0 else channels, channels, 3, padding=1)
-            nn.init.xavier_uniform_(conv.weight)
-            nn.init.zeros_(conv.bias)
+            init_xavier(conv)
             self.add_module(f"conv{b}", conv)
             bn = PerStepBatchNorm(channels, eps)
             self.add_module(f"bn{b}", bn)
         self.head = nn.Linear(channels * spatial * spatial, ways)
-        nn.init.xavier_uniform_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        init_xavier(self.head)
 
     def adaptable_names(self) -> list[str]:
         names = [f"conv{b}.{p}" for b in range(self.num_blocks) for p in ("weight", "bias")]
@@ -81,25 +85,21 @@ class Conv4(nn.Module):
         returns them per layer for the running-statistics update.
         """
         stats: BatchStats = {}
+        layers = self.bn_layers()
         h = x
         for b in range(self.num_blocks):
             h = F.conv2d(h, params[f"conv{b}.weight"], params[f"conv{b}.bias"], padding=1)
             bn = f"bn{b}"
-            eps = self._modules[bn].eps
-            if running is not None:
-                h, _ = per_step_batch_norm(
-                    h,
-                    params[f"{bn}.weight"],
-                    params[f"{bn}.bias"],
-                    step,
-                    running[f"{bn}.running_mean"],
-                    running[f"{bn}.running_var"],
-                    eps,
-                )
-            else:
-                h, batch = per_step_batch_norm(
-                    h, params[f"{bn}.weight"], params[f"{bn}.bias"], step, eps=eps
-                )
+            h, batch = per_step_batch_norm(
+                h,
+                params[f"{bn}.weight"],
+                params[f"{bn}.bias"],
+                step,
+                None if running is None else running[f"{bn}.running_mean"],
+                None if running is None else running[f"{bn}.running_var"],
+                layers[bn].eps,
+            )
+            if batch is not None:  # batch statistics normalised (no ``running``)
                 stats[bn] = batch
             h = F.leaky_relu(h, 0.01)
             h = F.max_pool2d(h, 2)
@@ -126,18 +126,18 @@ class Conv4(nn.Module):
         num_tasks, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])  # [n, B*C_in, H, W]
         stats: BatchStats = {}
+        layers = self.bn_layers()
         first = 0
         if running is None:  # batch statistics: block 0 as one matmul (see first_block_folded)
-            gamma, beta = params["bn0.weight"], params["bn0.bias"]  # [B, S, C] or [B, C]
-            if gamma.dim() == 3:
-                gamma, beta = gamma[:, step], beta[:, step]
+            gamma = step_row(params["bn0.weight"], step, task_dim=True)  # [B, C]
+            beta = step_row(params["bn0.bias"], step, task_dim=True)
             h, stats["bn0"] = first_block_folded(
                 x,
                 params["conv0.weight"],
                 params["conv0.bias"],
                 gamma,
                 beta,
-                self._modules["bn0"].eps,
+                layers["bn0"].eps,
             )
             first = 1
         for b in range(first, self.num_blocks):
@@ -150,15 +150,11 @@ class Conv4(nn.Module):
                 groups=num_tasks,
             )  # [n, B*O, H, W]
             bn = f"bn{b}"
-            layer = self._modules[bn]
-            gamma, beta = params[f"{bn}.weight"], params[f"{bn}.bias"]  # [B, S, C] or [B, C]
-            if gamma.dim() == 3:
-                gamma, beta = gamma[:, step], beta[:, step]
+            gamma = step_row(params[f"{bn}.weight"], step, task_dim=True)  # [B, C]
+            beta = step_row(params[f"{bn}.bias"], step, task_dim=True)
             if running is not None:
-                mean = running[f"{bn}.running_mean"]
-                var = running[f"{bn}.running_var"]
-                if mean.dim() == 2:
-                    mean, var = mean[step], var[step]
+                mean = step_row(running[f"{bn}.running_mean"], step)  # [C]
+                var = step_row(running[f"{bn}.running_var"], step)
                 h = F.batch_norm(
                     h,
                     mean.repeat(num_tasks),
@@ -166,13 +162,14 @@ class Conv4(nn.Module):
                     gamma.reshape(-1),
                     beta.reshape(-1),
                     training=False,
-                    eps=layer.eps,
+                    eps=layers[bn].eps,
                 )
             else:
                 # Hand-written double backward: far cheaper than the generic one (second order).
-                h, mean, var = batch_norm_train(h, gamma.reshape(-1), beta.reshape(-1), layer.eps)
-                count = h.shape[0] * h.shape[2] * h.shape[3]
-                unbiased = var * (count / max(count - 1, 1))  # as running statistics use it
+                h, mean, var = batch_norm_train(
+                    h, gamma.reshape(-1), beta.reshape(-1), layers[bn].eps
+                )
+                unbiased = unbiased_variance(var, h.shape[0] * h.shape[2] * h.shape[3])
                 stats[bn] = (mean.view(num_tasks, -1), unbiased.view(num_tasks, -1))
             # Pool first: leaky ReLU is increasing, so max-pool and it commute (same values,
             # same argmax) and the activation touches a quarter of the elements.
@@ -233,8 +230,16 @@ def first_block_folded(
     y = y.view(num_tasks * n, height, width, out).permute(0, 3, 1, 2)  # [B*n, O, H, W], CL
     y = F.max_pool2d(y, 2).reshape(num_tasks, n, out, height // 2, width // 2)
     y = F.leaky_relu(y.transpose(0, 1), 0.01)  # after the pool: they commute (see below)
-    unbiased = var * (positions / max(positions - 1, 1))  # as running statistics use it
+    unbiased = unbiased_variance(var, positions)
     return y.reshape(n, num_tasks * out, *y.shape[3:]), (mean.detach(), unbiased.detach())
+
+
+def init_xavier(layer: nn.Conv2d | nn.Linear) -> None:
+    """Conv4's initialisation (that of the MAML++ reference code): Xavier-uniform weight, zero
+    bias."""
+    nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:  # always there in Conv4; typed optional for Conv2d
+        nn.init.zeros_(layer.bias)
 
 
 def conv4_for(ways: int, in_channels: int, image_size: int, channels: int | None = None) -> Conv4:
@@ -260,10 +265,9 @@ def conv4_sequential(
         ]
     spatial = image_size // 16
     head = nn.Linear(channels * spatial * spatial, ways)
-    for layer in (*layers, head):  # the spec's initialisation, as Conv4's
+    for layer in (*layers, head):  # Conv4's initialisation
         if isinstance(layer, nn.Conv2d | nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            init_xavier(layer)
     return nn.Sequential(*layers, nn.Flatten(), head)
 
 

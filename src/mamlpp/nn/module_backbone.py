@@ -2,7 +2,7 @@
 
 :class:`ModuleBackbone` takes a module built from standard layers (an ``nn.Sequential`` of
 Conv2d/BatchNorm2d/LeakyReLU/MaxPool2d/Flatten/Linear, a ResNet, an MLP with BatchNorm1d, ...)
-and gives it the :class:`~mamlpp.nn.conv4.Backbone` protocol that the algorithm calls:
+and gives it the :class:`~mamlpp.nn.backbone.Backbone` protocol that the algorithm calls:
 
 * Every ``nn.BatchNorm1d/2d/3d`` becomes a :class:`StepBatchNorm`: gamma/beta ``[S, C]`` per
   inner step (BNWB) or ``[C]``, running statistics ``[S, C]`` (BNRS) or ``[C]``; the per-step
@@ -28,6 +28,7 @@ import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,17 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbone import BatchStats
-from mamlpp.nn.batch_norm_fn import batch_norm_train
-from mamlpp.nn.per_step_bn import PerStepBatchNorm, _row
+from mamlpp.nn.batch_norm_fn import (
+    FunctionContext,
+    Grads,
+    batch_norm_train,
+    native_train_backward,
+    native_train_forward,
+)
+from mamlpp.nn.per_step_bn import PerStepBatchNorm, step_row, unbiased_variance
+
+if TYPE_CHECKING:
+    from torch._functorch.autograd_function import VmapInfo
 
 PREFIX = "module."  # the wrapped module's parameters appear as "module.<its own name>"
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -74,15 +84,22 @@ class _TaskBatchNorm(torch.autograd.Function):
     """Training-mode batch norm of one task's ``x [n, C, *]`` -> ``(y, mean [C], var [C])``
     (variance biased). Under ``vmap`` the :meth:`vmap` rule folds the B tasks into the channel
     dimension, ``[n, B*C, *]``, and calls :func:`batch_norm_train` once, whose hand-written
-    double backward is what the outer (second-order) backward then runs."""
+    double backward is what the outer (second-order) backward then runs.
+
+    Same forward and first backward as :func:`batch_norm_train`'s Function; it differs on purpose
+    in having a vmap rule (the per-task op vmap sees) and a plain backward, reached only outside
+    vmap, where PyTorch's own differentiable backward is enough."""
 
     @staticmethod
-    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        y, mean, rstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
-        return y, mean, rstd.pow(-2) - eps, rstd
+    def forward(
+        x: Tensor, gamma: Tensor, beta: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return native_train_forward(x, gamma, beta, eps)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(
+        ctx: FunctionContext, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+    ) -> None:
         x, gamma, _, eps = inputs
         _, mean, _, rstd = output
         ctx.save_for_backward(x, gamma, mean, rstd)
@@ -90,17 +107,28 @@ class _TaskBatchNorm(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1], output[2], output[3])
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, _grad_mean, _grad_var, _grad_rstd):
+    def backward(
+        ctx: FunctionContext,
+        grad_y: Tensor,
+        _grad_mean: Tensor | None,
+        _grad_var: Tensor | None,
+        _grad_rstd: Tensor | None,
+    ) -> Grads:
         # Only reached outside vmap (e.g. torch.func.grad over one task): PyTorch's own
         # batch-norm backward, itself differentiable.
         x, gamma, mean, rstd = ctx.saved_tensors
-        grad_x, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-            grad_y, x, gamma, None, None, mean, rstd, True, ctx.eps, [True, True, True]
-        )
+        grad_x, grad_gamma, grad_beta = native_train_backward(grad_y, x, gamma, mean, rstd, ctx.eps)
         return grad_x, grad_gamma, grad_beta, None
 
     @staticmethod
-    def vmap(info, in_dims, x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+    def vmap(
+        info: VmapInfo,
+        in_dims: tuple[int | None, ...],
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        eps: float,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], tuple[int, int, int, int]]:
         tasks = info.batch_size
         x_dim, gamma_dim, beta_dim = in_dims[:3]
         # x: [n, B, C, *] (vmap's convolution rule already produces the task dim there, so
@@ -139,7 +167,8 @@ class StepBatchNorm(PerStepBatchNorm):
         with torch.no_grad():
             self.weight.copy_(source.weight.detach())
             self.bias.copy_(source.bias.detach())
-            if source.running_mean is not None:
+            # Both statistics exist, or neither (track_running_stats=False).
+            if source.running_mean is not None and source.running_var is not None:
                 self.running_mean.copy_(source.running_mean)
                 self.running_var.copy_(source.running_var)
 
@@ -152,10 +181,10 @@ class StepBatchNorm(PerStepBatchNorm):
                 f"BN layer {self.name} expects {' or '.join(map(str, self.input_dims))}-D "
                 f"input, got shape {tuple(x.shape)}"
             )
-        weight, bias = _row(self.weight, ctx.step), _row(self.bias, ctx.step)
+        weight, bias = step_row(self.weight, ctx.step), step_row(self.bias, ctx.step)
         if ctx.running is not None:
-            mean = _row(ctx.running[f"{self.name}.running_mean"], ctx.step)
-            var = _row(ctx.running[f"{self.name}.running_var"], ctx.step)
+            mean = step_row(ctx.running[f"{self.name}.running_mean"], ctx.step)
+            var = step_row(ctx.running[f"{self.name}.running_var"], ctx.step)
             return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
         count = x.numel() // x.shape[1]  # positions per channel (per task under vmap)
         if ctx.batched:
@@ -165,8 +194,7 @@ class StepBatchNorm(PerStepBatchNorm):
             dims = [d for d in range(x.dim()) if d != 1]
             mean = x.detach().mean(dims)
             var = x.detach().var(dims, correction=0)
-        # Unbiased variance, as PyTorch's running statistics use it.
-        ctx.stats[self.name] = (mean, var * (count / max(count - 1, 1)))
+        ctx.stats[self.name] = (mean, unbiased_variance(var, count))
         return y
 
 
@@ -229,8 +257,8 @@ def _select(candidates: list[str], adapt: Sequence[str], exclude: Sequence[str])
 
 
 class ModuleBackbone(nn.Module):
-    """A plain module as a MAML++ backbone (the ``Backbone`` protocol plus
-    ``task_batched_forward``).
+    """A plain module as a MAML++ backbone (the ``Backbone`` protocol; ``task_batched_forward``
+    under vmap).
 
     The batch-norm tables get their per-step rows from the learner's MetaConfig (``MAMLpp``
     calls ``set_steps`` on every layer of ``bn_layers()``). ``adapt`` / ``exclude`` are
@@ -313,7 +341,7 @@ class ModuleBackbone(nn.Module):
         ``[B, n, ways]`` and ``{bn: (mean [B, C], var [B, C])}``; ``running`` tables carry no
         task dimension."""
 
-        def one_task(task_params: dict[str, Tensor], task_x: Tensor):
+        def one_task(task_params: dict[str, Tensor], task_x: Tensor) -> tuple[Tensor, BatchStats]:
             with self._call(step, running, batched=True) as stats:
                 logits = functional_call(self.module, task_params, (task_x,))
             return logits, stats

@@ -1,4 +1,4 @@
-"""Functional per-step batch norm (BNRS + BNWB, spec section 1).
+"""Functional per-step batch norm, BNRS and BNWB ("How to train your MAML", section 4).
 
 The step index is explicit, statistics go in and come out as values: nothing is updated in place,
 so the same code runs under ``torch.func.vmap`` and ``torch.func.grad``. The running statistics are
@@ -13,9 +13,25 @@ import torch
 from torch import Tensor, nn
 
 
-def _row(table: Tensor, step: int) -> Tensor:
-    """Row ``step`` of a per-step table ``[S, C]``, or the shared ``[C]`` tensor itself."""
+def step_row(table: Tensor, step: int, task_dim: bool = False) -> Tensor:
+    """The batch-norm values (gamma, beta, running mean or variance) of inner step ``step``.
+
+    ``table``: ``[S, C]`` (one row per step: BNWB, BNRS) -> row ``step``, ``[C]``; ``[C]`` (shared
+    by all steps) -> ``table`` itself. With ``task_dim`` every shape has a leading task dimension:
+    ``[B, S, C]`` -> ``[B, C]``, ``[B, C]`` -> ``table``. The result is a view, never a copy.
+    """
+    if task_dim:
+        return table[:, step] if table.dim() == 3 else table
     return table[step] if table.dim() == 2 else table
+
+
+def unbiased_variance(var: Tensor, count: int) -> Tensor:
+    """The unbiased (Bessel-corrected) variance from the biased one ``var`` of ``count`` values.
+
+    Batch norm normalises with the biased batch variance, but its running statistics take the
+    unbiased one, as PyTorch's do (``count - 1`` is kept >= 1 so one value gives ``var``).
+    """
+    return var * (count / max(count - 1, 1))
 
 
 def per_step_batch_norm(
@@ -36,16 +52,15 @@ def per_step_batch_norm(
     the variance unbiased as PyTorch's running statistics use it.
     """
     if running_mean is not None and running_var is not None:
-        mean, var = _row(running_mean, step), _row(running_var, step)
+        mean, var = step_row(running_mean, step), step_row(running_var, step)
         batch_stats = None
     else:
         mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
+        var = x.var(dim=(0, 2, 3), unbiased=False)  # biased: what normalises
         count = x.shape[0] * x.shape[2] * x.shape[3]
-        unbiased = var * (count / max(count - 1, 1))
-        batch_stats = (mean.detach(), unbiased.detach())
-    scale = _row(weight, step) * torch.rsqrt(var + eps)  # [C]
-    shift = _row(bias, step) - mean * scale  # [C]
+        batch_stats = (mean.detach(), unbiased_variance(var, count).detach())
+    scale = step_row(weight, step) * torch.rsqrt(var + eps)  # [C]
+    shift = step_row(bias, step) - mean * scale  # [C]
     return x * scale[:, None, None] + shift[:, None, None], batch_stats
 
 
@@ -85,12 +100,15 @@ def fold_running_stats(
 class PerStepBatchNorm(nn.Module):
     """Holds the parameters and statistics of one batch-norm layer; computing is functional.
 
-    Built with shared ``[C]`` tensors (gamma 1, beta 0, mean 0, var 1, as the spec says). The
+    Built with shared ``[C]`` tensors (gamma 1, beta 0, mean 0, var 1: PyTorch's defaults). The
     learner then gives it per-step rows from its MetaConfig with :meth:`set_steps`, so the number
     of steps and the BNRS/BNWB switches are stated once, in the config, never in a backbone:
     ``weight``/``bias`` become ``[S, C]`` under BNWB, ``running_mean``/``running_var`` ``[S, C]``
     under BNRS.
     """
+
+    running_mean: Tensor  # buffer, [C] or [S, C]
+    running_var: Tensor  # buffer, [C] or [S, C]
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()

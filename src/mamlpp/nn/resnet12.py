@@ -24,7 +24,11 @@ SLOPE = 0.1  # leaky ReLU slope of the ResNet-12 literature
 
 def resnet12_widths(first: int) -> tuple[int, int, int, int]:
     """Widths that keep the standard 1 : 2.5 : 5 : 10 ratios: 64 -> (64, 160, 320, 640)."""
-    return tuple(max(1, round(first * r)) for r in (1, 2.5, 5, 10))  # type: ignore[return-value]
+
+    def width(ratio: float) -> int:
+        return max(1, round(first * ratio))
+
+    return width(1), width(2.5), width(5), width(10)
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:

@@ -45,7 +45,8 @@ class EvalResult:
 
 
 class TaskSharding(Protocol):
-    """How the processes of a data-parallel job split evaluation tasks (mamlpp.engine.distributed)."""
+    """How the processes of a data-parallel job split evaluation tasks
+    (:mod:`mamlpp.engine.distributed`)."""
 
     def my_tasks(self, tasks: int) -> range:
         """This process's task ids out of ``0..tasks-1``."""

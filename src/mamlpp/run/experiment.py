@@ -24,30 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
 
-from mamlpp.core.config import MetaConfig
+from mamlpp.core.config import MetaConfig, check_field, field_types
+from mamlpp.data.table import TABLE, Dataset, did_you_mean
 from mamlpp.engine.precision import Precision
 from mamlpp.errors import ConfigError
 
-DatasetName = Literal[
-    "omniglot",
-    "omniglot-vinyals",
-    "mini-imagenet",
-    "synthetic",
-    "folder",
-    "cifar-fs",
-    "fc100",
-    "tiered-imagenet",
-]
+# A name of the dataset table (mamlpp.data.table), checked by validate(): the table, not this
+# module, lists the datasets.
+DatasetName = str
 BackboneName = Literal["conv4", "resnet12"]
 
 
@@ -88,7 +79,7 @@ class TrainSection:
     checkpoint_every: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     tensorboard: bool = True  # log to RUN_DIR/tensorboard when the optional extra is installed
-    # On CUDA: replay each meta-iteration from a CUDA graph (mamlpp.engine.step_runner.FastMetaStep).
+    # On CUDA: replay each meta-iteration from a CUDA graph (engine.step_runner.MetaStepRunner).
     cuda_graph: bool = True
     # When capture fails: "error" stops with the operation and source line that broke it;
     # "eager" warns, trains without graphs and records that in the log and summary.json.
@@ -167,12 +158,12 @@ def build_config(tree: dict[str, Any]) -> ExperimentConfig:
             continue  # built below, once train.epochs is known
         sections[name] = cls(
             **{
-                key: _coerce(f"{name}.{key}", value, _field_types(cls)[key])
+                key: check_field(f"{name}.{key}", value, field_types(cls)[key], toml=True)
                 for key, value in tree.get(name, {}).items()
             }
         )
     meta_values = {
-        key: _coerce(f"meta.{key}", value, _field_types(MetaConfig)[key])
+        key: check_field(f"meta.{key}", value, field_types(MetaConfig)[key], toml=True)
         for key, value in tree.get("meta", {}).items()
     }
     if sections["train"].epochs < 1:
@@ -216,49 +207,10 @@ def suggest(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the annotation ``hint``; int -> float is the one conversion."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            options = ", ".join(repr(c) for c in choices)
-            raise ConfigError(f"{key} must be one of {options}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        # TOML has no null: an optional value is switched off with "none".
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        return _coerce(key, value, args[0])
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be finite, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {hint!r} for {key}")  # a programming error
-
-
 def validate(config: ExperimentConfig) -> None:
     """Ranges and combinations across sections (MetaConfig validates its own fields)."""
     d, m, t, e = config.data, config.model, config.train, config.eval
+    entry = _dataset_entry(d.dataset)
     positive = {
         "data.ways": d.ways,
         "data.shots": d.shots,
@@ -292,9 +244,11 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"data.image_size must be >= 16 (conv4 halves it four times), got {d.image_size}"
         )
-    if d.dataset == "mini-imagenet" and d.image_size != 84:
-        raise ConfigError(f"mini-imagenet images are 84x84; data.image_size={d.image_size}")
-    _validate_folder_keys(d)
+    spec = entry.preprocessing
+    if spec is not None and spec.fixed_size and d.image_size != spec.image_size:
+        size = spec.image_size
+        raise ConfigError(f"{d.dataset} images are {size}x{size}; data.image_size={d.image_size}")
+    _validate_folder_keys(d, entry)
     if t.checkpoint_every and t.checkpoint_every % t.log_every:
         # Metrics windows must be closed at every checkpoint, or a resume would lose half a
         # window and the metrics file would differ from an uninterrupted run.
@@ -304,14 +258,26 @@ def validate(config: ExperimentConfig) -> None:
         )
 
 
-def _validate_folder_keys(d: DataSection) -> None:
+def _dataset_entry(name: str) -> Dataset:
+    """The dataset table's entry for data.dataset (its exact name: aliases are for loading)."""
+    entry = TABLE.get(name)
+    if entry is None:
+        options = ", ".join(repr(known) for known in TABLE)
+        raise ConfigError(
+            f"data.dataset must be one of {options}, got {name!r}{did_you_mean(name)}"
+        )
+    return entry
+
+
+def _validate_folder_keys(d: DataSection, entry: Dataset) -> None:
     """The own-image keys apply to data.dataset="folder" only: elsewhere they would be ignored."""
     defaults = DataSection()
-    if d.dataset != "folder":
+    if not entry.own_images:
+        own = " or ".join(repr(e.name) for e in TABLE.values() if e.own_images)
         for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction"):
             if getattr(d, key) != getattr(defaults, key):
                 raise ConfigError(
-                    f"data.{key} applies to data.dataset='folder' only (the {d.dataset} "
+                    f"data.{key} applies to data.dataset={own} only (the {d.dataset} "
                     "dataset fixes its own preprocessing)"
                 )
     for key in ("val_fraction", "test_fraction"):

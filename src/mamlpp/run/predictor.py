@@ -23,31 +23,28 @@ predicted with it; all queries of one call form one batch.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from mamlpp import __version__
 from mamlpp.core.learner import MAMLpp
 from mamlpp.data.images import ImageLike, Preprocessing
-from mamlpp.errors import DataError, MamlppError
+from mamlpp.errors import DataError, InputError, MamlppError
 from mamlpp.run.build import build_learner
 from mamlpp.run.checkpoint import atomic_save, load_checkpoint
 from mamlpp.run.datasource import preprocessing_for
 from mamlpp.run.evaluate import ensemble_paths, load_member, member_from_state
 from mamlpp.run.experiment import ExperimentConfig, build_config
 from mamlpp.run.run_dir import read_run_config, require_run_dir
+from mamlpp.version import __version__
 
 MODEL_FORMAT = "mamlpp-model"
 MODEL_VERSION = 1
-
-
-class InputError(MamlppError):
-    """Support or query images the model cannot use (a usage error: exit code 2)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -225,7 +222,10 @@ class FewShotPredictor:
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         try:
-            logits = sum(m.adapt_and_predict(sx, sy, qx) for m in self.members)
+            # [Q, N] summed in member order (the order evaluate() uses)
+            logits = functools.reduce(
+                operator.add, (m.adapt_and_predict(sx, sy, qx) for m in self.members)
+            )
         finally:
             torch.set_num_threads(threads)
         return torch.softmax(logits.float() / len(self.members), dim=-1).cpu()
@@ -254,7 +254,7 @@ def _image_list(value: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
         return list(value.unbind(0)) if value.dim() == 4 else [value]
     if isinstance(value, str | Path | bytes) or not isinstance(value, Sequence):
         return [value]  # a path, bytes or a PIL image: one image
-    return list(value)
+    return list(cast(Sequence[ImageLike], value))
 
 
 def _template(config: ExperimentConfig, channels: int, device: torch.device | str) -> MAMLpp:

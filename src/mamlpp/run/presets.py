@@ -3,12 +3,12 @@
 A preset is a partial config tree over the defaults of :mod:`mamlpp.run.experiment`; the TOML file
 and ``--set`` overrides apply on top of it (see :func:`resolve_config`).
 
-Settings (spec sections 1-4). Omniglot: 28x28x1, conv4 with 64 filters, 1 target per class,
-8 tasks per meta-batch, inner lr 0.1, MSL over 10 epochs, cosine to 1e-5. mini-ImageNet:
-84x84x3, 48 filters, 15 targets per class, 2 tasks, inner lr 0.01 (paper-era configs; the
-reference HEAD uses 0.1), MSL over 15 epochs, gradient clamp 10, cosine to 1e-5 (the paper's CA;
-the reference configs use 1e-3, which switches it off). All paper presets: 100 epochs x 500
-iterations, 600 fixed validation and test tasks, a top-5 test ensemble.
+Settings (the paper, section 4, and its experiments; docs/algorithm.md). Omniglot: 28x28x1, conv4
+with 64 filters, 1 target per class, 8 tasks per meta-batch, inner lr 0.1, MSL over 10 epochs,
+cosine to 1e-5. mini-ImageNet: 84x84x3, 48 filters, 15 targets per class, 2 tasks, inner lr 0.01
+(paper-era configs; the reference HEAD uses 0.1), MSL over 15 epochs, gradient clamp 10, cosine to
+1e-5 (the paper's CA; the reference configs use 1e-3, which switches it off). All paper presets: 100
+epochs x 500 iterations, 600 fixed validation and test tasks, a top-5 test ensemble.
 
 Derivative-order annealing follows the paper's text: first order for 50 epochs, then second
 order (MetaConfig's default). The reference configs differ: always second order on Omniglot
@@ -25,6 +25,7 @@ keep everything else, so the pair differs only in the algorithm.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,12 @@ def _paper_presets(settings=PAPER_SETTINGS) -> dict[str, Preset]:
 
 
 PRESETS: dict[str, Preset] = {
-    # Omniglot 5-way 1-shot MAML++ in 6-10 minutes on a 2-core CPU. The paper's schedule
-    # shapes are kept by shortening each epoch, not the number of epochs: 100 epochs of 15
-    # iterations, so MSL anneals over epochs 0-9, DA switches to second order at epoch 50 and
-    # the outer lr follows the full cosine. 32 filters (not 64) and 50 validation tasks per
-    # epoch keep it inside the budget; the test still uses 600 tasks and a top-3 ensemble.
+    # Omniglot 5-way 1-shot MAML++ in about 6 minutes on an idle 2-core CPU (docs/performance.md).
+    # The paper's schedule shapes are kept by shortening each epoch, not the number of epochs:
+    # 100 epochs of 15 iterations, so MSL anneals over epochs 0-9, DA switches to second order
+    # at epoch 50 and the outer lr follows the full cosine. 32 filters (not 64) and 50
+    # validation tasks per epoch keep it inside the budget; the test still uses 600 tasks and a
+    # top-3 ensemble.
     # One thread: on a 2-core machine with anything else running, two threads were 4-5x
     # slower for this small model (measured); raise it with --set train.threads=N.
     "quickstart": Preset(
@@ -152,7 +154,7 @@ PRESETS: dict[str, Preset] = {
                 "eval": {"val_tasks": 50, "test_tasks": 600, "top_k": 3, "batch_size": 50},
             },
         ),
-        budget_note="8-10 min on a 2-core CPU",
+        budget_note="under 10 min on a 2-core CPU (6 min measured, idle)",
     ),
     # Offline and file-free (procedural stroke classes), for smoke tests and demos.
     "synthetic": Preset(
@@ -181,8 +183,6 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown preset {name!r} ({hint}`mamlpp presets` lists them)") from None

@@ -26,7 +26,7 @@ import torch
 
 from mamlpp.data import EpisodeSampler, FewShotSplit
 from mamlpp.engine.distributed import Distributed, check_divisible, sync_in_graph
-from mamlpp.engine.step_runner import FastMetaStep, choose_execution
+from mamlpp.engine.step_runner import MetaStepRunner, choose_execution
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.build import build_learner
 from mamlpp.run.checkpoint import (
@@ -99,8 +99,8 @@ class Trainer:
         self.run = run
         self.device = device
         self.out = out if out is not None else sys.stdout
-        # Data-parallel (mamlpp.engine.distributed): this rank's share of each meta-batch; only rank 0
-        # writes files or prints.
+        # Data-parallel (mamlpp.engine.distributed): this rank's share of each meta-batch; only
+        # rank 0 writes files or prints.
         self.dist = dist
         if dist is not None:
             check_divisible(config.train.tasks_per_batch, dist.world_size)
@@ -121,7 +121,7 @@ class Trainer:
         # on the CPU the batched path is the measured fastest.
         self._measure_execution = t.execution == "auto" and device.type == "cuda" and t.cuda_graph
         self.learner.execution = "batched" if t.execution == "auto" else t.execution
-        self.fast_step = FastMetaStep(
+        self.fast_step = MetaStepRunner(
             self.learner,
             use_cuda_graph=t.cuda_graph,
             precision=t.precision,

@@ -1,4 +1,5 @@
-"""``run_training``: train (or continue) a run in its folder, test its ensemble, write the summary."""
+"""``run_training``: train (or continue) a run in its folder, test its ensemble, write the
+summary."""
 
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """Speed and memory of one meta-iteration, measured against the machine's own limit.
 
-For each configuration of spec section 5 (and first-order variants) the harness reports, after
-warm-up, the median seconds per meta-iteration over ``iters`` iterations for each execution path
-side by side, the FLOPs of one iteration (``torch.utils.flop_counter``, counted on the loop path
-so that every path is charged the same algorithmic work), the achieved rate, the rate of a large
-float32 matmul measured in the same run and the ratio of the two, and peak memory. Optional:
-precision modes (TF32, bf16 autocast) with the relative error of their meta-gradients against the
-float32 loop path, activation checkpointing, a memory sweep over steps x tasks, and the time to
-evaluate 600 tasks. Output: JSON plus a short table. ``mamlpp bench`` and
-``benchmarks/meta_step.py`` both run :func:`main`.
+For each configuration of :data:`mamlpp.studies.bench_configs.CONFIGS` (the paper's four experiment
+shapes, the generic path, ResNet-12, first-order variants) the harness reports, after warm-up, the
+median seconds per meta-iteration over ``iters`` iterations for each execution path side by side,
+the FLOPs of one iteration (``torch.utils.flop_counter``, counted on the loop path so that every
+path is charged the same algorithmic work), the achieved rate, the rate of a large float32 matmul
+measured in the same run and the ratio of the two, and peak memory. Optional: precision modes (TF32,
+bf16 autocast) with the relative error of their meta-gradients against the float32 loop path,
+activation checkpointing, a memory sweep over steps x tasks, and the time to evaluate 600 tasks.
+Output: JSON plus a short table. ``mamlpp bench`` and ``benchmarks/meta_step.py`` both run
+:func:`main`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamlpp.core.config import MetaConfig
 from mamlpp.core.learner import MAMLpp
-from mamlpp.engine.precision import PRECISIONS
+from mamlpp.core.types import MetaBatch
+from mamlpp.engine.precision import PRECISIONS, Precision, autocast_dtype_of, precision_context
+from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import Conv4, conv4_sequential
 from mamlpp.nn.resnet12 import ResNet12, resnet12_widths
@@ -46,7 +51,9 @@ def _network(config: BenchConfig) -> torch.nn.Module:
     return Conv4(config.ways, config.in_channels, config.channels, config.image_size)
 
 
-def build_problem(config: BenchConfig, device: torch.device, seed: int = 0):
+def build_problem(
+    config: BenchConfig, device: torch.device, seed: int = 0
+) -> tuple[MAMLpp, MetaBatch]:
     """Learner and one synthetic meta-batch (random images, balanced labels) on ``device``."""
     meta = MetaConfig(
         num_inner_steps=config.steps,
@@ -62,7 +69,7 @@ def build_problem(config: BenchConfig, device: torch.device, seed: int = 0):
     qx = torch.rand(config.tasks, config.ways * config.targets, *shape, generator=g)
     sy = torch.arange(config.ways).repeat_interleave(config.shots).repeat(config.tasks, 1)
     qy = torch.arange(config.ways).repeat_interleave(config.targets).repeat(config.tasks, 1)
-    return learner, tuple(t.to(device) for t in (sx, sy, qx, qy))
+    return learner, (sx.to(device), sy.to(device), qx.to(device), qy.to(device))
 
 
 def _sync(device: torch.device) -> None:
@@ -85,7 +92,7 @@ def matmul_rate(device: torch.device, size: int | None = None, repeats: int = 10
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def count_flops(learner: MAMLpp, batch) -> int:
+def count_flops(learner: MAMLpp, batch: MetaBatch) -> int:
     """FLOPs of one meta-iteration (forward, inner gradients, outer backward) on the loop path."""
     counter = FlopCounterMode(display=False)
     with counter:
@@ -95,20 +102,26 @@ def count_flops(learner: MAMLpp, batch) -> int:
     return counter.get_total_flops()
 
 
-def _step_fn(learner: MAMLpp, batch, path: str, mode: str):
+def _step_fn(learner: MAMLpp, batch: MetaBatch, path: str, mode: Precision) -> Callable[[], Any]:
     """A callable running one full meta-iteration (including the Adam step) on ``path``."""
-    from mamlpp.engine.step_runner import FastMetaStep
-
     learner.execution = _execution_of(path)
     if path.startswith("graph"):
-        runner = FastMetaStep(learner, use_cuda_graph=True, precision=mode)
+        runner = MetaStepRunner(learner, use_cuda_graph=True, precision=mode)
         return lambda: runner(*batch, 0)
     learner.checkpoint_steps = path == "batched-ckpt"
-    runner = FastMetaStep(learner, use_cuda_graph=False, precision=mode)
+    runner = MetaStepRunner(learner, use_cuda_graph=False, precision=mode)
     return lambda: runner(*batch, 0)
 
 
-def time_path(learner, batch, path: str, mode: str, iters: int, warmup: int, device) -> dict:
+def time_path(
+    learner: MAMLpp,
+    batch: MetaBatch,
+    path: str,
+    mode: Precision,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, Any]:
     step = _step_fn(learner, batch, path, mode)
     for _ in range(warmup):
         step()
@@ -127,10 +140,10 @@ def time_path(learner, batch, path: str, mode: str, iters: int, warmup: int, dev
     return result
 
 
-def meta_gradients(learner: MAMLpp, batch, path: str, mode: str) -> dict[str, torch.Tensor]:
+def meta_gradients(
+    learner: MAMLpp, batch: MetaBatch, path: str, mode: Precision
+) -> dict[str, torch.Tensor]:
     """Every meta-gradient of one iteration by parameter name (no optimiser step)."""
-    from mamlpp.engine.step_runner import autocast_dtype_of, precision_context
-
     learner.zero_grad(set_to_none=True)
     learner.execution = _execution_of(path)
     learner.checkpoint_steps = path == "batched-ckpt"
@@ -311,7 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     if device.type != "cuda":
         paths = [p for p in paths if not p.startswith("graph")]
     peak_rate = matmul_rate(device)
-    report = {
+    report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()}, "
@@ -330,10 +343,11 @@ def run(args: argparse.Namespace) -> dict:
             # path itself may be off by percents), so every path and precision is compared with
             # the float64 loop path.
             double = copy.deepcopy(learner).double()
-            batch64 = tuple(t.double() if t.is_floating_point() else t for t in batch)
+            sx, sy, qx, qy = batch
+            batch64 = (sx.double(), sy, qx.double(), qy)  # labels stay int64
             reference64 = meta_gradients(double, batch64, "loop", "fp32")
             del double, batch64
-        entry = {"config": asdict(config), "gflop": flops / 1e9, "paths": {}}
+        entry: dict[str, Any] = {"config": asdict(config), "gflop": flops / 1e9, "paths": {}}
         if name in PAPER_REFERENCE:
             entry["reference_s"], entry["reference_peak_gb"] = PAPER_REFERENCE[name]
         for path in paths:
@@ -357,7 +371,7 @@ def run(args: argparse.Namespace) -> dict:
             if loop is not None:  # > 1: faster than the per-task loop (the reference's shape)
                 timing["speedup_vs_loop"] = loop["median_s"] / timing["median_s"]
         if args.memory:
-            measured = ("batched", "batched-ckpt", "loop")
+            measured: tuple[str, ...] = ("batched", "batched-ckpt", "loop")
             if device.type == "cuda":
                 measured = ("graph", *measured)  # what training runs, against the reference's
             entry["peak_memory_gb"] = {p: peak_memory(config, p, device) for p in measured}

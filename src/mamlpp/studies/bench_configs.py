@@ -61,7 +61,8 @@ def _configs() -> dict[str, BenchConfig]:
 
 
 CONFIGS = _configs()
-PAPER_REFERENCE = {  # authors' code on one H100 (spec section 5): s/iteration, peak GB
+# The authors' public code, measured on one H100 (docs/performance.md): s/iteration, peak GB.
+PAPER_REFERENCE = {
     "omniglot-20w1s": (0.459, 2.1),
     "omniglot-5w1s": (0.454, 0.6),
     "mini-imagenet-5w1s": (0.121, 5.5),

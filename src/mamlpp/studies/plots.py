@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mamlpp.errors import MamlppError
 
 LOG_SPAN = 1e3  # max/min of the positive values above which a line chart uses a log y axis
@@ -105,8 +107,6 @@ def heatmap_figure(
 ) -> Any:
     """Labelled cells and a colour bar; colours diverge around ``center`` when given."""
     plt = _pyplot()
-    import numpy as np
-
     values = np.asarray(matrix, dtype=float)
     finite = values[np.isfinite(values)]
     height = max(2.5, 0.35 * len(rows) + 1.5)

@@ -9,6 +9,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy
+import torch
+
 from mamlpp.errors import ConfigError
 from mamlpp.run.run_dir import read_json, read_metrics, run_status, write_json
 from mamlpp.studies.ablate.grid import Variant
@@ -23,6 +26,7 @@ from mamlpp.studies.ablate.plan import (
 )
 from mamlpp.studies.ablate.render import plots, results_markdown
 from mamlpp.util.atomic import atomic_write
+from mamlpp.version import __version__
 
 
 def run_entry(out: Path, plan: Plan, variant: Variant, seed: int) -> dict[str, Any]:
@@ -121,11 +125,6 @@ def cpu_model() -> str:
 
 def environment() -> dict[str, Any]:
     """Versions and hardware of this machine, recorded with the results."""
-    import numpy
-    import torch
-
-    from mamlpp import __version__
-
     linux = hasattr(os, "sched_getaffinity")
     return {
         "mamlpp": __version__,

@@ -1,8 +1,9 @@
 """``--time-budget``: the largest budget that trains within a time, measured on the path that
 trains.
 
-For every variant a real :class:`~mamlpp.run.trainer.Trainer` is built (on CUDA it captures and replays
-CUDA graphs, as training does) and its :meth:`~mamlpp.run.trainer.Trainer.train_step`, the very call
+For every variant a real :class:`~mamlpp.run.trainer.Trainer` is built (on CUDA it captures and
+replays CUDA graphs, as training does) and its
+:meth:`~mamlpp.run.trainer.Trainer.train_step`, the very call
 an epoch makes, is timed once per schedule regime (MSL on/off x first/second order, as the
 epochs will see them). Warm-up calls (eager steps and the graph capture on CUDA) are discarded,
 and the device is synchronised before each clock read. A validation is timed the same way.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def time_calls(
 
 def calibrate(
     plan: Plan,
-    variants: list[Variant],
+    variants: Sequence[Variant],
     splits,
     device: torch.device,
     threads: int = 0,
@@ -65,6 +66,8 @@ def calibrate(
     """The largest budget (a multiple of the epochs) whose training and validations fit in
     ``plan.time_budget_s`` for every variant; returns it and the measurements."""
     seconds = plan.time_budget_s
+    if seconds is None:
+        raise ValueError("calibrate needs a plan with a time budget")  # a programming error
     probe = plan.probe()  # 1 iteration per epoch
     old_threads = torch.get_num_threads()
     measured: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""``mamlpp ablate`` behind its arguments: the plan they ask for, a dry run, and the runner's call."""
+"""``mamlpp ablate`` behind its arguments: the plan they ask for, a dry run, and the runner's
+call."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mamlpp.data.files import data_dir
+from mamlpp.data.table import dataset
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.build import resolve_device
 from mamlpp.run.experiment import suggest
@@ -200,14 +203,13 @@ def _dry_run(
     return 0
 
 
-def _data_note(dataset: str, data_dir_arg: str | None) -> str:
+def _data_note(name: str, data_dir_arg: str | None) -> str:
     """Where the data would come from (the dry run only reports; it never downloads)."""
-    from mamlpp.data import data_dir, find_mini_imagenet, find_omniglot
-
-    if dataset == "synthetic":
-        return "data: generated in memory (synthetic)"
+    files = dataset(name).files
+    if files is None:
+        return f"data: generated in memory ({name})"
     root = data_dir(data_dir_arg)
-    found = find_mini_imagenet(root) if dataset == "mini-imagenet" else find_omniglot(root)
+    found = files.locate(root)
     if found is None:
-        return f"data: {dataset} NOT found in {root} (a real run downloads it unless --no-download)"
-    return f"data: {dataset} found in {found}"
+        return f"data: {name} NOT found in {root} (a real run downloads it unless --no-download)"
+    return f"data: {name} found in {found}"

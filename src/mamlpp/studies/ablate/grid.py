@@ -1,5 +1,6 @@
 """The ablation grid as data: each variant names the MAML++ techniques it switches on over
-plain MAML (spec section 1), and the [meta] values that follow from that."""
+plain MAML (the paper, section 4; docs/algorithm.md), and the [meta] values that follow from
+that."""
 
 from __future__ import annotations
 

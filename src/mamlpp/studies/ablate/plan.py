@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mamlpp.data.table import ABLATION_DATASETS
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.experiment import ExperimentConfig, toml_value
 from mamlpp.run.presets import PRESETS, resolve_config
 from mamlpp.run.run_dir import RunDir, write_json
 from mamlpp.studies.ablate.grid import GRID, VARIANTS, Variant, variant_meta
 
-DATASETS = ("omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic")
+# The datasets the grid offers: the entries of the dataset table marked for it (a live view).
+DATASETS = ABLATION_DATASETS
 
 PLAN_FILE = "ablation.json"
 PLAN_FORMAT = 1

@@ -72,6 +72,7 @@ class Workers:
             self._running.append(process)
         print(f"started {name} (pid {process.pid}, log {log_path})", flush=True)
         with open(log_path, "a", encoding="utf-8") as log:
+            assert process.stdout is not None  # started with stdout=PIPE
             for line in process.stdout:
                 log.write(line)
                 log.flush()
