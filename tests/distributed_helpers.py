@@ -126,18 +126,6 @@ def wait_all(processes: list[subprocess.Popen], timeout: float = 120.0) -> list[
     return codes
 
 
-def silence_dead_biases(learner):
-    """A conv bias followed by batch-statistics BN is a dead parameter: its exact gradient is 0,
-    what backward returns is rounding noise (~1e-16), and Adam (eps 1e-8) turns that noise into
-    steps of ~1e-9 in *either* of two runs that round differently (measured: the conv biases and
-    the running means that contain them differed by 2.4e-9 in float64, every other tensor by
-    <= 5e-15). Zeroing those gradients makes a comparison measure the arithmetic alone."""
-    for name, parameter in learner.backbone.named_parameters():
-        if name.startswith("conv") and name.endswith(".bias"):
-            parameter.register_hook(torch.zeros_like)
-    return learner
-
-
 def train_tiny(
     dtype: torch.dtype, task_reduction: str, dist=None, sync_in_graph: bool = True
 ) -> tuple[dict, list[dict]]:
@@ -163,7 +151,7 @@ def train_tiny(
         task_reduction=task_reduction,
     )
     torch.manual_seed(0)
-    learner = silence_dead_biases(MAMLpp(conv4_for(3, 1, 16, channels=4), config).to(dtype))
+    learner = MAMLpp(conv4_for(3, 1, 16, channels=4), config).to(dtype)
     step = FastMetaStep(learner, sync=dist, sync_in_graph=sync_in_graph)
     history = []
     for g in range(EPOCHS * ITERATIONS):

@@ -109,7 +109,7 @@ def test_presets_lists_every_preset(capsys) -> None:
 
 
 def test_evaluate_and_report_need_a_run_folder(tmp_path: Path, capsys) -> None:
-    assert main(["evaluate", str(tmp_path)]) == 1
+    assert main(["evaluate", str(tmp_path)]) == 2  # a usage error
     assert "not a mamlpp run folder" in _error(capsys)
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert "not a mamlpp run folder" in _error(capsys)

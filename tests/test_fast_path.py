@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 from core_helpers import clone_learner, tiny_learner, tiny_tasks
-from distributed_helpers import silence_dead_biases
 from test_capture_safety import REGIMES, _capturable_step, capturable_adam_on_cpu  # noqa: F401
 
 from mamlpp import MetaConfig
@@ -181,12 +180,6 @@ MOVING = MetaConfig(
 )
 
 
-def _copy(learner):
-    """A copy whose dead conv biases get no Adam steps from rounding noise (deepcopy does not
-    keep gradient hooks)."""
-    return silence_dead_biases(clone_learner(learner))
-
-
 def _train(step: FastMetaStep, repeat: int = 1, iterations=((0, 0), (0, 1), (1, 2), (3, 3))):
     """(epoch, batch seed) iterations; each batch's tasks repeated ``repeat`` times."""
     history = []
@@ -203,7 +196,7 @@ def test_split_step_equals_fused_step_bitwise():
     reference = tiny_learner(MOVING)
     for sync in (None, MirroredRank()):
         steps = [
-            FastMetaStep(_copy(reference), sync=sync, sync_in_graph=inside)
+            FastMetaStep(clone_learner(reference), sync=sync, sync_in_graph=inside)
             for inside in (True, False)
         ]
         fused, split = (_train(step) for step in steps)
@@ -215,7 +208,7 @@ def test_split_step_equals_fused_step_bitwise():
         assert all(torch.equal(adam[0][i][k], adam[1][i][k]) for i in adam[0] for k in adam[0][i])
         assert steps[1].describe()["graph_sync"] == "after-replay"
     assert not torch.equal(states[0]["backbone.head.weight"], reference.backbone.head.weight)
-    one_process = FastMetaStep(_copy(reference))
+    one_process = FastMetaStep(clone_learner(reference))
     whole = _train(one_process, repeat=2)
     for a, b in zip(whole, split, strict=True):
         for key in a:
@@ -311,8 +304,8 @@ def test_split_graphs_replay_like_eager_steps():
     collectives, which fill phase 2's static [2B, P, C] statistics: the eager split step's
     metrics, parameters and running statistics (float64)."""
     device = torch.device("cuda")
-    eager_learner = silence_dead_biases(tiny_learner(MOVING).to(device))
-    graph_learner = _copy(eager_learner)
+    eager_learner = tiny_learner(MOVING).to(device)
+    graph_learner = clone_learner(eager_learner)
     eager, graph = (
         FastMetaStep(
             learner, use_cuda_graph=cuda, warmup_steps=1, sync=MirroredRank(), sync_in_graph=False

@@ -58,6 +58,11 @@ def support_images(folder: str | Path) -> dict[str, list[Path]]:
     from mamlpp.data.folder import class_files
 
     root = Path(folder)
+    if root.is_file():
+        raise InputError(
+            f"--support {root} is a file, not a folder of class folders (give DIR holding "
+            "DIR/<class>/<images>, one sub-folder per class)"
+        )
     if not root.is_dir():
         raise InputError(f"support folder {root} does not exist")
     try:
@@ -95,7 +100,7 @@ def _load_predictor(model: str, top_k: int | None, device: str) -> FewShotPredic
         if top_k is not None:
             raise ConfigError("--top-k applies to run folders; an exported model keeps its own")
         return FewShotPredictor.from_file(path, where)
-    return FewShotPredictor.from_run(path, top_k or 1, where)
+    return FewShotPredictor.from_run(path, 1 if top_k is None else top_k, where)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -159,8 +164,10 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    from mamlpp.run.predictor import Prediction
+    from mamlpp.run.predictor import Prediction, colour_note
 
+    if args.top_k is not None and args.top_k < 1:  # as `mamlpp export` refuses it
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--out must end in .csv or .json, got {out.name}")
@@ -169,10 +176,12 @@ def run_adapt(args: argparse.Namespace) -> int:
     support = support_images(args.support)
     files = query_images(args.query)
     predictor = _load_predictor(args.model, args.top_k, args.device)
+    converted: list[str] = []  # colour images made grey: one note for support and query
     sx, sy, names, notes = predictor.prepare_support(
-        support, labels=[str(f) for fs in support.values() for f in fs]
+        support, labels=[str(f) for fs in support.values() for f in fs], converted=converted
     )
-    qx = predictor.prepare_query(files, labels=[str(f) for f in files])
+    qx = predictor.prepare_query(files, labels=[str(f) for f in files], converted=converted)
+    notes += colour_note(converted)
     prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -55,7 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="also time the evaluation of this many tasks of --eval-config",
     )
-    parser.add_argument("--eval-config", default="omniglot-20w1s", choices=sorted(CONFIGS))
+    parser.add_argument(
+        "--eval-config",
+        default="omniglot-20w1s",
+        choices=sorted(CONFIGS),
+        metavar="CONFIG",
+        help="a --configs name: the config whose evaluation --eval-tasks times (default: "
+        "%(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", metavar="FILE", default=None, help="write the report here")
     parser.add_argument(

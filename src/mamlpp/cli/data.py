@@ -49,12 +49,19 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    from mamlpp.data.download import ChecksumError
     from mamlpp.data.files import data_dir
 
     files = table.download_files(args.name)
+    target = data_dir(args.data_dir) / files.folder
     if files.download is None:  # no public download: how to get the files by hand
-        raise DataError(files.how_to_get(data_dir(args.data_dir) / files.folder))
-    folder = files.downloader()(args.data_dir, progress=True)
+        raise DataError(files.how_to_get(target))
+    try:
+        folder = files.downloader()(args.data_dir, progress=True)
+    except ChecksumError:
+        raise  # a corrupt download: said exactly, and fetching by hand is no answer to it
+    except DataError as error:  # offline, refused, not found: the way to get them by hand
+        raise DataError(files.download_failed(str(error), target)) from None
     print(f"{args.name} is ready in {folder}")
     return 0
 

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a run's top-k checkpoint ensemble on fixed tasks",
         description="Mean accuracy and a 95% confidence interval over fixed tasks, averaging "
         "the logits of the top-k checkpoints by validation accuracy. Writes "
-        "RUN_DIR/eval-<split>-top<k>-<tasks>.json.",
+        "RUN_DIR/eval-<split>-top<k>-<tasks>.json. The data must be the run's own (data.json): "
+        "other data is refused unless --allow-other-data is given.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--split", choices=("val", "test"), default="test")
@@ -27,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--top-k", type=int, help="checkpoints in the ensemble (default: the run's eval.top_k)"
     )
+    parser.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="score the run on data other than its own (refused otherwise); the result goes to "
+        "eval-<split>-top<k>-<tasks>-otherdata-<fingerprint>.json and says so",
+    )
     add_data_options(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -36,9 +43,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from mamlpp.data import EpisodeSampler
     from mamlpp.run.build import build_learner, resolve_device
+    from mamlpp.run.data_record import check_members, data_record, evaluation_data, run_record
     from mamlpp.run.datasource import load_splits
-    from mamlpp.run.evaluate import ensemble_paths, evaluate, load_member
-    from mamlpp.run.run_dir import read_run_config, require_run_dir, write_json
+    from mamlpp.run.evaluate import evaluate, member_from_state, task_fingerprint
+    from mamlpp.run.run_dir import (
+        RunCheckpoints,
+        read_json,
+        read_run_config,
+        require_run_dir,
+        write_json,
+    )
 
     run = require_run_dir(args.run_dir)
     config = read_run_config(run)
@@ -52,13 +66,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     if tasks < 1 or top_k < 1:
         raise ConfigError(f"--tasks and --top-k must be >= 1, got {tasks} and {top_k}")
     device = resolve_device(args.device)
-    paths = ensemble_paths(run, top_k)
+    checkpoints = RunCheckpoints(run)
+    ensemble = checkpoints.ensemble(top_k)
+    newest = checkpoints.newest()
+    run_data = run_record(run, newest.state if newest is not None else None)
+    check_members(run, run_data, [(m.path, m.state) for m in ensemble])
     splits = load_splits(d, args.data_dir, download=not args.no_download, progress=False)
+    record = data_record(d.dataset, splits)
     split = splits[args.split]
     seed = e.test_seed if args.split == "test" else e.val_seed
     sampler = EpisodeSampler(split, d.ways, d.shots, d.targets, seed, device)
+    fingerprint = task_fingerprint(sampler, tasks)
+    summary = read_json(run.summary) or {}
+    comparable = args.split == "test" and summary.get("test_tasks") == tasks
+    stored = summary.get("test_fingerprint") if comparable else None
+    task_check = (stored, fingerprint) if stored else None
+    own, notes = evaluation_data(run, run_data, record, task_check, args.allow_other_data)
     template = build_learner(config, split.image_shape[0], device)
-    members = [load_member(template, p, device) for p in paths]
+    members = [member_from_state(template, m.state["model"], m.path, device) for m in ensemble]
+    names = [m.path.name for m in ensemble]
+    del ensemble, newest  # the checkpoints' optimiser states are not needed any more
     threads = torch.get_num_threads()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -66,11 +93,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate(members, sampler, tasks, e.batch_size)
     finally:
         torch.set_num_threads(threads)
-    names = ", ".join(p.name for p in paths)
-    if len(paths) < top_k:
-        print(f"note: only {plural(len(paths), 'checkpoint')} kept in {run.checkpoints}")
-    print(f"{args.split}: {result.describe()} [{names}]")
-    out = run.root / f"eval-{args.split}-top{top_k}-{tasks}.json"
+    for note in notes:
+        print(f"note: {note}")
+    if len(names) < top_k:
+        print(f"note: only {plural(len(names), 'checkpoint')} kept in {run.checkpoints}")
+    print(f"{args.split}: {result.describe()} [{', '.join(names)}]")
+    # Scores on other data never replace the run's own: they get a name of their own.
+    other = f"-otherdata-{record['fingerprint'][:8]}" if own is False else ""
+    out = run.root / f"eval-{args.split}-top{top_k}-{tasks}{other}.json"
     write_json(
         out,
         {
@@ -80,8 +110,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             "loss": result.loss,
             "num_tasks": result.num_tasks,
             "ensemble_size": result.ensemble_size,
-            "checkpoints": [p.name for p in paths],
+            "checkpoints": names,
             "per_task_accuracies": result.per_task_accuracies,
+            "task_fingerprint": fingerprint,
+            # The data scored on; own_data: true (the run's), false (--allow-other-data) or
+            # null (a run without a data record: not known).
+            "data": record,
+            "own_data": own,
+            **({"run_data": run_data} if own is False else {}),
         },
     )
+    print(f"written to {out}")
     return 0

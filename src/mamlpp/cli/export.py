@@ -13,10 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="write a run's model (config, weights, preprocessing) as one file",
         description="Write RUN_DIR's top-k checkpoints, config and preprocessing as one file "
-        "that torch.load(weights_only=True) reads and mamlpp.load() turns into a predictor.",
+        "that mamlpp.load(), `mamlpp adapt` and `mamlpp serve` read: MODEL.safetensors "
+        "(weights as safetensors, the rest as JSON metadata; recommended) or MODEL.pt (the "
+        "earlier format, a dict torch.load(weights_only=True) reads).",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("out", metavar="MODEL.pt")
+    parser.add_argument("out", metavar="MODEL.safetensors|MODEL.pt")
     parser.add_argument(
         "--top-k", type=int, default=1, metavar="K", help="checkpoints to include (default 1)"
     )
@@ -27,6 +29,8 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise ConfigError(f"folder {out.parent} does not exist")
+    if out.suffix.lower() not in (".safetensors", ".pt"):
+        raise ConfigError(f"the model file must end in .safetensors or .pt, got {out.name}")
     from mamlpp.run.predictor import FewShotPredictor
 
     predictor = FewShotPredictor.from_run(args.run_dir, args.top_k, "cpu")

@@ -11,8 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from mamlpp.run.presets import PRESETS, describe
+    from mamlpp.run.presets import listing
 
-    for name in PRESETS:
-        print(describe(name))
+    for line in listing():
+        print(line)
     return 0

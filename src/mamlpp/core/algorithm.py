@@ -50,6 +50,10 @@ class InnerLoopPlan:
     step_weights: tuple[float, ...] | Tensor | None
     # Normalise with stored running statistics (evaluation in bn_mode="per_step").
     use_running_stats: bool = False
+    # Tensors whose exact gradient is 0 whenever batch statistics normalise (a bias that batch
+    # norm subtracts again): in such passes their inner and outer gradients are exactly 0
+    # instead of rounding noise (see _expand and adapt).
+    dead_names: frozenset[str] = frozenset()
 
     def stat_rows(self) -> list[int]:
         """BN step of each forward pass whose batch statistics are returned, in pass order:
@@ -103,9 +107,23 @@ def per_task_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(-1) == labels).to(logits.dtype).mean(1)  # [B]
 
 
-def _expand(params: Mapping[str, Tensor], num_tasks: int) -> dict[str, Tensor]:
-    """Give every shared tensor a task dimension (a view: no copy, gradients sum back)."""
-    return {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
+def _expand(
+    params: Mapping[str, Tensor], num_tasks: int, dead: frozenset[str] = frozenset()
+) -> dict[str, Tensor]:
+    """Give every shared tensor a task dimension (a view: no copy, gradients sum back).
+
+    A ``dead`` tensor (exact gradient 0) enters as ``t.detach() + 0 * t``: the same values,
+    and a gradient of exactly 0 (what backward would return for it is rounding noise, which
+    Adam turns into full-size steps)."""
+    return {
+        n: (_silenced(t) if n in dead else t).expand(num_tasks, *t.shape) for n, t in params.items()
+    }
+
+
+def _silenced(t: Tensor) -> Tensor:
+    if not (t.requires_grad and torch.is_grad_enabled()):
+        return t
+    return t.detach() + 0.0 * t
 
 
 def adapt(
@@ -126,10 +144,17 @@ def adapt(
     pass's statistics ``{bn: (mean [B, C], var [B, C])}``.
     With ``checkpoint_steps`` each step's activations are recomputed during the outer backward
     instead of being stored (memory ~ one step instead of S steps).
+
+    When batch statistics normalise (no ``running``), the ``plan.dead_names`` among the adapted
+    tensors take no inner step (their exact inner gradient is 0: the fast weight stays the
+    meta-parameter, and its inner rates get a meta-gradient of exactly 0), and every dead tensor
+    gets an outer gradient of exactly 0.
     """
     num_tasks = support_x.shape[0]
     names = plan.adapted_names
-    batched = _expand(params, num_tasks)
+    dead = plan.dead_names if running is None else frozenset()
+    live = [j for j, n in enumerate(names) if n not in dead]
+    batched = _expand(params, num_tasks, dead)
     fast = [batched[n] for n in names]
     fixed = {n: t for n, t in batched.items() if n not in names}
     support_losses, support_stats = [], []
@@ -157,10 +182,17 @@ def adapt(
                     {**context, **dict(zip(names, inputs, strict=True))}, support_x, step, running
                 )
                 losses = per_task_cross_entropy(logits, support_y)  # [B]
-                grads = torch.autograd.grad(losses.sum(), inputs, create_graph=second_order)
+                grads = (
+                    torch.autograd.grad(
+                        losses.sum(), [inputs[j] for j in live], create_graph=second_order
+                    )
+                    if live
+                    else ()
+                )
+            step_of = dict(zip(live, grads, strict=True))
             new = tuple(
-                v - inner_lrs[j, step].to(v.dtype) * g
-                for j, (v, g) in enumerate(zip(fast_values, grads, strict=True))
+                v - inner_lrs[j, step].to(v.dtype) * step_of[j] if j in step_of else v
+                for j, v in enumerate(fast_values)
             )
             return new, losses.detach(), stats
 
@@ -197,7 +229,7 @@ def meta_loss(
     target_losses: list[Tensor] = []
     target_accs: list[Tensor] = []
     target_stats: list[dict[str, tuple[Tensor, Tensor]]] = []
-    shared = _expand(params, num_tasks)
+    shared = _expand(params, num_tasks, plan.dead_names)  # batch statistics in every pass
 
     def target_pass(step: int, fast: dict[str, Tensor]) -> None:
         def run(*fast_values: Tensor) -> tuple[Tensor, Tensor, BatchStats]:

@@ -14,10 +14,13 @@ and an *execution* only decides how the B tasks of that call are computed:
 * ``"vmap"``: the per-task forward under ``torch.func.vmap``.
 
 All three give the same loss, meta-gradients and statistics (tests compare them in float64).
+An operation that vmap cannot batch (e.g. ``nn.GRU``) under ``"batched"`` or ``"vmap"`` is a
+one-line ``ConfigError`` naming it and ``execution="loop"``, which runs it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -73,6 +76,37 @@ def vmapped(per_task: TaskForward) -> TaskForward:
     return forward
 
 
+# torch's message for an operation that vmap cannot batch, e.g. "Batching rule not implemented
+# for aten::gru.input. We could not generate a fallback."
+_NO_BATCHING_RULE = re.compile(r"Batching rule not implemented for (\S+?)\.?(?:\s|$)")
+
+
+def explained(forward: TaskForward, execution: str) -> TaskForward:
+    """``forward``, with torch's error for an operation without a vmap batching rule turned
+    into a one-line :class:`~mamlpp.errors.ConfigError` that names the operation and the fix."""
+
+    def run(
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        step: int,
+        running: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, BatchStats]:
+        try:
+            return forward(params, x, step, running)
+        except RuntimeError as error:
+            found = _NO_BATCHING_RULE.search(str(error))
+            if found is None:
+                raise
+            raise ConfigError(
+                f"the network uses {found.group(1)}, which torch.func.vmap cannot batch over "
+                f"tasks (no batching rule), as execution={execution!r} does; run the tasks one "
+                'at a time: MAMLpp(..., execution="loop"), or --set train.execution=loop '
+                "from the command line"
+            ) from error
+
+    return run
+
+
 def check_execution(execution: str) -> str:
     if execution not in EXECUTIONS:
         raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
@@ -82,8 +116,8 @@ def check_execution(execution: str) -> str:
 def task_batched_forward(backbone: Backbone, execution: str) -> TaskForward:
     """The forward of ``backbone`` for ``execution`` (see the module docstring)."""
     check_execution(execution)
-    if execution == "batched":
-        return backbone.task_batched_forward
+    if execution == "batched":  # a ModuleBackbone's runs under vmap
+        return explained(backbone.task_batched_forward, execution)
     if execution == "loop":
         return looped(backbone.functional_forward)
-    return vmapped(backbone.functional_forward)
+    return explained(vmapped(backbone.functional_forward), execution)

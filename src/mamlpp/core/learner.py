@@ -31,9 +31,13 @@ from mamlpp.nn.per_step_bn import fold_running_stats
 class MAMLpp(nn.Module):
     """MAML++ around a backbone (e.g. :class:`~mamlpp.nn.Conv4`) and a :class:`MetaConfig`.
 
-    Meta-parameters (for the outer optimiser): every backbone parameter (conv/linear weights and
-    biases, BN gamma/beta) plus, with LSLR, the inner learning-rate table ``inner_lrs`` of shape
-    ``[len(adapted_names), S]``: one scalar per adapted tensor per inner step.
+    Meta-parameters (for the outer optimiser): every trainable backbone parameter (conv/linear
+    weights and biases, BN gamma/beta) plus, with LSLR, the inner learning-rate table
+    ``inner_lrs`` of shape ``[len(adapted_names), S]``: one scalar per adapted tensor per inner
+    step. A tensor with ``requires_grad=False`` is frozen: neither adapted nor trained, and a
+    frozen BN gamma/beta keeps its shared ``[C]`` shape. ``dead_names``: trainable tensors
+    whose exact gradient is 0 in every training pass (a bias that batch norm subtracts again);
+    their inner and outer gradients are exactly 0, so they stay exactly still.
     """
 
     backbone: Backbone
@@ -61,10 +65,21 @@ class MAMLpp(nn.Module):
         # Recompute each inner step's activations in the outer backward instead of storing them
         # (trades compute for memory).
         self.checkpoint_steps = checkpoint_steps
+        params = self._params()
         names = list(self.backbone.adaptable_names())
         if config.adapt_bn_affine:
             names += [f"{bn}.{p}" for bn in self.backbone.bn_layers() for p in ("weight", "bias")]
+        # Frozen tensors (requires_grad=False) are not adapted: no inner step, no LSLR row.
+        names = [n for n in names if params[n].requires_grad]
+        if not names:
+            raise ConfigError(
+                "nothing to adapt: every tensor the inner loop would adapt has requires_grad=False"
+            )
         self.adapted_names: tuple[str, ...] = tuple(names)
+        # Tensors with an exact gradient of 0 in every training pass (training always normalises
+        # with batch statistics): kept exactly still instead of moved by Adam on rounding noise.
+        dead: list[str] = getattr(self.backbone, "dead_names", list)()
+        self.dead_names: tuple[str, ...] = tuple(n for n in dead if params[n].requires_grad)
         table = torch.full((len(names), config.num_inner_steps), float(config.inner_lr))
         if config.learn_inner_lrs:
             self.inner_lrs = nn.Parameter(table)
@@ -73,14 +88,15 @@ class MAMLpp(nn.Module):
 
     # -- what the outer optimiser trains ------------------------------------------------------
     def meta_parameters(self) -> Iterator[nn.Parameter]:
-        """Backbone parameters, then the LSLR table when it is learned."""
-        yield from self.backbone.parameters()
+        """Trainable backbone parameters (not those with ``requires_grad=False``), then the
+        LSLR table when it is learned."""
+        yield from self.network_parameters()
         if isinstance(self.inner_lrs, nn.Parameter):
             yield self.inner_lrs
 
     def network_parameters(self) -> Iterator[nn.Parameter]:
-        """The backbone's parameters alone (gradient clipping applies to these only)."""
-        return self.backbone.parameters()
+        """The backbone's trainable parameters alone (gradient clipping applies to these only)."""
+        return (p for p in self.backbone.parameters() if p.requires_grad)
 
     def make_optimizer(self) -> torch.optim.Adam:
         """Adam over the meta-parameters at the epoch-0 learning rate (default betas, as the
@@ -213,6 +229,7 @@ class MAMLpp(nn.Module):
             adapted_names=self.adapted_names,
             second_order=self.second_order_at(epoch),
             step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
+            dead_names=frozenset(self.dead_names),
         )
         losses, metrics, stats = algorithm.meta_loss(
             task_batched_forward(self.backbone, execution or self.execution),
@@ -284,6 +301,9 @@ class MAMLpp(nn.Module):
             second_order=False,
             step_weights=None,
             use_running_stats=self.config.bn_mode == "per_step",
+            # Silenced only where batch statistics normalise (algorithm.adapt); with stored
+            # statistics (bn_mode="per_step") these biases are live.
+            dead_names=frozenset(self.dead_names),
         )
 
     def _lrs_for(self, steps: int) -> Tensor:

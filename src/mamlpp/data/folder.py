@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,6 +166,9 @@ def load_folder_dataset(
 
 # ----------------------------------------------------------------------------- decode + cache
 
+# The name of the cache _decode_cached keeps inside an image folder, and nothing else.
+_OWN_CACHE = re.compile(r"\.mamlpp-folder-[0-9]+px-[0-9a-f]{16}\.npz")
+
 
 def _decode_cached(
     root: Path,
@@ -183,7 +187,8 @@ def _decode_cached(
     )
     folder = cache_folder(root, cache_dir)
     name = f"mamlpp-folder-{preprocessing.image_size}px-{key}.npz"
-    path = folder / (f".{name}" if folder == root else name)  # hidden: never taken for a class
+    inside = folder == root
+    path = folder / (f".{name}" if inside else name)  # hidden: never taken for a class
 
     def decode() -> np.ndarray:
         images = decode_images(
@@ -198,4 +203,8 @@ def _decode_cached(
                 images = np.ascontiguousarray(images[:, :1])
         return images
 
-    return cached_images(path, len(paths), preprocessing.image_size, decode)
+    # Inside the image folder every such cache is this folder's: a new one replaces the others
+    # (older files or preprocessing). A cache folder that other folders share keeps them all,
+    # since a name there does not say which folder it belongs to.
+    replaces = _OWN_CACHE if inside else None
+    return cached_images(path, len(paths), preprocessing.image_size, decode, replaces=replaces)

@@ -8,13 +8,16 @@ and the file stamps, but packs its pixels into bits, see :mod:`mamlpp.data.omnig
   the :func:`file_stamp` (name, size, mtime) of each source file, so a changed file rebuilds it;
 * :func:`cached_images` returns the cached ``[M, C, S, S]``, or builds it (usually with
   :func:`decode_images`, which shows a progress bar) and stores it atomically: a failed write
-  only costs later loads their speed-up; an unreadable or ill-fitting cache is built again.
+  only costs later loads their speed-up; an unreadable or ill-fitting cache is built again;
+* :func:`remove_stale` deletes the earlier caches a new one replaces, where their names say
+  whose they are (the folder loader's hidden cache inside the image folder).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -107,13 +110,46 @@ def write_images(path: Path, images: np.ndarray) -> Path | None:
     return path
 
 
+def remove_stale(path: Path, naming: re.Pattern[str]) -> list[Path]:
+    """Delete the files beside ``path`` whose whole name ``naming`` matches, ``path`` itself
+    excepted: the earlier caches of the same source that ``path`` replaces. Only plain files
+    are deleted, and one that cannot be is left; returns the ones deleted."""
+    removed: list[Path] = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for other in siblings:
+        if other.name == path.name or not naming.fullmatch(other.name):
+            continue
+        try:
+            if other.is_file() and not other.is_symlink():
+                other.unlink()
+                removed.append(other)
+        except OSError:
+            pass  # another process's, or read-only: it only costs disk space
+    return removed
+
+
 def cached_images(
-    path: Path, count: int, image_size: int, build: Callable[[], np.ndarray]
+    path: Path,
+    count: int,
+    image_size: int,
+    build: Callable[[], np.ndarray],
+    *,
+    replaces: re.Pattern[str] | None = None,
 ) -> tuple[np.ndarray, Path | None]:
     """uint8 ``[count, C, S, S]`` from the cache at ``path`` when it fits, else ``build()``
-    stored there; with the cache's path, or None when it could not be written."""
+    stored there; with the cache's path, or None when it could not be written.
+
+    ``replaces``: the naming pattern of the earlier caches of the same source only (a cache
+    folder shared by several sources must not pass one); once a new cache is written, the
+    files beside it that match it are deleted (see :func:`remove_stale`)."""
     images = read_images(path, count, image_size)
     if images is not None:
         return images, path
     images = build()
-    return images, write_images(path, images)
+    written = write_images(path, images)
+    if written is not None and replaces is not None:
+        remove_stale(written, replaces)
+    return images, written

@@ -100,28 +100,34 @@ class Preprocessing:
         return (self.channels, self.image_size, self.image_size)
 
     # -- one image -> uint8 [C, S, S] --------------------------------------------------------------
-    def pixels(self, image: ImageLike, name: str | None = None) -> np.ndarray:
+    def pixels(
+        self, image: ImageLike, name: str | None = None, *, converted: list[str] | None = None
+    ) -> np.ndarray:
         """uint8 ``[C, S, S]`` of a file path, encoded bytes or PIL image.
 
         Tensors are checked, not resized: see :meth:`tensor_input`. ``name`` labels errors.
+        Given a list ``converted``, the label of a colour image made grey for a one-channel
+        model is appended to it (so a caller can say so; the check costs a conversion).
         """
         label = name or (str(image) if isinstance(image, str | os.PathLike) else "image")
         if isinstance(image, Image.Image):
-            return self._from_pil(image, label)
+            return self._from_pil(image, label, converted)
         if isinstance(image, torch.Tensor):
             raise DataError(f"{label} is a tensor: tensors are model input (see tensor_input)")
         try:
             if isinstance(image, bytes):
                 with Image.open(io.BytesIO(image)) as opened:
-                    return self._from_pil(opened, label)
+                    return self._from_pil(opened, label, converted)
             with Image.open(Path(image)) as opened:
-                return self._from_pil(opened, label)
+                return self._from_pil(opened, label, converted)
         except FileNotFoundError:
             raise DataError(f"image {label} does not exist") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise DataError(f"unreadable image {label}: {error}".splitlines()[0]) from None
 
-    def _from_pil(self, image: Image.Image, label: str) -> np.ndarray:
+    def _from_pil(
+        self, image: Image.Image, label: str, converted: list[str] | None = None
+    ) -> np.ndarray:
         size = self.image_size
         if image.size != (size, size) and not self.resize:
             w, h = image.size
@@ -129,6 +135,8 @@ class Preprocessing:
                 f"image {label} is {w}x{h}, the model takes {size}x{size} and resizing is off "
                 "(data.resize=never)"
             )
+        if converted is not None and self.channels == 1 and has_colour(image):
+            converted.append(label)
         if self.resample == "nearest-binary":
             return self._nearest_binary(image)
         mode = "L" if self.channels == 1 else "RGB"
@@ -175,17 +183,34 @@ class Preprocessing:
             )
         return self.normalise(tensor.detach().cpu().to(torch.float32) * 255.0)
 
-    def batch(self, images: Sequence[ImageLike], labels: Sequence[str]) -> torch.Tensor:
-        """float32 ``[len(images), C, S, S]`` model input; every image is checked first."""
+    def batch(
+        self,
+        images: Sequence[ImageLike],
+        labels: Sequence[str],
+        *,
+        converted: list[str] | None = None,
+    ) -> torch.Tensor:
+        """float32 ``[len(images), C, S, S]`` model input; every image is checked first
+        (``converted``: see :meth:`pixels`)."""
         out = []
         for image, label in zip(images, labels, strict=True):
             if isinstance(image, torch.Tensor):
                 out.append(self.tensor_input(image, label))
             else:
-                out.append(self.normalise(torch.from_numpy(self.pixels(image, label))))
+                pixels = self.pixels(image, label, converted=converted)
+                out.append(self.normalise(torch.from_numpy(pixels)))
         if not out:
             return torch.empty((0, *self.shape))
         return torch.stack(out)
+
+
+def has_colour(image: Image.Image) -> bool:
+    """Whether a PIL image holds colour: a colour mode with channels that differ somewhere (an
+    RGB file of grey pixels has none, and loses nothing when made grey)."""
+    if image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "F"):
+        return False
+    rgb = np.asarray(image.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,23 @@ MINI_IMAGENET_HELP = (
 )
 
 
+@contextlib.contextmanager
+def _no_empty_folders_on_failure(folder: Path) -> Iterator[None]:
+    """On any failure inside, remove the folders up to ``folder`` that did not exist before,
+    deepest first, and only while empty: what a failed download made, never what was there (a
+    kept ``.part`` file for a later resume keeps its folder)."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                break  # not empty (or not removable): nor are the folders above it
+        raise
+
+
 def _fetch(remote: RemoteFile, folder: Path, progress: bool) -> Path:
     """Try each mirror in turn; report every mirror's failure if none works.
 
@@ -102,17 +120,11 @@ def download_omniglot(
     empty folder behind (a kept ``.part`` file for a later resume keeps its folder).
     """
     folder = Path(folder) if folder is not None else data_dir(root) / "omniglot"
-    created = [p for p in (folder.parent, folder) if not p.exists()]
-    try:
+    with _no_empty_folders_on_failure(folder):
         for remote in OMNIGLOT_FILES:
             subset = folder / remote.name.removesuffix(".zip")
             if not (subset.is_dir() or (folder / remote.name).is_file()):  # kept as it is
                 _fetch(remote, folder, progress)
-    except BaseException:
-        for path in reversed(created):
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only an empty folder goes
-        raise
     return folder
 
 
@@ -121,11 +133,12 @@ def download_mini_imagenet(
 ) -> Path:
     """Fetch the three mini-ImageNet pickles into ``<data dir>/miniimagenet``; return it."""
     folder = data_dir(root) / "miniimagenet"
-    for remote in MINI_IMAGENET_FILES:
-        try:
-            _fetch(remote, folder, progress)
-        except DataError as error:
-            raise DataError(MINI_IMAGENET_HELP.format(why=error, folder=folder)) from None
+    with _no_empty_folders_on_failure(folder):
+        for remote in MINI_IMAGENET_FILES:
+            try:
+                _fetch(remote, folder, progress)
+            except DataError as error:
+                raise DataError(MINI_IMAGENET_HELP.format(why=error, folder=folder)) from None
     return folder
 
 
@@ -138,7 +151,9 @@ CIFAR100_FILE = RemoteFile(
 
 def download_cifar100(root: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
     """Fetch the CIFAR-100 python tarball into ``<data dir>/cifar100`` (md5-verified); return
-    that folder. CIFAR-FS and FC100 are read from the tarball directly."""
+    that folder. CIFAR-FS and FC100 are read from the tarball directly. A failed download
+    leaves no empty folder behind."""
     folder = data_dir(root) / "cifar100"
-    _fetch(CIFAR100_FILE, folder, progress)
+    with _no_empty_folders_on_failure(folder):
+        _fetch(CIFAR100_FILE, folder, progress)
     return folder

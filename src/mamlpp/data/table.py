@@ -89,6 +89,14 @@ class Files:
     def how_to_get(self, folder: Path) -> str:
         return self.by_hand.format(folder=folder)
 
+    def download_failed(self, why: str, folder: Path) -> str:
+        """The one-line error of a download of these files that failed for ``why`` (not a
+        corrupt download: that error stands as it is): ``why``, then how to get the files by
+        hand into ``folder`` when the entry says how."""
+        if not self.by_hand:
+            return why
+        return f"cannot download {self.title} ({why}): {self.how_to_get(folder)}"
+
     def not_found(self, root: Path, name: str) -> str:
         """The one-line error when ``find`` finds nothing in ``root``."""
         if self.download is None:
@@ -176,6 +184,9 @@ _CIFAR100 = Files(
     find="mamlpp.data.cifar:find_cifar100",
     download="mamlpp.data.sources:download_cifar100",
     download_note="it (about 160 MB, md5-checked)",
+    by_hand="download cifar-100-python.tar.gz (the python version on "
+    "https://www.cs.toronto.edu/~kriz/cifar.html) yourself and put it, or the folder "
+    "cifar-100-python/ it unpacks to, in {folder}",
 )
 _TIERED_IMAGENET = Files(
     name="tiered-imagenet",

@@ -21,10 +21,20 @@ broadcast breaks when several forward passes (S inner steps) precede one backwar
 all-reduce here is all that data parallelism over tasks needs.
 
 Evaluation tasks are sharded the same way (contiguous blocks of ``0..n-1``) and their per-task
-accuracies gathered in task order, so accuracy and the 95% CI are those of one process.
+accuracies gathered in task order, so for the same weights accuracy and the 95% CI are those of
+one process. Each step equals the one-process step up to rounding (the gradient sum runs in
+another order); over a run the float32 trajectories drift apart as any two such runs do
+(docs/distributed.md).
 
 Files: only rank 0 reads and writes the run folder; what the other ranks need from it (the
 resume checkpoint, the test ensemble) is broadcast from rank 0, so nodes need no shared disk.
+
+Errors: the job prints one line. A rank that stops with an error it reports itself posts its
+exit code on the job's store before it leaves (:meth:`Distributed.abandon`); a peer whose next
+collective fails finds it there and stops quietly with the same code. A peer that died without
+a word is announced by one rank (rank 0 when it is alive). An error that every rank meets
+(a configuration error) is printed by rank 0 only: the ``reported_elsewhere`` attribute of an
+error, or its kind, tells ``mamlpp.cli.main`` whether this rank prints it.
 """
 
 from __future__ import annotations
@@ -47,23 +57,90 @@ from mamlpp.errors import ConfigError, MamlppError
 T = TypeVar("T")
 
 
+# Keys on the job's store (torchrun's agent hosts it; without torchrun's agent, rank 0 does).
+_REPORTED = "mamlpp/reported"  # "<rank> <exit code>": the first rank to stop with its own error
+_GONE = "mamlpp/gone"  # how many ranks other than 0 left after an error (read the report)
+_LOST = "mamlpp/lost"  # how many ranks announced a lost peer (only the first one prints)
+
+
 class DistributedError(MamlppError):
-    """Another process of the job failed or a collective timed out; this one stops too."""
+    """Another process of the job failed or a collective timed out; this one stops too.
+
+    ``reported_elsewhere``: another rank has already told the user why the job stops, so this
+    one exits with ``exit_code`` (that rank's) without printing a line of its own."""
+
+    def __init__(self, message: str, exit_code: int = 1, reported_elsewhere: bool = False):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reported_elsewhere = reported_elsewhere
+
+
+def _store() -> Any:
+    """The job's key-value store, or None (no process group, or it is gone)."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - not initialised, or already destroyed
+        return None
+
+
+def _reported_code(error: BaseException) -> int | None:
+    """The exit code of an error this rank reports itself (one line printed by the command
+    line), or None: a lost peer is a consequence, and any other exception a crash."""
+    if isinstance(error, DistributedError):
+        return None
+    if isinstance(error, MamlppError):
+        return error.exit_code
+    if isinstance(error, OSError):
+        return 1  # mamlpp.cli.main prints it as one line with exit code 1
+    return None
+
+
+def _peer_failure(error: RuntimeError) -> DistributedError:
+    """What a failed collective means for this rank.
+
+    A peer that stopped with an error it reported itself posted its exit code on the store
+    (:meth:`Distributed.abandon`): this rank stops quietly with that code. Otherwise a peer died
+    or stopped answering, and one rank says so: the first to claim it on the store, rank 0 (the
+    one that knows the run folder, see ``mamlpp train``) given a second's head start."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    store = _store()
+    try:
+        if store is not None and store.check([_REPORTED]):
+            rank, code = store.get(_REPORTED).decode().split()
+            return DistributedError(
+                f"process {rank} of the distributed job stopped with an error (exit code {code})",
+                exit_code=int(code),
+                reported_elsewhere=True,
+            )
+    except Exception:  # noqa: BLE001 - the store went with its host
+        pass
+    message = f"another process of the distributed job failed or stopped answering ({first})"
+    return DistributedError(message, reported_elsewhere=not _first_to_announce(store))
+
+
+def _first_to_announce(store: Any) -> bool:
+    """Claim the announcement of a lost peer; True if this rank is first (or cannot tell)."""
+    if store is None:
+        return True
+    try:
+        if dist.get_rank() != 0:  # poll: a store wait that times out logs warnings
+            deadline = time.monotonic() + 1.0
+            while not store.check([_LOST]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return int(store.add(_LOST, 1)) == 1
+    except Exception:  # noqa: BLE001 - the store went with its host
+        return True
 
 
 @contextlib.contextmanager
 def _peers() -> Iterator[None]:
     """A collective whose peer died (gloo: "Connection closed by peer"; NCCL: an error or a
-    timeout) becomes one line for the user: the job is over, the run folder is consistent."""
+    timeout) becomes one line for the user, or none when a peer already explained it."""
     try:
         yield
     except RuntimeError as error:  # c10d raises RuntimeError (or its DistError subclasses)
-        text = str(error).strip()
-        first = text.splitlines()[0] if text else type(error).__name__
-        raise DistributedError(
-            f"another process of the distributed job failed or stopped answering ({first}); "
-            "the last checkpoint is kept: continue with --resume"
-        ) from None
+        raise _peer_failure(error) from None
 
 
 def launched_by_torchrun() -> bool:
@@ -208,6 +285,8 @@ class Distributed:
             dist.broadcast_object_list(box, src=0)
         status, value = box[0]
         if status == "error":
+            if not self.is_writer:  # rank 0 prints it
+                value.reported_elsewhere = True
             raise value
         return value
 
@@ -220,6 +299,37 @@ class Distributed:
         if self.local_rank == 0:
             self.barrier()
         return value
+
+    def abandon(self, error: BaseException, timeout_s: float = 5.0) -> None:
+        """Leave the job after ``error``, waiting for no peer that may be gone.
+
+        An error this rank reports itself (a :class:`~mamlpp.errors.MamlppError` or an
+        ``OSError``, printed as one line) is posted on the job's store first, so that the peers,
+        whose next collective fails when this rank leaves, stop quietly with the same exit code
+        instead of announcing a lost process. Where rank 0 hosts the store (not under torchrun's
+        agent), it keeps the store up until the peers have read the report (at most
+        ``timeout_s``)."""
+        code = _reported_code(error)
+        store = _store()
+        if store is not None and code is not None:
+            with contextlib.suppress(Exception):
+                store.compare_set(_REPORTED, "", f"{self.rank} {code}")
+        self.shutdown(orderly=False)
+        if store is None:
+            return
+        if self.rank != 0:  # done with the store (a report, if any, was read before this)
+            with contextlib.suppress(Exception):
+                store.add(_GONE, 1)
+            return
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            return  # torchrun's agent hosts the store: it outlives this process
+        with contextlib.suppress(Exception):
+            if not store.check([_REPORTED]):
+                return  # no report to keep for the peers
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(Exception):
+            while store.add(_GONE, 0) < self.world_size - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def shutdown(self, orderly: bool = True, timeout_s: float = 60.0) -> None:
         """Leave the job; ``orderly=False`` (after an error) just leaves, waiting for nobody.
@@ -273,10 +383,12 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> Distr
         return None  # one process: exactly the single-process path, no process group
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
+            error = ConfigError(
                 f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs: "
                 "start at most one process per GPU (--nproc_per_node)"
             )
+            error.reported_elsewhere = False  # type: ignore[attr-defined]  # rank 0 may not see it
+            raise error
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

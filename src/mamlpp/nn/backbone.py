@@ -20,7 +20,11 @@ BatchStats = dict[str, tuple[Tensor, Tensor]]
 class Backbone(Protocol):
     """What the learner needs from a network (the task-batched forward contract of
     :mod:`mamlpp.core.algorithm` plus its per-task form and the names of its parts). Every
-    backbone is also an ``nn.Module``; of that the learner uses only the parameters."""
+    backbone is also an ``nn.Module``; of that the learner uses only the parameters.
+
+    Optional: ``dead_names() -> list[str]``, the parameters whose exact gradient is 0 in every
+    training pass (a bias that batch norm with batch statistics subtracts again); the learner
+    then keeps them exactly still instead of training them on rounding noise."""
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
@@ -29,7 +33,8 @@ class Backbone(Protocol):
     ) -> Iterator[tuple[str, nn.Parameter]]: ...
 
     def adaptable_names(self) -> list[str]:
-        """Parameters adapted in the inner loop (conv and linear weights and biases)."""
+        """Parameters adapted in the inner loop (conv and linear weights and biases; the
+        learner leaves out those with ``requires_grad=False``)."""
         ...
 
     def bn_layers(self) -> dict[str, PerStepBatchNorm]:

@@ -71,6 +71,12 @@ class Conv4(nn.Module):
     def bn_layers(self) -> dict[str, PerStepBatchNorm]:
         return {f"bn{b}": getattr(self, f"bn{b}") for b in range(self.num_blocks)}
 
+    def dead_names(self) -> list[str]:
+        """The conv biases: batch norm, which normalises every training pass with batch
+        statistics, subtracts each again, so their exact gradient is 0 (the learner keeps them
+        exactly still; docs/algorithm.md)."""
+        return [f"conv{b}.bias" for b in range(self.num_blocks)]
+
     def functional_forward(
         self,
         params: Mapping[str, Tensor],

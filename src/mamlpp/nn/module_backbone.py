@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
@@ -171,6 +172,12 @@ class StepBatchNorm(PerStepBatchNorm):
             if source.running_mean is not None and source.running_var is not None:
                 self.running_mean.copy_(source.running_mean)
                 self.running_var.copy_(source.running_var)
+        # A frozen gamma or beta stays frozen (set_steps then gives it no per-step rows).
+        self.weight.requires_grad_(source.weight.requires_grad)
+        self.bias.requires_grad_(source.bias.requires_grad)
+        # (name of the layer before it, input dims) when that layer's bias is taken as dead:
+        # true only while the layer's output has its channels where this one normalises them.
+        self.after_dead_bias: tuple[str, int] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         ctx = self.context
@@ -186,6 +193,14 @@ class StepBatchNorm(PerStepBatchNorm):
             mean = step_row(ctx.running[f"{self.name}.running_mean"], ctx.step)
             var = step_row(ctx.running[f"{self.name}.running_var"], ctx.step)
             return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
+        if self.after_dead_bias is not None and x.dim() != self.after_dead_bias[1]:
+            producer, wanted = self.after_dead_bias
+            raise ConfigError(
+                f"BN layer {self.name} gets {x.dim()}-D input from layer {producer}, whose "
+                f"bias it removes only from {wanted}-D input: that bias was taken as dead (exact "
+                "gradient 0) and kept still, which is wrong here; put the two layers in "
+                "separate nn.Sequential containers"
+            )
         count = x.numel() // x.shape[1]  # positions per channel (per task under vmap)
         if ctx.batched:
             y, mean, var, _ = _TaskBatchNorm.apply(x, weight, bias, self.eps)
@@ -235,6 +250,57 @@ def _replace_batch_norms(module: nn.Module, context: _ForwardContext) -> nn.Modu
     return module
 
 
+# Layers whose bias adds one constant per output channel, the channels at dim 1 of an
+# ``[n, C, *]`` output: a Linear on ``[n, F]`` input, a convolution on batched input.
+BIAS_BEFORE_BN = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def _mark_dead_biases(module: nn.Module) -> list[str]:
+    """Names of the biases that batch norm removes in every training pass, each marked on the
+    StepBatchNorm after it (which then checks the input dims that make it true).
+
+    Detected: a Linear or convolution (exact types, bias on, no hooks, the module and its bias
+    used once in the network) directly followed by a batch-norm layer among the children of a
+    plain ``nn.Sequential``, which passes each child's output to the next child alone. Batch
+    norm normalises every training pass with the batch's own statistics, so it subtracts that
+    bias again: its exact gradient is 0.
+    """
+    uses: dict[int, int] = {}
+    for _, m in module.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    for _, t in module.named_parameters(remove_duplicate=False):
+        uses[id(t)] = uses.get(id(t), 0) + 1
+    dead = []
+    for name, seq in module.named_modules():
+        if type(seq) is not nn.Sequential or seq._forward_hooks or seq._forward_pre_hooks:
+            continue
+        children = list(seq.named_children())
+        for (child_name, layer), (_, bn) in zip(children, children[1:], strict=False):
+            if not (
+                type(layer) in BIAS_BEFORE_BN
+                and isinstance(bn, StepBatchNorm)
+                and isinstance(layer.bias, Tensor)
+                and uses[id(layer)] == 1
+                and uses[id(layer.bias)] == 1
+                and not (layer._forward_hooks or bn._forward_pre_hooks)
+            ):
+                continue
+            full = f"{PREFIX}{name}.{child_name}" if name else f"{PREFIX}{child_name}"
+            # The dims of the output that put the bias's channels where BN normalises them.
+            dims = len(layer.kernel_size) + 2 if isinstance(layer, _ConvNd) else 2
+            bn.after_dead_bias = (f"{full} ({type(layer).__name__})", dims)
+            dead.append(f"{full}.bias")
+    return dead
+
+
 def _select(candidates: list[str], adapt: Sequence[str], exclude: Sequence[str]) -> list[str]:
     """Names (module-relative) matching any ``adapt`` pattern and no ``exclude`` pattern."""
     for pattern in (*adapt, *exclude):
@@ -243,7 +309,8 @@ def _select(candidates: list[str], adapt: Sequence[str], exclude: Sequence[str])
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
                 f"pattern {pattern!r} matches no adaptable parameter{hint}; BN gamma/beta are "
-                "adapted only with MetaConfig.adapt_bn_affine"
+                "adapted only with MetaConfig.adapt_bn_affine, frozen tensors "
+                "(requires_grad=False) never"
             )
     chosen = [
         n
@@ -263,8 +330,9 @@ class ModuleBackbone(nn.Module):
     The batch-norm tables get their per-step rows from the learner's MetaConfig (``MAMLpp``
     calls ``set_steps`` on every layer of ``bn_layers()``). ``adapt`` / ``exclude`` are
     ``fnmatch`` patterns over the module's own parameter names (``"0.weight"``, ``"head.*"``):
-    adapted in the inner loop are the non-BN parameters matching any ``adapt`` pattern and no
-    ``exclude`` pattern (default: all of them).
+    adapted in the inner loop are the trainable (``requires_grad``) non-BN parameters matching
+    any ``adapt`` pattern and no ``exclude`` pattern (default: all of them). ``dead_names()``
+    lists the biases that batch norm removes in every training pass (see ``_mark_dead_biases``).
     """
 
     def __init__(
@@ -281,8 +349,11 @@ class ModuleBackbone(nn.Module):
         _check_layers(module)
         self._context = _ForwardContext()
         self.module = _replace_batch_norms(copy.deepcopy(module), self._context)
+        self._dead = _mark_dead_biases(self.module)
         bn_params = {f"{name}.{p}" for name in self.bn_layers() for p in ("weight", "bias")}
-        candidates = [n for n, _ in self.named_parameters() if n not in bn_params]
+        candidates = [
+            n for n, p in self.named_parameters() if n not in bn_params and p.requires_grad
+        ]
         local = [n.removeprefix(PREFIX) for n in candidates]
         self._adapted = [PREFIX + n for n in _select(local, adapt, exclude)]
 
@@ -292,6 +363,11 @@ class ModuleBackbone(nn.Module):
 
     def bn_layers(self) -> dict[str, PerStepBatchNorm]:
         return {m.name: m for m in self.module.modules() if isinstance(m, StepBatchNorm)}
+
+    def dead_names(self) -> list[str]:
+        """Biases that batch norm removes in every training pass (exact gradient 0; see
+        ``_mark_dead_biases`` for what is detected)."""
+        return list(self._dead)
 
     def _local(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Backbone names -> the wrapped module's own names (what functional_call wants)."""

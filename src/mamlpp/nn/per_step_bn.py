@@ -121,7 +121,12 @@ class PerStepBatchNorm(nn.Module):
     @torch.no_grad()
     def set_steps(self, num_steps: int, per_step_affine: bool, per_step_stats: bool) -> None:
         """Give the affine parameters and/or the statistics one row per inner step (each row a
-        copy of the shared value). A layer that already has the wanted shapes is left as it is."""
+        copy of the shared value). A layer that already has the wanted shapes is left as it is.
+
+        A frozen gamma or beta (``requires_grad=False``) is left as it is too: nothing trains
+        it, so it gets no per-step rows and stays the very tensor the network was built with.
+        The running statistics follow ``per_step_stats`` whether or not the layer is frozen
+        (they are statistics of the data, not parameters)."""
 
         def rows(t: Tensor, per_step: bool, what: str) -> Tensor:
             wanted = (num_steps, t.shape[-1]) if per_step else (t.shape[-1],)
@@ -134,8 +139,10 @@ class PerStepBatchNorm(nn.Module):
                 )
             return t.expand(wanted).clone()
 
-        self.weight = nn.Parameter(rows(self.weight, per_step_affine, "weight"))
-        self.bias = nn.Parameter(rows(self.bias, per_step_affine, "bias"))
+        if self.weight.requires_grad:
+            self.weight = nn.Parameter(rows(self.weight, per_step_affine, "weight"))
+        if self.bias.requires_grad:
+            self.bias = nn.Parameter(rows(self.bias, per_step_affine, "bias"))
         self.running_mean = rows(self.running_mean, per_step_stats, "running_mean")
         self.running_var = rows(self.running_var, per_step_stats, "running_var")
 

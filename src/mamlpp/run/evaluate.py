@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,8 +23,8 @@ from mamlpp.core.algorithm import per_task_accuracy, per_task_cross_entropy
 from mamlpp.core.learner import MAMLpp
 from mamlpp.data import EpisodeSampler
 from mamlpp.errors import MamlppError
-from mamlpp.run.checkpoint import load_checkpoint, top_k_epochs
-from mamlpp.run.run_dir import RunDir
+from mamlpp.run.checkpoint import load_checkpoint
+from mamlpp.run.run_dir import RunCheckpoints, RunDir, warn
 
 
 @dataclass(frozen=True)
@@ -142,24 +142,12 @@ def member_from_state(
     return member
 
 
-def ensemble_paths(run: RunDir, k: int) -> list[Path]:
-    """The top-``k`` kept epoch checkpoints by validation accuracy (best first).
-
-    The ranking comes from the latest checkpoint's validation history; with no epoch
-    checkpoints yet, the latest checkpoint alone.
-    """
-    kept = run.epoch_checkpoints()
-    if run.latest.is_file():
-        history = load_checkpoint(run.latest).get("history", [])
-        ranked = [e for e in top_k_epochs(history, len(history)) if e in kept]
-    else:
-        ranked = sorted(kept)
-    paths = [kept[e] for e in ranked[:k]]
-    if not paths and run.latest.is_file():
-        paths = [run.latest]
-    if not paths:
-        raise MamlppError(f"no checkpoints in {run.checkpoints}")
-    return paths
+def ensemble_paths(run: RunDir, k: int, say: Callable[[str], None] = warn) -> list[Path]:
+    """The top-``k`` intact epoch checkpoints by validation accuracy (best first), read by
+    :meth:`RunCheckpoints.ensemble <mamlpp.run.run_dir.RunCheckpoints.ensemble>` (the ranking
+    comes from the newest intact checkpoint's validation history; damaged files are named in
+    warnings and left out; with no epoch checkpoints yet, the newest checkpoint alone)."""
+    return [member.path for member in RunCheckpoints(run, say).ensemble(k)]
 
 
 def task_fingerprint(sampler: EpisodeSampler, tasks: int) -> str:

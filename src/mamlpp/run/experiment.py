@@ -133,6 +133,61 @@ class ExperimentConfig:
         """The MAML++ techniques switched on, in the paper's order (empty = plain MAML)."""
         return [tag for tag, on in self.meta.techniques.items() if on]
 
+    @property
+    def active_techniques(self) -> list[str]:
+        """The techniques switched on that take effect in a run of ``train.epochs`` epochs
+        (what ``summary.json`` lists): :attr:`techniques` without :meth:`idle_techniques`."""
+        idle = self.idle_techniques()
+        return [tag for tag in self.techniques if tag not in idle]
+
+    def idle_techniques(self) -> dict[str, str]:
+        """``{tag: why}`` of the techniques switched on that never take effect in this run:
+        DA whose second order would start after the last epoch, MSL with one inner step (its
+        only step is the final one), CA whose rate cannot change (``meta_lr_min`` equal to
+        ``meta_lr``, or one epoch). Each ``why`` is one line saying what to set."""
+        m, epochs = self.meta, self.train.epochs
+        idle = {}
+        if "DA" in self.techniques and m.first_order_epochs >= epochs:
+            idle["DA"] = (
+                "derivative-order annealing never switches to second order: "
+                f"meta.first_order_epochs={m.first_order_epochs} >= train.epochs={epochs}, so "
+                f"every epoch trains first order; set meta.first_order_epochs below {epochs} "
+                "(0: second order throughout), or meta.second_order=false for first order "
+                "on purpose"
+            )
+        if "MSL" in self.techniques and m.num_inner_steps == 1:
+            idle["MSL"] = (
+                "the multi-step loss has nothing to weigh: with meta.num_inner_steps=1 the only "
+                "step is the final one; set meta.num_inner_steps above 1, or meta.msl=false"
+            )
+        if "CA" in self.techniques and (m.meta_lr_min == m.meta_lr or epochs == 1):
+            why = (
+                f"meta.meta_lr_min equals meta.meta_lr ({m.meta_lr:g})"
+                if m.meta_lr_min == m.meta_lr
+                else "train.epochs=1 (the rate is set once per epoch)"
+            )
+            idle["CA"] = (
+                f"cosine annealing never changes the outer learning rate: {why}; set "
+                "meta.meta_lr_min below meta.meta_lr and train.epochs above 1, or "
+                "meta.cosine_lr=false"
+            )
+        return idle
+
+    def schedule_warnings(self) -> list[str]:
+        """One line per technique that is switched on but idle (:meth:`idle_techniques`) or cut
+        short by ``train.epochs`` (an MSL schedule longer than the run never finishes annealing);
+        the trainer prints them as warnings before training starts."""
+        lines = list(self.idle_techniques().values())
+        m, epochs = self.meta, self.train.epochs
+        if "MSL" in self.active_techniques and m.msl_epochs > epochs:
+            lines.append(
+                "the multi-step loss never finishes annealing: meta.msl_epochs="
+                f"{m.msl_epochs} > train.epochs={epochs}, so its weights stop at epoch "
+                f"{epochs} of {m.msl_epochs} and the final-step-only loss never comes; set "
+                f"meta.msl_epochs to at most {epochs}"
+            )
+        return lines
+
 
 SECTIONS: dict[str, type] = {
     "data": DataSection,

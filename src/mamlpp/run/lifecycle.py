@@ -7,15 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 from mamlpp.errors import ConfigError, MamlppError
-from mamlpp.run.checkpoint import (
-    DamagedCheckpoint,
-    atomic_save,
-    load_checkpoint,
-    remove_stale_temporaries,
-    top_k_epochs,
-)
+from mamlpp.run.checkpoint import atomic_save, remove_stale_temporaries, top_k_epochs
+from mamlpp.run.data_record import check_same_data, describe, run_record
 from mamlpp.run.experiment import ExperimentConfig, check_resumable, to_toml
-from mamlpp.run.run_dir import RunDir, read_metrics, read_run_config, truncate_metrics
+from mamlpp.run.run_dir import (
+    NoIntactCheckpoint,
+    RunCheckpoints,
+    RunDir,
+    read_metrics,
+    read_run_config,
+    truncate_metrics,
+    write_json,
+)
 from mamlpp.util.atomic import atomic_write
 
 
@@ -42,27 +45,20 @@ def kept_top_k(state: dict[str, Any]) -> int:
 
 
 def resume_state(run: RunDir, say: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """The state to resume from: ``latest.pt``, else (announced) the newest intact epoch file.
+    """The state to resume from: ``latest.pt``, else (announced) the newest intact epoch file,
+    read by :class:`~mamlpp.run.run_dir.RunCheckpoints` as every command reads them.
 
     None only for a run with no checkpoint and no finished epoch; a run with history whose
     checkpoints are all damaged or gone is refused, never silently restarted."""
     problem = None
-    if run.latest.is_file():
-        try:
-            return load_checkpoint(run.latest)
-        except DamagedCheckpoint as error:
-            problem = str(error)
-    elif run.epoch_checkpoints():
-        problem = f"{run.latest} is missing"
-    for epoch, path in sorted(run.epoch_checkpoints().items(), reverse=True):
-        try:
-            state = load_checkpoint(path)
-        except DamagedCheckpoint as error:
-            say(f"warning: {error}")
-            continue
-        say(f"warning: {problem}; resuming from {path.name}, the end of epoch {epoch}")
-        atomic_save(state, run.latest)  # the intact state becomes latest.pt again
-        return state
+    try:
+        found = RunCheckpoints(run, say).newest("resuming from {name}, the end of epoch {epoch}")
+    except NoIntactCheckpoint as error:
+        found, problem = None, error.problem
+    if found is not None:
+        if found.path != run.latest:
+            atomic_save(found.state, run.latest)  # the intact state becomes latest.pt again
+        return found.state
     finished = sum(r.get("kind") == "val" for r in read_metrics(run.metrics))
     if problem or finished:
         why = problem or f"{run.checkpoints} holds no checkpoint"
@@ -75,12 +71,18 @@ def resume_state(run: RunDir, say: Callable[[str], None] = print) -> dict[str, A
 
 
 def prepare_run(
-    config: ExperimentConfig, run: RunDir, resume: bool, say: Callable[[str], None] = print
+    config: ExperimentConfig,
+    run: RunDir,
+    resume: bool,
+    say: Callable[[str], None] = print,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Check the folder against ``resume``; return the checkpoint to resume from (or None).
 
     A folder that already holds training state is never reused without ``--resume``, so two
-    runs (say MAML and MAML++) cannot write into one folder by accident.
+    runs (say MAML and MAML++) cannot write into one folder by accident. ``data`` is the
+    record of the data loaded for this session (:mod:`mamlpp.run.data_record`): a resume on
+    other data than the run's is refused, and the record is written to ``data.json``.
     """
     check_run_folder(run, resume)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -88,6 +90,8 @@ def prepare_run(
     state = resume_state(run, say) if resume else None
     if state is not None:
         check_resumable(state["config"], config.to_dict())
+        if data is not None:
+            _check_resume_data(run, state, data, say)
         truncate_metrics(run.metrics, int(state["progress"]["step"]))
         # Reconcile the epoch files with the checkpoint (a kill may have come mid-way); the
         # largest top-k ever used decides, so a smaller eval.top_k never deletes a checkpoint.
@@ -103,4 +107,28 @@ def prepare_run(
     header = "mamlpp run configuration (preset, then --config file, then --set overrides)"
     with atomic_write(run.config, "w", encoding="utf-8") as handle:
         handle.write(to_toml(config, header))
+    if data is not None:
+        write_json(run.data, data)
     return state
+
+
+def _check_resume_data(
+    run: RunDir, state: dict[str, Any], data: dict[str, Any], say: Callable[[str], None]
+) -> None:
+    """A run continues on the data it started on (there is no --allow-other-data for
+    training: the checkpoints would come from two datasets). A run from before data records
+    is continued with a note, and its record starts with this session."""
+    recorded = run_record(run, state)
+    if recorded is None:
+        say(
+            f"note: {run.root} has no record of the data it was trained on (a run from before "
+            f"mamlpp recorded it): not checked; recording {describe(data)} from now on"
+        )
+        return
+    check_same_data(
+        run,
+        recorded,
+        data,
+        "a run continues on the data it started on: give its folder with --data-dir, or "
+        "start a new run (another --out) to train on this data",
+    )

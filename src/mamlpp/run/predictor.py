@@ -7,13 +7,9 @@ their logits, as :func:`mamlpp.run.evaluate.evaluate` does) and the run's image
 ``mamlpp adapt`` and ``mamlpp export`` are thin wrappers around it, so the command line and the
 Python API give the same probabilities by construction.
 
-The exported file is a plain dict that ``torch.load(weights_only=True)`` reads::
-
-    format = "mamlpp-model", version = 1, mamlpp_version
-    config        the run's resolved config (nested dict, as in checkpoints)
-    preprocessing size, channels, mean, std, resampling, resize rule
-    members       [state_dict, ...] one per ensemble member (CPU tensors)
-    checkpoints   the checkpoint file names they came from
+The exported file (:mod:`mamlpp.run.model_file`) holds the run's resolved config, the image
+preprocessing, one state dict per ensemble member and the checkpoint names they came from, as
+safetensors with JSON metadata (default) or as the earlier ``.pt`` dict.
 
 Adaptation is the evaluation inner loop of the run's settings (first order, S steps, BN step S-1).
 With ``meta.bn_mode = "transductive"`` (the default, as the authors' code) batch norm uses the
@@ -25,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +33,15 @@ from mamlpp.core.learner import MAMLpp
 from mamlpp.data.images import ImageLike, Preprocessing
 from mamlpp.errors import DataError, InputError, MamlppError
 from mamlpp.run.build import build_learner
-from mamlpp.run.checkpoint import atomic_save, load_checkpoint
+from mamlpp.run.data_record import check_members, run_record
 from mamlpp.run.datasource import preprocessing_for
-from mamlpp.run.evaluate import ensemble_paths, load_member, member_from_state
+from mamlpp.run.evaluate import member_from_state
 from mamlpp.run.experiment import ExperimentConfig, build_config
-from mamlpp.run.run_dir import read_run_config, require_run_dir
-from mamlpp.version import __version__
+from mamlpp.run.model_file import ModelRecord, read_model, write_model
+from mamlpp.run.run_dir import RunCheckpoints, read_run_config, require_run_dir
 
-MODEL_FORMAT = "mamlpp-model"
-MODEL_VERSION = 1
+# Pillow's name for an image read from bytes, e.g. " <_io.BytesIO object at 0x7f...>".
+_BUFFER = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass(frozen=True)
@@ -92,6 +89,13 @@ class FewShotPredictor:
         return self.config.data.shots
 
     @property
+    def batch_dependent(self) -> bool:
+        """Whether a query's prediction depends on the other queries of the same call: true for
+        transductive batch norm (the query batch normalises itself), false when queries are
+        normalised with stored (``per_step``) or support-set (``support``) statistics."""
+        return self.config.meta.bn_mode == "transductive"
+
+    @property
     def device(self) -> torch.device:
         return next(self.members[0].parameters()).device
 
@@ -100,54 +104,49 @@ class FewShotPredictor:
     def from_run(
         cls, run_dir: str | Path, top_k: int = 1, device: torch.device | str = "cpu"
     ) -> FewShotPredictor:
-        """The top-``top_k`` checkpoints of a run folder by validation accuracy."""
+        """The top-``top_k`` checkpoints of a run folder by validation accuracy, read as every
+        command reads them (:class:`~mamlpp.run.run_dir.RunCheckpoints`: a damaged file is
+        named in a warning on stderr and the intact ones are used); every member must come from
+        the run's data (:func:`~mamlpp.run.data_record.check_members`)."""
         if top_k < 1:
             raise InputError(f"--top-k must be >= 1, got {top_k}")
         run = require_run_dir(run_dir)
         config = read_run_config(run)
-        paths = ensemble_paths(run, top_k)
-        shape = load_checkpoint(paths[0]).get("shape")
+        checkpoints = RunCheckpoints(run)
+        found = checkpoints.ensemble(top_k)
+        newest = checkpoints.newest()
+        run_data = run_record(run, newest.state if newest is not None else None)
+        check_members(run, run_data, [(m.path, m.state) for m in found])
+        shape = found[0].state.get("shape")
         channels = int(shape[0]) if shape else preprocessing_for(config.data).channels
         template = _template(config, channels, device)
-        members = [load_member(template, path, device) for path in paths]
+        members = [member_from_state(template, m.state["model"], m.path, device) for m in found]
         preprocessing = preprocessing_for(config.data, channels)
-        return cls(config, members, preprocessing, [p.name for p in paths])
+        return cls(config, members, preprocessing, [m.path.name for m in found])
 
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> FewShotPredictor:
-        """A model written by :meth:`export` (``mamlpp export``)."""
-        path = Path(path)
-        try:
-            record = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise MamlppError(f"model file {path} does not exist") from None
-        except Exception as error:  # torch raises many types for a damaged or foreign file
-            raise MamlppError(f"cannot read model file {path}: {error}".splitlines()[0]) from None
-        if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-            raise MamlppError(f"{path} is not an exported mamlpp model (see `mamlpp export`)")
-        if record.get("version") != MODEL_VERSION:
-            found = record.get("version")
-            raise MamlppError(f"{path} is model format {found}, not {MODEL_VERSION}")
-        config = build_config(record["config"])
-        preprocessing = Preprocessing.from_dict(record["preprocessing"])
+        """A model written by :meth:`export` (``mamlpp export``): safetensors or the earlier
+        ``.pt`` format (:mod:`mamlpp.run.model_file`)."""
+        record = read_model(path)
+        config = build_config(record.config)
+        preprocessing = Preprocessing.from_dict(record.preprocessing)
         template = _template(config, preprocessing.channels, device)
-        members = [member_from_state(template, s, path, device) for s in record["members"]]
-        return cls(config, members, preprocessing, record.get("checkpoints", []))
+        members = [member_from_state(template, s, path, device) for s in record.members]
+        return cls(config, members, preprocessing, record.checkpoints)
 
     def export(self, path: str | Path) -> None:
-        """Write this predictor as one file (atomically; see the module docstring)."""
-        record = {
-            "format": MODEL_FORMAT,
-            "version": MODEL_VERSION,
-            "mamlpp_version": __version__,
-            "config": self.config.to_dict(),
-            "preprocessing": self.preprocessing.to_dict(),
-            "members": [
+        """Write this predictor as one model file, atomically: ``.safetensors`` (weights as
+        safetensors, the rest as JSON metadata) or ``.pt`` (see :mod:`mamlpp.run.model_file`)."""
+        record = ModelRecord(
+            config=self.config.to_dict(),
+            preprocessing=self.preprocessing.to_dict(),
+            members=[
                 {k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.members
             ],
-            "checkpoints": list(self.sources),
-        }
-        atomic_save(record, path)
+            checkpoints=list(self.sources),
+        )
+        write_model(path, record)
 
     # -- prediction ----------------------------------------------------------------------------
     def prepare_support(
@@ -155,8 +154,14 @@ class FewShotPredictor:
         support: Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
         class_names: Sequence[str] | None = None,
         labels: Sequence[str] | None = None,
+        *,
+        converted: list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-        """(support_x [N*K, C, S, S], support_y [N*K], class names, notes), checked."""
+        """(support_x [N*K, C, S, S], support_y [N*K], class names, notes), checked.
+
+        Colour images made grey for a one-channel model are named in a note; given a list
+        ``converted``, their labels go there instead, so that a caller that also prepares
+        queries says it once for both (:func:`colour_note`)."""
         if isinstance(support, Mapping):
             if class_names is not None:
                 raise InputError(
@@ -192,23 +197,36 @@ class FewShotPredictor:
                 f"{shown} support images per class; the model was trained on "
                 f"{self.shots}-shot tasks (allowed: adaptation uses every support image)"
             )
-        x = self._batch(images, labels or [f"support image {i}" for i in range(len(images))])
+        made_grey: list[str] = [] if converted is None else converted
+        labels = labels or [f"support image {i}" for i in range(len(images))]
+        x = self._batch(images, labels, made_grey)
+        if converted is None:
+            notes += colour_note(made_grey)
         return x, torch.tensor(targets, dtype=torch.int64), names, notes
 
     def prepare_query(
-        self, query: Sequence[ImageLike] | ImageLike, labels: Sequence[str] | None = None
+        self,
+        query: Sequence[ImageLike] | ImageLike,
+        labels: Sequence[str] | None = None,
+        *,
+        converted: list[str] | None = None,
     ) -> torch.Tensor:
-        """query_x [Q, C, S, S] (one image, a list, or a tensor [Q, C, S, S])."""
+        """query_x [Q, C, S, S] (one image, a list, or a tensor [Q, C, S, S]); the labels of
+        colour images made grey are appended to ``converted`` if given."""
         items = _image_list(query)
         if not items:
             raise InputError("no query images")
-        return self._batch(items, labels or [f"query image {i}" for i in range(len(items))])
+        labels = labels or [f"query image {i}" for i in range(len(items))]
+        return self._batch(items, labels, converted)
 
-    def _batch(self, images: Sequence[ImageLike], labels: Sequence[str]) -> torch.Tensor:
+    def _batch(
+        self, images: Sequence[ImageLike], labels: Sequence[str], converted: list[str] | None
+    ) -> torch.Tensor:
         try:
-            return self.preprocessing.batch(images, labels)
+            return self.preprocessing.batch(images, labels, converted=converted)
         except DataError as error:
-            raise InputError(str(error)) from None
+            # Pillow names bytes input by its buffer object ("<_io.BytesIO object at 0x...>").
+            raise InputError(_BUFFER.sub("", str(error))) from None
 
     def predict_prepared(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
@@ -242,9 +260,22 @@ class FewShotPredictor:
         per image). Images are file paths, encoded bytes, PIL images, or tensors ``[C, S, S]``
         (uint8 0..255, or floating 0..1); ``query`` may also be one image or ``[Q, C, S, S]``.
         """
-        sx, sy, names, notes = self.prepare_support(support, class_names)
-        qx = self.prepare_query(query)
+        converted: list[str] = []
+        sx, sy, names, notes = self.prepare_support(support, class_names, converted=converted)
+        qx = self.prepare_query(query, converted=converted)
+        notes += colour_note(converted)
         return Prediction(names, self.predict_prepared(sx, sy, qx), notes)
+
+
+def colour_note(converted: Sequence[str]) -> list[str]:
+    """The note (none, or one line) for the colour images a grey model's preprocessing made
+    grey: how many, and the first few by name."""
+    if not converted:
+        return []
+    count = len(converted)
+    shown = ", ".join(converted[:3]) + (f" and {count - 3} more" if count > 3 else "")
+    what = "1 colour image was" if count == 1 else f"{count} colour images were"
+    return [f"{what} converted to grey, as the model takes grey images: {shown}"]
 
 
 def _image_list(value: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:

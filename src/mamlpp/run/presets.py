@@ -26,6 +26,7 @@ keep everything else, so the pair differs only in the algorithm.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from mamlpp.run.experiment import (
     parse_set,
     read_toml,
 )
+from mamlpp.util.format import columns
 
 # MetaConfig.maml(): every MAML++ technique off.
 MAML_META = {
@@ -214,18 +216,34 @@ def resolve_config(
     return build_config(merge(tree, set_tree))
 
 
-def describe_config(config: ExperimentConfig, note: str = "") -> str:
-    """dataset, ways/shots, techniques, budget of a config (one line)."""
+def _config_cells(config: ExperimentConfig, note: str = "") -> tuple[str, str, str, str]:
+    """dataset, ways/shots, techniques, budget of a config."""
     d, t = config.data, config.train
     techniques = " ".join(config.techniques) or "none (plain MAML)"
     budget = f"{t.epochs}x{t.iterations_per_epoch} it x {t.tasks_per_batch} tasks"
     if note:
         budget += f" ({note})"
-    shape = f"{d.ways}-way {d.shots}-shot"
-    return f"{d.dataset:<14} {shape:<15} {techniques:<28} {budget}"
+    return d.dataset, f"{d.ways}-way {d.shots}-shot", techniques, budget
+
+
+def describe_config(config: ExperimentConfig, note: str = "") -> str:
+    """dataset, ways/shots, techniques, budget of a config (one line)."""
+    dataset, shape, techniques, budget = _config_cells(config, note)
+    return f"{dataset:<14} {shape:<15} {techniques:<28} {budget}"
+
+
+def _preset_cells(name: str) -> tuple[str, ...]:
+    config = build_config({**PRESETS[name].tree, "preset": name})
+    return (name, *_config_cells(config, PRESETS[name].budget_note))
 
 
 def describe(name: str) -> str:
-    """One line: name, dataset, ways/shots, techniques, budget."""
-    config = build_config({**PRESETS[name].tree, "preset": name})
-    return f"{name:<28} {describe_config(config, PRESETS[name].budget_note)}"
+    """One line: name, dataset, ways/shots, techniques, budget (see :func:`listing` for the
+    lines of several presets, in columns)."""
+    return listing([name])[0]
+
+
+def listing(names: Sequence[str] | None = None) -> list[str]:
+    """One line per preset (default: all), in columns as wide as their longest entry: name,
+    dataset, ways/shots, techniques, budget."""
+    return columns([_preset_cells(name) for name in (PRESETS if names is None else names)])

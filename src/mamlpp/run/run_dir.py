@@ -8,6 +8,7 @@
       checkpoints/
         latest.pt          the newest state (exact resume starts here)
         epoch-NNNN.pt      the top-k epochs by validation accuracy (the test ensemble)
+      data.json            the data the run trains on (mamlpp.run.data_record)
       summary.json         test accuracy, 95% CI, tasks, ensemble size, wall time, it/s
       tensorboard/         only when the optional extra is installed
       .lock                held by the process that trains in the folder (one writer at a time)
@@ -18,14 +19,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mamlpp.errors import ConfigError, MamlppError
-from mamlpp.run.checkpoint import epoch_checkpoint_name, epoch_of
+from mamlpp.run.checkpoint import (
+    DamagedCheckpoint,
+    epoch_checkpoint_name,
+    epoch_of,
+    load_checkpoint,
+    top_k_epochs,
+)
 from mamlpp.run.experiment import ExperimentConfig, build_config, read_toml
 from mamlpp.util.atomic import atomic_write
 
@@ -53,6 +61,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.json"
 
     @property
     def tensorboard(self) -> Path:
@@ -126,13 +138,115 @@ def default_run_dir(preset: str, base: Path = Path("runs"), now: float | None = 
 def require_run_dir(path: str | Path) -> RunDir:
     run = RunDir(Path(path))
     if not run.config.is_file():
-        raise MamlppError(f"{run.root} is not a mamlpp run folder (no config.toml)")
+        raise ConfigError(f"{run.root} is not a mamlpp run folder (no config.toml)")
     return run
 
 
 def read_run_config(run: RunDir) -> ExperimentConfig:
     """The run's resolved config.toml (complete, so no preset lookup is needed)."""
     return build_config(read_toml(run.config))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def warn(text: str) -> None:
+    """A warning line on stderr (the default of :class:`RunCheckpoints`)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class NoIntactCheckpoint(MamlppError):
+    """A run has checkpoints, but none of them can be read."""
+
+    def __init__(self, problem: str, run: RunDir) -> None:
+        super().__init__(f"no intact checkpoint in {run.checkpoints} ({problem})")
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Found:
+    """A checkpoint that was read: its file and its state."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+class RunCheckpoints:
+    """The checkpoints of a run folder, read the same way by every command: ``train --resume``,
+    the test at the end of training, ``evaluate``, ``adapt`` and ``export``.
+
+    A damaged file (truncated, empty, not a mamlpp checkpoint) is named in a one-line warning,
+    once, and the intact files are used instead: the newest state is ``latest.pt``, else the
+    newest intact epoch file (announced); the top-k ranking comes from the newest state's
+    validation history; a damaged ensemble member is left out. Only a run with no intact
+    checkpoint at all is an error.
+    """
+
+    def __init__(self, run: RunDir, say: Callable[[str], None] = warn) -> None:
+        self.run = run
+        self.say = say
+        self._warned: set[Path] = set()
+        self._newest: Found | None = None
+
+    def read(self, path: Path) -> dict[str, Any] | None:
+        """The checkpoint at ``path``, or None if it is damaged (named in a warning, once)."""
+        try:
+            return load_checkpoint(path)
+        except DamagedCheckpoint as error:
+            if path not in self._warned:
+                self._warned.add(path)
+                self.say(f"warning: {error}")
+            return None
+
+    def newest(self, using: str = "using {name}, the end of epoch {epoch}") -> Found | None:
+        """``latest.pt``, else the newest intact epoch file; None when there is no checkpoint.
+
+        Falling back is announced in one line: why latest.pt was not used, then ``using``
+        (formatted with the file's ``name`` and ``epoch``). A run whose every checkpoint is
+        damaged is an error."""
+        if self._newest is not None:
+            return self._newest
+        latest, problem = self.run.latest, None
+        if latest.is_file():
+            try:
+                self._newest = Found(latest, load_checkpoint(latest))
+                return self._newest
+            except DamagedCheckpoint as error:
+                self._warned.add(latest)
+                problem = str(error)
+        elif self.run.epoch_checkpoints():
+            problem = f"{latest} is missing"
+        for epoch, path in sorted(self.run.epoch_checkpoints().items(), reverse=True):
+            state = self.read(path)
+            if state is None:
+                continue
+            self.say(f"warning: {problem}; {using.format(name=path.name, epoch=epoch)}")
+            self._newest = Found(path, state)
+            return self._newest
+        if problem is not None:
+            raise NoIntactCheckpoint(problem, self.run)
+        return None
+
+    def ensemble(self, k: int) -> list[Found]:
+        """The top-``k`` intact epoch checkpoints by validation accuracy (best first), ranked by
+        the newest state's history; a damaged one is left out (warned). With no epoch
+        checkpoint, the newest state alone."""
+        newest = self.newest("ranking the checkpoints by the history in {name} (epoch {epoch})")
+        if newest is None:
+            raise MamlppError(f"no checkpoints in {self.run.checkpoints}")
+        kept = self.run.epoch_checkpoints()
+        history = newest.state.get("history", [])
+        members: list[Found] = []
+        for epoch in top_k_epochs(history, len(history)):
+            if len(members) == k:
+                break
+            if epoch not in kept:
+                continue
+            path = kept[epoch]
+            state = newest.state if path == newest.path else self.read(path)
+            if state is not None:
+                members.append(Found(path, state))
+        return members or [newest]
 
 
 # ------------------------------------------------------------------------------ metrics.jsonl

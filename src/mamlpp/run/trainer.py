@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,23 +34,14 @@ from mamlpp.run.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
     capture_rng,
-    load_checkpoint,
     restore_rng,
     top_k_epochs,
 )
-from mamlpp.run.evaluate import (
-    EvalResult,
-    ensemble_paths,
-    evaluate,
-    load_member,
-    member_from_state,
-)
+from mamlpp.run.data_record import data_record
+from mamlpp.run.evaluate import EvalResult, evaluate, member_from_state
 from mamlpp.run.experiment import ExperimentConfig, check_resumable
 from mamlpp.run.lifecycle import kept_top_k
-from mamlpp.run.run_dir import (
-    MetricsLog,
-    RunDir,
-)
+from mamlpp.run.run_dir import MetricsLog, RunCheckpoints, RunDir
 from mamlpp.util.progress import progress_bar
 
 
@@ -108,6 +100,8 @@ class Trainer:
         d, e = config.data, config.eval
         in_channels = splits["train"].image_shape[0]
         self.shape = list(splits["train"].image_shape)
+        # Which data this run trains on (data.json and every checkpoint; mamlpp.run.data_record)
+        self.data_record = data_record(d.dataset, splits)
         if self.shape[1:] != [d.image_size, d.image_size]:
             raise ConfigError(
                 f"data.image_size={d.image_size}, but the {d.dataset} images are "
@@ -191,6 +185,7 @@ class Trainer:
             # Informational: task ids fix the stream, so any world size may resume it.
             "world_size": self.world_size,
             "keep_top_k": self.keep_top_k,
+            "data": self.data_record,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -236,6 +231,8 @@ class Trainer:
         total = t.epochs * t.iterations_per_epoch
         if not self.done:
             self.choose_execution()
+            for line in self.config.schedule_warnings():  # a technique on that never acts
+                self._say(f"warning: {line}")
         self._say(f"training: {self.describe_path()}")
         self.bar = progress_bar(total, "train", initial=self.step, enabled=self.show_progress)
         try:
@@ -412,14 +409,13 @@ class Trainer:
         e = self.config.eval
         k = e.top_k if top_k is None else top_k
         if self.dist is None:
-            paths = ensemble_paths(self.run, k)
-            members = [load_member(self.learner, p, self.device) for p in paths]
+            paths, states = _read_ensemble(self.run, k, self._say)
         else:  # rank 0 reads the checkpoints; the other ranks get them (no shared disk needed)
-            paths, states = self.dist.from_writer(lambda: _read_ensemble(self.run, k))
-            members = [
-                member_from_state(self.learner, s, p, self.device)
-                for p, s in zip(paths, states, strict=True)
-            ]
+            paths, states = self.dist.from_writer(lambda: _read_ensemble(self.run, k, self._say))
+        members = [
+            member_from_state(self.learner, s, p, self.device)
+            for p, s in zip(paths, states, strict=True)
+        ]
         tasks = e.test_tasks if tasks is None else tasks
         result = evaluate(members, self.samplers["test"], tasks, e.batch_size, shards=self.dist)
         return result, paths
@@ -438,9 +434,12 @@ class _NoMetrics:
         pass
 
 
-def _read_ensemble(run: RunDir, k: int) -> tuple[list[Path], list[dict[str, Any]]]:
-    paths = ensemble_paths(run, k)
-    return paths, [load_checkpoint(p)["model"] for p in paths]
+def _read_ensemble(
+    run: RunDir, k: int, say: Callable[[str], None]
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The top-k ensemble's files and model states, read as every command reads them."""
+    members = RunCheckpoints(run, say).ensemble(k)
+    return [m.path for m in members], [m.state["model"] for m in members]
 
 
 def _tensorboard_writer(run: RunDir, enabled: bool, step: int):

@@ -32,12 +32,15 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "dataset": config.data.dataset,
         "ways": config.data.ways,
         "shots": config.data.shots,
-        "techniques": config.techniques,
+        # The techniques that took effect: one switched on but idle in this run (DA whose
+        # second order would start after the last epoch, ...) is left out, as warned at start.
+        "techniques": config.active_techniques,
         "test_accuracy": result.accuracy,
         "test_ci95": result.ci95,
         "test_loss": result.loss,
         "test_tasks": result.num_tasks,
         "test_fingerprint": task_fingerprint(trainer.samplers["test"], result.num_tasks),
+        "data_fingerprint": trainer.data_record["fingerprint"],  # data.json has the record
         "ensemble_size": result.ensemble_size,
         "ensemble_epochs": [epoch_of(p) for p in ensemble if epoch_of(p) is not None],
         "best_val_epoch": best[0] if best else None,
@@ -91,7 +94,7 @@ def run_training(
     with locked(run) if writer else contextlib.nullcontext():
 
         def prepare() -> dict[str, Any] | None:
-            return prepare_run(config, run, resume, say=trainer._say)
+            return prepare_run(config, run, resume, say=trainer._say, data=trainer.data_record)
 
         state = prepare() if dist is None else dist.from_writer(prepare)
         if state is not None:

@@ -40,6 +40,7 @@ from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import Conv4, conv4_sequential
 from mamlpp.nn.resnet12 import ResNet12, resnet12_widths
 from mamlpp.studies.bench_configs import CONFIGS, PAPER_REFERENCE, BenchConfig
+from mamlpp.util.atomic import atomic_write
 
 
 def _network(config: BenchConfig) -> torch.nn.Module:
@@ -170,6 +171,20 @@ def parameter_group(name: str) -> str:
     return "conv biases" if name.endswith(".bias") else "conv weights"
 
 
+# A group's reference gradient counts as exactly zero (a conv bias before batch norm) when its
+# norm is at most this fraction of the whole gradient's: float64 rounding leaves about 1e-16, and
+# a real gradient of a group is far above 1e-9 of the whole.
+EXACT_ZERO = 1e-9
+
+
+def _group_error(group: str, error: dict[str, Any]) -> str:
+    """``conv weights 6.6e-07`` (relative error), or for a group whose exact gradient is zero,
+    where a relative error means nothing, ``conv biases (exact gradient 0: absolute error X)``."""
+    if error.get("exact_zero"):
+        return f"{group} (exact gradient 0: absolute error {error['abs_error']:.1e})"
+    return f"{group} {error['rel_error']:.1e}"
+
+
 def gradient_errors(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict:
     """Relative error ``|g - r| / |r|`` and cosine similarity of the meta-gradients against a
     reference, over all of them and per parameter group.
@@ -178,15 +193,26 @@ def gradient_errors(grads: dict[str, torch.Tensor], reference: dict[str, torch.T
     equally and the normalisation removes that shift, so its exact meta-gradient is zero. Its
     computed gradient is rounding noise, and a relative error over the whole vector can be
     dominated by it (the 0.5-0.7 seen with TF32 on an H100); the groups show where error lives.
-    """
 
-    def measure(names: list[str]) -> dict[str, float]:
+    Each entry also holds ``abs_error`` ``|g - r|`` and ``exact_zero``: whether the reference
+    of the group is zero up to rounding (its norm at most :data:`EXACT_ZERO` of the whole
+    reference's). A relative error or a cosine would then measure noise against noise (a
+    relative error of 1e+08, or of infinity for an exact 0): both are None, and
+    :func:`format_table` reports the absolute error instead.
+    """
+    whole = math.sqrt(sum(float(reference[n].norm()) ** 2 for n in reference if n in grads))
+
+    def measure(names: list[str]) -> dict[str, Any]:
         g = torch.cat([grads[n].flatten() for n in names])
         r = torch.cat([reference[n].flatten() for n in names])
         norm = float(r.norm())
+        error = float((g - r).norm())
+        zero = norm <= EXACT_ZERO * whole
         return {
-            "rel_error": float((g - r).norm()) / norm if norm > 0 else float("inf"),
-            "cosine": float(torch.nn.functional.cosine_similarity(g, r, dim=0)),
+            "rel_error": None if zero else error / norm,
+            "abs_error": error,
+            "exact_zero": zero,
+            "cosine": None if zero else float(torch.nn.functional.cosine_similarity(g, r, dim=0)),
             "reference_norm": norm,
         }
 
@@ -418,7 +444,7 @@ def format_table(report: dict) -> str:
             if groups:
                 lines.append(
                     f"{'':<22}   error/fp64 by group: "
-                    + ", ".join(f"{g} {e['rel_error']:.1e}" for g, e in groups)
+                    + ", ".join(_group_error(g, e) for g, e in groups)
                 )
         if "peak_memory_gb" in entry:
             mem = ", ".join(f"{k} {v:.2f} GB" for k, v in entry["peak_memory_gb"].items())
@@ -451,7 +477,7 @@ def main(args: argparse.Namespace) -> int:
     report = run(args)
     text = json.dumps(report, indent=2)
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     print(format_table(report))
     return 0

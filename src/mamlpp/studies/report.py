@@ -23,9 +23,9 @@ from typing import Any
 
 from mamlpp.core.schedules import step_loss_weights
 from mamlpp.errors import MamlppError
-from mamlpp.run.checkpoint import load_checkpoint
 from mamlpp.run.experiment import ExperimentConfig
 from mamlpp.run.run_dir import (
+    RunCheckpoints,
     RunDir,
     read_json,
     read_metrics,
@@ -44,12 +44,13 @@ class RunData:
     config: ExperimentConfig
     metrics: list[dict[str, Any]]
     summary: dict[str, Any] | None
-    checkpoint: dict[str, Any] | None  # latest.pt, if any
+    checkpoint: dict[str, Any] | None  # the newest intact checkpoint, if any
 
 
 def load_run(path: Path, name: str) -> RunData:
     run = require_run_dir(path)
-    checkpoint = load_checkpoint(run.latest) if run.latest.is_file() else None
+    newest = RunCheckpoints(run).newest()  # as every command reads them: damaged files named
+    checkpoint = newest.state if newest is not None else None
     return RunData(
         name=name,
         run=run,

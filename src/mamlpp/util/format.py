@@ -36,3 +36,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     """The lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def columns(rows: Sequence[Sequence[str]], gap: int = 2) -> list[str]:
+    """Rows of cells as lines whose columns line up: each column but the last is as wide as its
+    longest cell (so no cell pushes the rest of its line out of place), then ``gap`` spaces."""
+    widths = [
+        max(len(row[i]) for row in rows if len(row) > i)
+        for i in range(max(map(len, rows), default=0))
+    ]
+    pad = " " * gap
+    return [
+        pad.join(cell if i == len(row) - 1 else cell.ljust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]

@@ -1,0 +1,482 @@
+"""The HTTP API and page of ``mamlpp serve``: one trained
+:class:`~mamlpp.run.predictor.FewShotPredictor`, loaded once, behind FastAPI.
+
+Endpoints (docs/serve.md has curl examples)::
+
+    GET  /health    {"status": "ok"}
+    GET  /model     what the model takes: ways, shots, image_size, channels, bn_mode, ...
+    POST /predict   multipart/form-data (field names below) -> classes and probabilities
+    GET  /          the page (static/index.html, app.js, style.css)
+
+``POST /predict`` fields: ``support.<class name>`` (one or more image files per class: repeat the
+field; classes keep the order of their first field) and ``query`` (one or more image files to
+classify: repeat the field). The answer::
+
+    {"classes": [...], "batch_dependent": bool, "notes": [...],
+     "predictions": [{"file", "predicted", "probability", "probabilities": {class: p}}, ...]}
+
+Every error is ``{"error": "<one sentence>"}`` with a 4xx status (5xx for a server fault).
+
+Uploads are read into memory, never onto disk, by a streaming multipart parser that enforces
+:class:`Limits` as the bytes arrive, before any image is decoded. Image decoding runs in worker
+threads concurrently; the model itself is run by one request at a time (a lock), because
+:meth:`~mamlpp.run.predictor.FewShotPredictor.predict_prepared` sets torch's process-wide thread
+count while it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from mamlpp.errors import MamlppError
+from mamlpp.run.predictor import FewShotPredictor, InputError, colour_note
+
+SUPPORT_PREFIX = "support."
+QUERY_FIELD = "query"
+MIB = 1024 * 1024
+
+STATIC_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# The page loads nothing from elsewhere; images are shown from local blob: URLs.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one ``POST /predict`` may send (checked while the upload arrives)."""
+
+    max_files: int = 64  # support and query files together
+    max_file_bytes: int = 10 * MIB  # one file, encoded
+    max_request_bytes: int = 50 * MIB  # the whole request body
+    max_pixels: int = 40_000_000  # one image's width x height (read from its header)
+    max_class_name: int = 200  # characters
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` and a one-sentence ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _size(n: int) -> str:
+    return f"{n / MIB:g} MiB" if n >= MIB else f"{n} bytes"
+
+
+# ------------------------------------------------------------------------------ multipart
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None  # None: a plain field (no filename parameter)
+    data: bytearray = field(default_factory=bytearray)
+
+
+def _field_text(raw: bytes) -> str:
+    """A name or file name from Content-Disposition: UTF-8 (what browsers and curl send), with
+    the escapes browsers use for a quote and line breaks undone."""
+    text = raw.decode("utf-8", errors="replace")
+    return text.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
+
+
+class _FormCollector:
+    """Callbacks of python-multipart's streaming parser: collect parts in memory, within limits."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.parts: list[_Part] = []
+        self.files = 0
+        self.finished = False
+        self._part = _Part()
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finish,
+        }
+
+    def _begin(self) -> None:
+        self._part = _Part()
+        self._disposition = b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_name.strip().lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise ApiError(400, "every part of the form needs a name (Content-Disposition name=)")
+        self._part.name = _field_text(options[b"name"])
+        if b"filename" in options:
+            self._part.filename = _field_text(options[b"filename"])
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise ApiError(
+                413, f"too many files: at most {self.limits.max_files} images per request"
+            )
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        if len(part.data) + (end - start) > self.limits.max_file_bytes:
+            label = f"{part.filename!r}" if part.filename else f"in field {part.name!r}"
+            raise ApiError(
+                413,
+                f"file {label} is larger than the limit of "
+                f"{_size(self.limits.max_file_bytes)} per file",
+            )
+        part.data += data[start:end]
+
+    def _end(self) -> None:
+        self.parts.append(self._part)
+
+    def _finish(self) -> None:
+        self.finished = True
+
+
+async def read_form(request: Request, limits: Limits) -> list[_Part]:
+    """The parts of a multipart/form-data request, read into memory within ``limits``."""
+    kind, options = parse_options_header(request.headers.get("content-type"))
+    if kind != b"multipart/form-data":
+        shown = kind.decode("latin-1") or "nothing"
+        raise ApiError(
+            415,
+            f"send the images as multipart/form-data (curl -F or a browser FormData), not {shown}",
+        )
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "the multipart/form-data content type has no boundary parameter")
+    too_large = ApiError(
+        413, f"the request is larger than the limit of {_size(limits.max_request_bytes)}"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise too_large  # refused before reading the body
+    collector = _FormCollector(limits)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_request_bytes:
+                raise too_large
+            try:
+                parser.write(chunk)
+            except FormParserError:
+                raise ApiError(400, "the request body is not valid multipart/form-data") from None
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away before the request body was complete") from None
+    parser.finalize()
+    if not collector.finished:
+        raise ApiError(400, "the multipart/form-data body ended before its closing boundary")
+    return collector.parts
+
+
+# ------------------------------------------------------------------------------ the task
+
+
+@dataclass
+class _Task:
+    support: dict[str, list[bytes]]  # class -> encoded images, in the order of first field
+    support_labels: list[str]  # one per support image, flattened in class order
+    query: list[bytes]
+    query_files: list[str]
+    query_labels: list[str]
+
+
+def build_task(parts: list[_Part], limits: Limits) -> _Task:
+    """Support classes and query images from the form's parts; empty file fields (a browser's
+    file input with nothing chosen) are skipped, so a class of only those is empty."""
+    support: dict[str, list[bytes]] = {}
+    names: dict[str, list[str]] = {}
+    query: list[bytes] = []
+    query_files: list[str] = []
+    for part in parts:
+        empty = not part.data and not part.filename
+        if part.name.startswith(SUPPORT_PREFIX):
+            name = part.name[len(SUPPORT_PREFIX) :]
+            if not name.strip():
+                raise ApiError(
+                    400, "a support field needs a class name after 'support.', e.g. support.cat"
+                )
+            if len(name) > limits.max_class_name:
+                raise ApiError(
+                    400,
+                    f"class name {name[:40]!r}... is longer than "
+                    f"{limits.max_class_name} characters",
+                )
+            support.setdefault(name, [])
+            names.setdefault(name, [])
+            if not empty:
+                support[name].append(bytes(part.data))
+                names[name].append(part.filename or f"#{len(names[name]) + 1}")
+        elif part.name == QUERY_FIELD:
+            if not empty:
+                query.append(bytes(part.data))
+                query_files.append(part.filename or f"query #{len(query)}")
+        else:
+            raise ApiError(
+                400,
+                f"unknown form field {part.name[:60]!r}: send images as "
+                f"'{SUPPORT_PREFIX}<class name>' and '{QUERY_FIELD}' files",
+            )
+    if not support:
+        raise ApiError(
+            400,
+            f"no support images: send each class's images as '{SUPPORT_PREFIX}<class name>' files",
+        )
+    if not query:
+        raise ApiError(400, f"no query images: send the images to classify as '{QUERY_FIELD}'")
+    support_labels = [f"{file!r} of class {name!r}" for name in support for file in names[name]]
+    query_labels = [f"{file!r} (query)" for file in query_files]
+    return _Task(support, support_labels, query, query_files, query_labels)
+
+
+def _check_pixels(images: list[bytes], labels: list[str], limits: Limits) -> None:
+    """Refuse an image whose header declares too many pixels, before it is decoded (a file that
+    cannot be opened is left to the predictor, which names the problem)."""
+    for data, label in zip(images, labels, strict=True):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Exception:  # unreadable or a decompression bomb: the predictor reports it
+            continue
+        if width * height > limits.max_pixels:
+            raise ApiError(
+                413,
+                f"image {label} is {width}x{height} pixels, more than the limit of "
+                f"{limits.max_pixels:,} pixels",
+            )
+
+
+_BYTES_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _clean(message: str) -> str:
+    """An image error without PIL's ``<_io.BytesIO object at 0x...>`` (uploads have no path)."""
+    return _BYTES_REPR.sub("", message)
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+class _Service:
+    """The predictor and what every request shares: one lock around the model."""
+
+    def __init__(self, predictor: FewShotPredictor, limits: Limits) -> None:
+        self.predictor = predictor
+        self.limits = limits
+        self.lock = threading.Lock()
+
+    def model_info(self) -> dict[str, Any]:
+        p = self.predictor
+        return {
+            "ways": p.ways,
+            "shots": p.shots,
+            "image_size": p.preprocessing.image_size,
+            "channels": p.preprocessing.channels,
+            "bn_mode": p.config.meta.bn_mode,
+            "batch_dependent": p.batch_dependent,
+            "techniques": list(p.config.techniques),
+            "dataset": p.config.data.dataset,
+            "checkpoints": list(p.sources),
+            "limits": asdict(self.limits),
+        }
+
+    def predict(self, task: _Task) -> dict[str, Any]:
+        """Runs in a worker thread: decode (concurrently), then the model (one at a time)."""
+        flat = [image for images in task.support.values() for image in images]
+        _check_pixels(flat, task.support_labels, self.limits)
+        _check_pixels(task.query, task.query_labels, self.limits)
+        p = self.predictor
+        try:
+            converted: list[str] = []  # colour images made grey: one note for the request
+            sx, sy, classes, notes = p.prepare_support(
+                task.support, labels=task.support_labels, converted=converted
+            )
+            qx = p.prepare_query(task.query, labels=task.query_labels, converted=converted)
+            notes += colour_note(converted)
+        except InputError as error:
+            raise ApiError(400, _clean(str(error))) from None
+        with self.lock:
+            probabilities = p.predict_prepared(sx, sy, qx)
+        rows = probabilities.tolist()
+        return {
+            "classes": classes,
+            "batch_dependent": p.batch_dependent,
+            "notes": notes,
+            "predictions": [
+                {
+                    "file": file,
+                    "predicted": classes[max(range(len(row)), key=row.__getitem__)],
+                    "probability": max(row),
+                    "probabilities": dict(zip(classes, row, strict=True)),
+                }
+                for file, row in zip(task.query_files, rows, strict=True)
+            ],
+        }
+
+
+def _static_files() -> dict[str, bytes]:
+    folder = resources.files("mamlpp.serve").joinpath("static")
+    return {name: folder.joinpath(name).read_bytes() for name in STATIC_TYPES}
+
+
+def _validation_sentence(error: RequestValidationError) -> str:
+    problems = list(error.errors())
+    if not problems:
+        return "invalid request"
+    first = problems[0]
+    where = [str(p) for p in first.get("loc", ())]
+    place = " ".join([where[0], ".".join(where[1:])]).strip() if where else "request"
+    message = str(first.get("msg", "is invalid")).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"invalid request: {place}: {message}{more}"
+
+
+def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> FastAPI:
+    """The API and page for ``predictor`` (loaded by the caller, once)."""
+    service = _Service(predictor, limits or Limits())
+    static = _static_files()
+    app = FastAPI(
+        title="mamlpp serve",
+        summary="Few-shot predictions of a trained MAML++ model",
+        docs_url=None,  # the interactive docs load scripts from a CDN; /openapi.json stays
+        redoc_url=None,
+    )
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error(error.status, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_sentence(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"there is no {request.url.path} here (try GET /, /model or POST /predict)"
+        elif error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail).rstrip(".")
+        return _error(error.status_code, message, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, error: Exception) -> JSONResponse:
+        log.exception("error while answering %s %s", request.method, request.url.path)
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return _error(500, f"internal error: {detail}")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        return service.model_info()
+
+    @app.post(
+        "/predict",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                QUERY_FIELD: {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
+                            "patternProperties": {
+                                r"^support\..+$": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def predict(request: Request, content_type: Annotated[str, Header()]) -> dict[str, Any]:
+        """Adapt to the ``support.<class name>`` images and classify the ``query`` images."""
+        parts = await read_form(request, service.limits)
+        task = build_task(parts, service.limits)
+        del parts
+        try:
+            return await run_in_threadpool(service.predict, task)
+        except MamlppError as error:  # not the caller's fault (InputError became ApiError)
+            raise ApiError(500, f"the model failed: {error}") from None
+
+    def _static(name: str) -> Response:
+        if name not in static:
+            raise ApiError(404, f"there is no /static/{name[:60]} here")
+        return Response(static[name], media_type=STATIC_TYPES[name], headers=PAGE_HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return _static("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str) -> Response:
+        return _static(name)
+
+    return app
