@@ -7,7 +7,7 @@
 #   2. MAML vs first-order MAML vs MAML++, seeds 0,1,2, each 1,000 meta-iterations of 8 tasks
 #      (100 epochs x 10: the paper's 100 epochs with a shorter epoch, so MSL, DA and cosine
 #      annealing act at the paper's fractions of training).
-#   3. The whole ablation grid (10 variants), seed 0, 500 meta-iterations (100 x 5).
+#   3. The whole ablation grid (11 variants), seed 0, 500 meta-iterations (100 x 5).
 #   4. Copies the tables and plots into docs/results/, writes docs/results/PROVENANCE.md
 #      (commands, git commit, versions, CPU, wall times) and docs/results/RESULTS.md, and fills
 #      the Results section of docs/reproduce.md.

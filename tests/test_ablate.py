@@ -109,6 +109,7 @@ def test_every_variant_switches_exactly_its_techniques() -> None:
     assert not seen["fomaml"].meta.second_order and seen["maml"].meta.second_order
     assert seen["maml++/per_step-bn"].meta.bn_mode == "per_step"
     assert seen["maml++"].meta.bn_mode == "transductive"
+    assert seen["maml++-support-bn"].meta.bn_mode == "support"
     assert seen["maml+bnrs"].meta.bn_mode == "per_step"  # alone, BNRS must reach an output
     assert seen["maml+da"].meta.first_order_epochs == 50  # the preset's (paper text) value
     for name, config in seen.items():  # nothing but [meta] differs between variants
@@ -438,7 +439,7 @@ def test_dry_run_and_list_train_nothing(tmp_path, capsys) -> None:
     assert _ablate(out, "--variants", "all", "--seeds", "0,1", "--dry-run") == 0
     printed = capsys.readouterr().out
     assert not out.exists()
-    assert printed.count("(to run): mamlpp train --preset synthetic") == 20
+    assert printed.count("(to run): mamlpp train --preset synthetic") == 22
     assert "maml++/per_step-bn seed 1" in printed and "meta.bn_mode=per_step" in printed
     assert main(["ablate", "--list"]) == 0
     listing = capsys.readouterr().out
@@ -558,7 +559,7 @@ def test_cpu_study_dry_run(tmp_path) -> None:
     text = done.stdout
     assert "--budget 1000 --seeds 0,1,2 --variants maml,maml++,fomaml" in text
     assert "--budget 500 --seeds 0 --variants " + ",".join(v.name for v in ablate.GRID) in text
-    assert text.count("(to run): mamlpp train --preset omniglot-5w1s") == 9 + 10
+    assert text.count("(to run): mamlpp train --preset omniglot-5w1s") == 9 + 11
     assert "train.iterations_per_epoch=10" in text and "train.iterations_per_epoch=5" in text
     assert "device cpu, jobs 2, threads per run 1" in text
     assert "paths ['batched', 'loop']" in text

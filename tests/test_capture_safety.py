@@ -53,6 +53,10 @@ REGIMES = {
     "maml++ clipped": (MetaConfig(num_inner_steps=2, grad_clip=1.0), 0),
     "maml": (MetaConfig.maml(num_inner_steps=2), 0),
     "fomaml": (MetaConfig.fomaml(num_inner_steps=2), 0),
+    "maml++ support bn": (
+        MetaConfig(num_inner_steps=2, first_order_epochs=0, bn_mode="support"),
+        0,
+    ),
     "shared bn stats, per-step affine": (
         MetaConfig(num_inner_steps=2, per_step_bn_stats=False),
         0,

@@ -3,12 +3,15 @@
 Every tensor carries a leading task dimension B, and the network is called through a *task-batched
 forward* (the contract every execution implements, see :mod:`mamlpp.core.executions`)::
 
-    forward(params {name: [B, ...]}, x [B, n, ...], step, running) -> (logits [B, n, N], stats)
+    forward(params {name: [B, ...]}, x [B, n, ...], step, running, stats_rows)
+        -> (logits [B, n, N], stats)
 
 with ``stats = {bn: (batch mean [B, C], unbiased batch var [B, C])}`` (returned, never written in
-place) and ``running`` the stored statistics to normalise with instead (evaluation in
-``bn_mode="per_step"``). Grouped-convolution Conv4, a per-task loop, vmap and any ``nn.Module``
-are implementations of that contract, not copies of this file.
+place), ``running`` the stored statistics to normalise with instead (evaluation in
+``bn_mode="per_step"``) and ``stats_rows`` the number of leading examples whose batch statistics
+normalise all of them (``bn_mode="support"``, see :func:`query_forward`). Grouped-convolution
+Conv4, a per-task loop, vmap and any ``nn.Module`` are implementations of that contract, not
+copies of this file.
 
 One meta-batch, S inner steps ("How to train your MAML", Antoniou et al., ICLR 2019, sections 3
 and 4; ``docs/algorithm.md``)::
@@ -19,6 +22,9 @@ and 4; ``docs/algorithm.md``)::
       theta_{i+1} = theta_i - alpha[:, i] * g                       (alpha: LSLR table, per tensor)
       if MSL active: loss_b += w_i * CE_b(f(query_x; theta_{i+1}, BN step i))
   if MSL inactive: loss_b = CE_b(f(query_x; theta_S, BN step S-1))
+
+(in bn_mode="support" every f(query_x; ...) normalises with the support set's statistics under
+the same weights: :func:`query_forward`)
 
 Tasks share no fast weights, so each task's slice of the gradient of the summed support losses is
 its own inner gradient. Plain ``torch.autograd.grad`` (not ``torch.func.grad``) keeps activation
@@ -54,6 +60,9 @@ class InnerLoopPlan:
     # norm subtracts again): in such passes their inner and outer gradients are exactly 0
     # instead of rounding noise (see _expand and adapt).
     dead_names: frozenset[str] = frozenset()
+    # Every target/prediction pass normalises the query with the support set's batch statistics
+    # (bn_mode="support", training and evaluation; see query_forward).
+    bn_from_support: bool = False
 
     def stat_rows(self) -> list[int]:
         """BN step of each forward pass whose batch statistics are returned, in pass order:
@@ -95,6 +104,32 @@ def stack_pass_stats(
         return torch.stack([p[bn][j] for p in passes], dim=1)
 
     return {bn: (stacked(bn, 0), stacked(bn, 1)) for bn in bn_names}
+
+
+def query_forward(
+    forward: TaskForward,
+    plan: InnerLoopPlan,
+    params: Mapping[str, Tensor],
+    support_x: Tensor,
+    query_x: Tensor,
+    step: int,
+    running: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, BatchStats]:
+    """A target (or prediction) pass: logits ``[B, m, N]`` of ``query_x [B, m, ...]``.
+
+    With ``plan.bn_from_support`` (``bn_mode="support"``) the query images are appended to a
+    support pass with the same weights and BN row, ``[support_x, query_x]`` along the example
+    dimension, and every batch-norm layer normalises all of them with the statistics of the
+    support rows alone (differentiably); the support rows' logits are dropped. A query's logits
+    then depend on the support set and that query alone, never on the other queries. The
+    statistics returned are the support rows'. Otherwise the query batch's own statistics (or
+    ``running``) normalise, as in the other modes.
+    """
+    if not plan.bn_from_support:
+        return forward(params, query_x, step, running)
+    n = support_x.shape[1]
+    logits, stats = forward(params, torch.cat([support_x, query_x], dim=1), step, running, n)
+    return logits[:, n:], stats
 
 
 def per_task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -234,7 +269,9 @@ def meta_loss(
     def target_pass(step: int, fast: dict[str, Tensor]) -> None:
         def run(*fast_values: Tensor) -> tuple[Tensor, Tensor, BatchStats]:
             fast_now = dict(zip(fast, fast_values, strict=True))
-            logits, stats = forward({**shared, **fast_now}, query_x, step)
+            logits, stats = query_forward(
+                forward, plan, {**shared, **fast_now}, support_x, query_x, step
+            )
             return (
                 per_task_cross_entropy(logits, query_y),
                 per_task_accuracy(logits.detach(), query_y),
@@ -284,5 +321,7 @@ def predict(
     """Evaluation for all tasks: logits ``[B, m, ways]`` from theta_S at BN step S-1."""
     fast, _, _ = adapt(forward, params, inner_lrs, support_x, support_y, plan, running)
     shared = _expand(params, support_x.shape[0])
-    logits, _ = forward({**shared, **fast}, query_x, plan.num_steps - 1, running)
+    logits, _ = query_forward(
+        forward, plan, {**shared, **fast}, support_x, query_x, plan.num_steps - 1, running
+    )
     return logits

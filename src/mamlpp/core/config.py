@@ -22,7 +22,11 @@ from typing import Any, Literal
 
 from mamlpp.errors import ConfigError
 
-BnMode = Literal["transductive", "per_step"]
+# Which statistics normalise the query (target and prediction) passes: the query batch's own
+# ("transductive"), the stored per-step running statistics at evaluation ("per_step"), or the
+# support set's ("support", training and evaluation; batch-independent predictions). Every mode
+# folds the passes' batch statistics into the running ones; only "per_step" reads them.
+BnMode = Literal["transductive", "per_step", "support"]
 TaskReduction = Literal["mean", "sum"]
 
 

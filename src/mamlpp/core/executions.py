@@ -2,7 +2,8 @@
 
 The algorithm (:mod:`mamlpp.core.algorithm`) is written once against::
 
-    forward(params {name: [B, ...]}, x [B, n, ...], step, running) -> (logits [B, n, N], stats)
+    forward(params {name: [B, ...]}, x [B, n, ...], step, running, stats_rows)
+        -> (logits [B, n, N], stats)
 
 and an *execution* only decides how the B tasks of that call are computed:
 
@@ -32,6 +33,21 @@ from mamlpp.errors import ConfigError
 EXECUTIONS = ("batched", "loop", "vmap")
 
 
+def _call(
+    per_task: TaskForward,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    step: int,
+    running: Mapping[str, Tensor] | None,
+    stats_rows: int | None,
+) -> tuple[Tensor, BatchStats]:
+    """``per_task`` with ``stats_rows`` passed only when given (``bn_mode="support"``), so a
+    backbone written without that argument still runs the other modes."""
+    if stats_rows is None:
+        return per_task(params, x, step, running)
+    return per_task(params, x, step, running, stats_rows)
+
+
 def looped(per_task: TaskForward) -> TaskForward:
     """A task-batched forward that runs ``per_task`` once per task and stacks the results."""
 
@@ -40,9 +56,10 @@ def looped(per_task: TaskForward) -> TaskForward:
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         results = [
-            per_task({n: t[b] for n, t in params.items()}, x[b], step, running)
+            _call(per_task, {n: t[b] for n, t in params.items()}, x[b], step, running, stats_rows)
             for b in range(x.shape[0])
         ]
         logits = torch.stack([r[0] for r in results])  # [B, n, N]
@@ -67,9 +84,10 @@ def vmapped(per_task: TaskForward) -> TaskForward:
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         def one(p: dict[str, Tensor], xb: Tensor) -> tuple[Tensor, BatchStats]:
-            return per_task(p, xb, step, running)
+            return _call(per_task, p, xb, step, running, stats_rows)
 
         return torch.func.vmap(one)(dict(params), x)
 
@@ -90,9 +108,12 @@ def explained(forward: TaskForward, execution: str) -> TaskForward:
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         try:
-            return forward(params, x, step, running)
+            if stats_rows is None:  # backbones that predate stats_rows keep working
+                return forward(params, x, step, running)
+            return forward(params, x, step, running, stats_rows)
         except RuntimeError as error:
             found = _NO_BATCHING_RULE.search(str(error))
             if found is None:

@@ -230,6 +230,7 @@ class MAMLpp(nn.Module):
             second_order=self.second_order_at(epoch),
             step_weights=weights if weights is None or torch.is_tensor(weights) else tuple(weights),
             dead_names=frozenset(self.dead_names),
+            bn_from_support=self.config.bn_mode == "support",
         )
         losses, metrics, stats = algorithm.meta_loss(
             task_batched_forward(self.backbone, execution or self.execution),
@@ -304,6 +305,7 @@ class MAMLpp(nn.Module):
             # Silenced only where batch statistics normalise (algorithm.adapt); with stored
             # statistics (bn_mode="per_step") these biases are live.
             dead_names=frozenset(self.dead_names),
+            bn_from_support=self.config.bn_mode == "support",
         )
 
     def _lrs_for(self, steps: int) -> Tensor:
@@ -339,7 +341,8 @@ class MAMLpp(nn.Module):
         (``[N*K, C, H, W]`` -> ``[N*T, ways]``); any example shape in place of ``C, H, W``.
         Nothing stored in the model changes: in ``bn_mode="per_step"`` the running statistics
         are read, never written. No outer graph is built (inner gradients are taken on detached
-        copies).
+        copies). In ``bn_mode="support"`` batch norm normalises the queries with the support
+        set's statistics, so each query's logits are independent of the other queries.
         """
         single = support_y.dim() == 1  # one task: labels [N*K]
         if single:
@@ -372,13 +375,32 @@ class MAMLpp(nn.Module):
             )
         return fast
 
-    def predict(self, fast_weights: dict[str, Tensor], query_x: Tensor) -> Tensor:
+    def predict(
+        self,
+        fast_weights: dict[str, Tensor],
+        query_x: Tensor,
+        support_x: Tensor | None = None,
+    ) -> Tensor:
         """Logits ``[B, N*T, ways]`` of ``query_x [B, N*T, C, H, W]`` with per-task fast
-        weights from :meth:`adapt`, at BN step S-1."""
+        weights from :meth:`adapt`, at BN step S-1. ``bn_mode="support"`` needs the support
+        images ``support_x [B, N*K, C, H, W]`` the weights were adapted to (their statistics
+        normalise the queries); the other modes ignore it."""
         plan, params, _, running = self._eval_inputs(None)
+        if plan.bn_from_support and support_x is None:
+            raise ConfigError(
+                'predict() in bn_mode="support" needs support_x (its statistics normalise the '
+                "queries); pass it, or use adapt_and_predict()"
+            )
         num_tasks = query_x.shape[0]
         shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
         with torch.no_grad():
             forward = task_batched_forward(self.backbone, self.execution)
-            logits, _ = forward({**shared, **fast_weights}, query_x, plan.num_steps - 1, running)
+            fast = {**shared, **fast_weights}
+            step = plan.num_steps - 1
+            if support_x is None:
+                logits, _ = forward(fast, query_x, step, running)
+            else:
+                logits, _ = algorithm.query_forward(
+                    forward, plan, fast, support_x, query_x, step, running
+                )
         return logits

@@ -28,11 +28,13 @@ MetaBatch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class TaskForward(Protocol):
-    """``forward(params, x, step, running) -> (logits, stats)``.
+    """``forward(params, x, step, running, stats_rows) -> (logits, stats)``.
 
     Task-batched: ``params {name: [B, ...]}``, ``x [B, n, ...]`` -> logits ``[B, n, N]`` and
     ``{bn: ([B, C], [B, C])}``. Per task: the same without the leading ``B``. ``step`` picks the
-    per-step BN row; ``running`` (stored statistics) normalises instead of batch statistics.
+    per-step BN row; ``running`` (stored statistics) normalises instead of batch statistics;
+    ``stats_rows`` (``bn_mode="support"``, passed only then): the first ``stats_rows`` examples
+    of each task alone define the batch statistics that normalise all of its examples.
     """
 
     def __call__(
@@ -41,6 +43,7 @@ class TaskForward(Protocol):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]: ...
 
 

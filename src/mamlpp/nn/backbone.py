@@ -47,8 +47,14 @@ class Backbone(Protocol):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
-        """One task: logits ``[n, N]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``."""
+        """One task: logits ``[n, N]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``.
+
+        ``stats_rows`` (``bn_mode="support"``): the first ``stats_rows`` examples alone define
+        every batch-norm layer's batch statistics, which normalise all ``n`` examples and are
+        the ones returned. The algorithm passes it only in that mode, so a backbone written
+        without it still runs the other modes."""
         ...
 
     def task_batched_forward(
@@ -57,9 +63,10 @@ class Backbone(Protocol):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """All tasks: ``params [B, ...]``, ``x [B, n, ...]`` -> ``([B, n, N], {bn: ([B, C],
-        [B, C])})``."""
+        [B, C])})``; ``stats_rows`` as in :meth:`functional_forward`, for every task."""
         ...
 
 

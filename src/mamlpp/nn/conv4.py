@@ -19,6 +19,7 @@ from mamlpp.nn.per_step_bn import (
     PerStepBatchNorm,
     per_step_batch_norm,
     step_row,
+    support_batch_norm,
     unbiased_variance,
 )
 
@@ -83,12 +84,14 @@ class Conv4(nn.Module):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``step``.
 
         ``params`` maps every parameter name to a tensor (adapted or not). ``running`` (buffer
-        name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics and
-        returns them per layer for the running-statistics update.
+        name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics
+        (with ``stats_rows``, those of the first ``stats_rows`` images) and returns them per
+        layer for the running-statistics update.
         """
         stats: BatchStats = {}
         layers = self.bn_layers()
@@ -104,6 +107,7 @@ class Conv4(nn.Module):
                 None if running is None else running[f"{bn}.running_mean"],
                 None if running is None else running[f"{bn}.running_var"],
                 layers[bn].eps,
+                stats_rows,
             )
             if batch is not None:  # batch statistics normalised (no ``running``)
                 stats[bn] = batch
@@ -118,12 +122,17 @@ class Conv4(nn.Module):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """All tasks of a meta-batch at once: every parameter carries a leading task dimension.
 
         ``params[name]``: ``[B, *shape]`` (shared tensors expanded by the caller); ``x``:
         ``[B, n, C, H, W]``. Returns logits ``[B, n, ways]`` and per-layer batch statistics
         ``(mean [B, C], var [B, C])``; ``running`` holds per-step tables without a task dim.
+        With ``stats_rows`` each task's first ``stats_rows`` images define the statistics
+        (:func:`~mamlpp.nn.per_step_bn.support_batch_norm`; the examples are dim 0 of the
+        layout below, so it applies as it is), and block 0 is not folded (the fold needs the
+        statistics of all images).
 
         Layout: tasks become channel groups. Activations live as ``[n, B*C, H, W]``, so one
         grouped convolution (``groups=B``) applies each task's own weights, and batch norm over
@@ -134,7 +143,7 @@ class Conv4(nn.Module):
         stats: BatchStats = {}
         layers = self.bn_layers()
         first = 0
-        if running is None:  # batch statistics: block 0 as one matmul (see first_block_folded)
+        if running is None and stats_rows is None:  # block 0 as one matmul (first_block_folded)
             gamma = step_row(params["bn0.weight"], step, task_dim=True)  # [B, C]
             beta = step_row(params["bn0.bias"], step, task_dim=True)
             h, stats["bn0"] = first_block_folded(
@@ -170,6 +179,11 @@ class Conv4(nn.Module):
                     training=False,
                     eps=layers[bn].eps,
                 )
+            elif stats_rows is not None:  # bn_mode="support": the first stats_rows images'
+                h, (mean, var) = support_batch_norm(
+                    h, gamma.reshape(-1), beta.reshape(-1), stats_rows, layers[bn].eps
+                )
+                stats[bn] = (mean.view(num_tasks, -1), var.view(num_tasks, -1))
             else:
                 # Hand-written double backward: far cheaper than the generic one (second order).
                 h, mean, var = batch_norm_train(

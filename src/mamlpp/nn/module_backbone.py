@@ -48,7 +48,12 @@ from mamlpp.nn.batch_norm_fn import (
     native_train_backward,
     native_train_forward,
 )
-from mamlpp.nn.per_step_bn import PerStepBatchNorm, step_row, unbiased_variance
+from mamlpp.nn.per_step_bn import (
+    PerStepBatchNorm,
+    step_row,
+    support_batch_norm,
+    unbiased_variance,
+)
 
 if TYPE_CHECKING:
     from torch._functorch.autograd_function import VmapInfo
@@ -60,25 +65,34 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @dataclass
 class _ForwardContext:
     """What one forward call tells every StepBatchNorm: the inner step, the stored statistics
-    to normalise with (or None: batch statistics), whether tasks are vmapped, and where the
-    batch statistics go (``None`` outside a call)."""
+    to normalise with (or None: batch statistics), whether tasks are vmapped, where the batch
+    statistics go (``None`` outside a call), and in ``bn_mode="support"`` the number of leading
+    examples that define the statistics, of ``examples`` in the call."""
 
     step: int = 0
     running: Mapping[str, Tensor] | None = None
     batched: bool = False
     stats: BatchStats | None = None
+    stats_rows: int | None = None
+    examples: int = 0
 
     @contextmanager
     def call(
-        self, step: int, running: Mapping[str, Tensor] | None, batched: bool
+        self,
+        step: int,
+        running: Mapping[str, Tensor] | None,
+        batched: bool,
+        stats_rows: int | None = None,
+        examples: int = 0,
     ) -> Iterator[BatchStats]:
         if self.stats is not None:
             raise RuntimeError("ModuleBackbone forward calls cannot be nested")
         self.step, self.running, self.batched, self.stats = step, running, batched, {}
+        self.stats_rows, self.examples = stats_rows, examples
         try:
             yield self.stats
         finally:
-            self.running, self.stats = None, None
+            self.running, self.stats, self.stats_rows = None, None, None
 
 
 class _TaskBatchNorm(torch.autograd.Function):
@@ -201,6 +215,14 @@ class StepBatchNorm(PerStepBatchNorm):
                 "gradient 0) and kept still, which is wrong here; put the two layers in "
                 "separate nn.Sequential containers"
             )
+        if ctx.stats_rows is not None:  # bn_mode="support": the first stats_rows examples'
+            if x.shape[0] != ctx.examples:
+                raise ConfigError(
+                    f"BN layer {self.name} sees {x.shape[0]} rows for {ctx.examples} examples; "
+                    'bn_mode="support" needs one row per example along dim 0 of every BN input'
+                )
+            y, ctx.stats[self.name] = support_batch_norm(x, weight, bias, ctx.stats_rows, self.eps)
+            return y
         count = x.numel() // x.shape[1]  # positions per channel (per task under vmap)
         if ctx.batched:
             y, mean, var, _ = _TaskBatchNorm.apply(x, weight, bias, self.eps)
@@ -375,13 +397,18 @@ class ModuleBackbone(nn.Module):
 
     @contextmanager
     def _call(
-        self, step: int, running: Mapping[str, Tensor] | None, batched: bool
+        self,
+        step: int,
+        running: Mapping[str, Tensor] | None,
+        batched: bool,
+        stats_rows: int | None = None,
+        examples: int = 0,
     ) -> Iterator[BatchStats]:
         """One forward pass of the module: sets the BN context and checks that no layer
         changed a buffer in place (state kept across calls has no place in the inner loop)."""
         buffers = dict(self.module.named_buffers())
         versions = {name: b._version for name, b in buffers.items()}
-        with self._context.call(step, running, batched) as stats:
+        with self._context.call(step, running, batched, stats_rows, examples) as stats:
             yield stats
         for name, b in buffers.items():
             if b._version != versions[name]:
@@ -399,10 +426,14 @@ class ModuleBackbone(nn.Module):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """One task: logits ``[n, ways]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``
-        (no statistics when ``running`` is given: BN then normalises with row ``step``)."""
-        with self._call(step, running, batched=False) as stats:
+        (no statistics when ``running`` is given: BN then normalises with row ``step``; with
+        ``stats_rows`` the first ``stats_rows`` examples define them)."""
+        with self._call(
+            step, running, batched=False, stats_rows=stats_rows, examples=x.shape[0]
+        ) as stats:
             logits = functional_call(self.module, self._local(params), (x,))
         return logits, stats
 
@@ -412,13 +443,16 @@ class ModuleBackbone(nn.Module):
         x: Tensor,
         step: int,
         running: Mapping[str, Tensor] | None = None,
+        stats_rows: int | None = None,
     ) -> tuple[Tensor, BatchStats]:
         """All tasks at once: ``params[name] [B, *shape]``, ``x [B, n, ...]`` -> logits
         ``[B, n, ways]`` and ``{bn: (mean [B, C], var [B, C])}``; ``running`` tables carry no
-        task dimension."""
+        task dimension; ``stats_rows`` as in :meth:`functional_forward`."""
 
         def one_task(task_params: dict[str, Tensor], task_x: Tensor) -> tuple[Tensor, BatchStats]:
-            with self._call(step, running, batched=True) as stats:
+            with self._call(
+                step, running, batched=True, stats_rows=stats_rows, examples=x.shape[1]
+            ) as stats:
                 logits = functional_call(self.module, task_params, (task_x,))
             return logits, stats
 

@@ -34,6 +34,33 @@ def unbiased_variance(var: Tensor, count: int) -> Tensor:
     return var * (count / max(count - 1, 1))
 
 
+def support_batch_norm(
+    x: Tensor, weight: Tensor, bias: Tensor, stats_rows: int, eps: float = 1e-5
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Batch-normalise every example of ``x [n, C, *]`` with the batch statistics of its first
+    ``stats_rows`` examples alone (``bn_mode="support"``: the support images, followed by the
+    query images they normalise).
+
+    ``weight``/``bias``: ``[C]``. Mean and biased variance per channel over those rows (and
+    every position) normalise all rows, differentiably (plain autograd ops, so second order
+    differentiates through them); the other rows never reach the statistics, so each of them is
+    normalised independently of the others. Returns ``y`` and the rows' ``(mean [C], unbiased
+    var [C])``, detached, for the running statistics.
+    """
+    if not 0 < stats_rows <= x.shape[0]:
+        raise ValueError(f"stats_rows must lie in [1, {x.shape[0]}], got {stats_rows}")
+    rows = x[:stats_rows]
+    dims = [0, *range(2, x.dim())]
+    mean = rows.mean(dim=dims)
+    var = rows.var(dim=dims, correction=0)  # biased: what normalises
+    scale = weight * torch.rsqrt(var + eps)  # [C]
+    shift = bias - mean * scale
+    channel = (-1,) + (1,) * (x.dim() - 2)  # [C] broadcast over [n, C, *]
+    y = x * scale.view(channel) + shift.view(channel)
+    count = rows.numel() // rows.shape[1]
+    return y, (mean.detach(), unbiased_variance(var, count).detach())
+
+
 def per_step_batch_norm(
     x: Tensor,
     weight: Tensor,
@@ -42,6 +69,7 @@ def per_step_batch_norm(
     running_mean: Tensor | None = None,
     running_var: Tensor | None = None,
     eps: float = 1e-5,
+    stats_rows: int | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """Batch-normalise ``x [n, C, H, W]`` with the parameters of inner step ``step``.
 
@@ -49,8 +77,12 @@ def per_step_batch_norm(
     ``running_var`` (``[S, C]`` or ``[C]``) the stored statistics of ``step`` are used (evaluation
     in ``bn_mode="per_step"``) and no batch statistics are returned. Otherwise the batch's own
     statistics normalise (differentiably) and are returned detached as ``(mean [C], var [C])``,
-    the variance unbiased as PyTorch's running statistics use it.
+    the variance unbiased as PyTorch's running statistics use it; with ``stats_rows`` those of
+    the first ``stats_rows`` examples alone (:func:`support_batch_norm`; stored statistics,
+    when given, take precedence).
     """
+    if stats_rows is not None and running_mean is None:
+        return support_batch_norm(x, step_row(weight, step), step_row(bias, step), stats_rows, eps)
     if running_mean is not None and running_var is not None:
         mean, var = step_row(running_mean, step), step_row(running_var, step)
         batch_stats = None

@@ -67,6 +67,13 @@ GRID: tuple[Variant, ...] = (
         "all six, per-step BN at evaluation",
         {"bn_mode": "per_step"},
     ),
+    # Batch-independent predictions: the query normalised with the support set's statistics.
+    Variant(
+        "maml++-support-bn",
+        TECHNIQUES,
+        "all six, BN from the support set",
+        {"bn_mode": "support"},
+    ),
     Variant("fomaml", (), "none, first order", {"second_order": False}),
 )
 
