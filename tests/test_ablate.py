@@ -528,6 +528,20 @@ def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) ->
     missing = tmp_path / "plain.md"
     missing.write_text("no markers\n")
     assert results.main(["regenerate", "--dest", str(dest), "--fill", str(missing)]) == 1
+    # The README gets the short form: the tables, then a link to the speed and commands.
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{results.BEGIN}\n{results.END}\n")
+    assert results.main(["regenerate", "--dest", str(dest), "--fill", str(readme)]) == 0
+    short = readme.read_text()
+    assert "### Speed" in section and "### Speed" not in short and "mamlpp ablate" not in short
+    assert f"{100 * mean:.2f} ± {100 * std:.2f}" in short
+    assert "[results/RESULTS.md](results/RESULTS.md)" in short
+    # A study of another kind (its own results.md) is not taken for an ablation.
+    other = dest / "distributed-quality"
+    other.mkdir()
+    (other / "results.json").write_text('{"kind": "distributed-quality"}')
+    assert results.main(["regenerate", "--dest", str(dest)]) == 0
+    assert (dest / "RESULTS.md").read_text() == section
 
 
 def _script(name: str, out: Path, **env: str) -> subprocess.CompletedProcess:

@@ -165,9 +165,12 @@ def results_section(
     benches: Sequence[dict[str, Any]],
     commands: Sequence[str],
     base: str = "docs/results/",
+    compact: bool = False,
 ) -> str:
     """The README's "Results" section, generated from the studies' results.json; ``base`` is
-    the link prefix from the including file to the docs/results folder."""
+    the link prefix from the including file to the docs/results folder. ``compact`` (the
+    README, which is kept short) ends after the GPU outcome with a link to the full section's
+    speed figures and commands."""
     lines = [
         "## Results",
         "",
@@ -213,6 +216,13 @@ def results_section(
         if sentences:
             lines += ["", *sentences]
     lines += ["", "### GPU reproduction", "", *_gpu_lines(studies)]
+    if compact:
+        lines += [
+            "",
+            f"Speed figures and the commands behind every study: [{base}RESULTS.md]"
+            f"({base}RESULTS.md) and [docs/reproduce.md](docs/reproduce.md).",
+        ]
+        return "\n".join(lines) + "\n"
     lines += ["", "### Speed", ""]
     lines += _speed_lines(studies, benches)
     lines += [
@@ -474,7 +484,8 @@ def regenerate(
     for path in fill_files:
         base = os.path.relpath(dest.resolve(), Path(path).resolve().parent)
         base = "" if base == "." else base.replace(os.sep, "/") + "/"
-        fill(Path(path), results_section(loaded, benches, commands, base=base))
+        compact = Path(path).name == "README.md"
+        fill(Path(path), results_section(loaded, benches, commands, base=base, compact=compact))
     return {"provenance": dest / "PROVENANCE.md", "results": dest / "RESULTS.md"}
 
 
