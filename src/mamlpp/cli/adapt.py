@@ -133,6 +133,7 @@ def _json_record(
         "model": model,
         "checkpoints": predictor.sources,
         "classes": prediction.classes,
+        "batch_dependent": prediction.batch_dependent,
         "notes": prediction.notes,
         "predictions": [
             {
@@ -182,7 +183,9 @@ def run_adapt(args: argparse.Namespace) -> int:
     )
     qx = predictor.prepare_query(files, labels=[str(f) for f in files], converted=converted)
     notes += colour_note(converted)
-    prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes)
+    notes.append(predictor.query_note(len(qx)))  # whether predictions depend on the batch
+    dependent = predictor.batch_dependent_for(len(qx))
+    prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes, dependent)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     members = len(predictor.members)

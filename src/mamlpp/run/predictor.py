@@ -19,6 +19,7 @@ predicted with it; all queries of one call form one batch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 import re
@@ -51,6 +52,9 @@ class Prediction:
     classes: list[str]  # column order of ``probabilities``
     probabilities: torch.Tensor  # float32 [Q, N]; each row sums to 1
     notes: list[str] = field(default_factory=list)  # e.g. a shot count unlike training
+    # Whether a query's probabilities depend on the other queries of this call (see
+    # FewShotPredictor.batch_dependent_for).
+    batch_dependent: bool = True
 
     @property
     def predicted(self) -> list[str]:
@@ -79,6 +83,7 @@ class FewShotPredictor:
         self.members = list(members)
         self.preprocessing = preprocessing
         self.sources = list(sources)  # checkpoint names, for reports
+        self._single: list[MAMLpp] | None = None  # members for one transductive query image
 
     @property
     def ways(self) -> int:
@@ -90,10 +95,44 @@ class FewShotPredictor:
 
     @property
     def batch_dependent(self) -> bool:
-        """Whether a query's prediction depends on the other queries of the same call: true for
-        transductive batch norm (the query batch normalises itself), false when queries are
-        normalised with stored (``per_step``) or support-set (``support``) statistics."""
+        """Whether a query's prediction depends on the other queries of a call of several
+        queries: true for transductive batch norm (the query batch normalises itself), false
+        when queries are normalised with stored (``per_step``) or support-set (``support``)
+        statistics. One query alone is never batch-dependent (:meth:`batch_dependent_for`)."""
         return self.config.meta.bn_mode == "transductive"
+
+    def batch_dependent_for(self, queries: int) -> bool:
+        """Whether the probabilities of a call with ``queries`` query images depend on each
+        other. A single query image of a transductive model is normalised with the support
+        set's statistics instead of a batch of one, which normalises itself and predicts far
+        worse (docs/results/bn-support-b300/single-image.md), so it depends on nothing else."""
+        return self.batch_dependent and queries > 1
+
+    def query_note(self, queries: int) -> str:
+        """One line for `mamlpp adapt`: how the queries of this call were normalised."""
+        mode = self.config.meta.bn_mode
+        if mode != "transductive":
+            source = "stored per-step" if mode == "per_step" else "the support set's"
+            return (
+                f"each query image is predicted on its own (bn_mode={mode}: normalised with "
+                f"{source} statistics); the other queries do not change its probabilities"
+            )
+        if queries == 1:
+            return (
+                "one query image: normalised with the support set's statistics (a batch of one "
+                "would normalise itself and predict far worse; docs/serve.md)"
+            )
+        return (
+            f"the {queries} query images were normalised together (transductive batch norm): "
+            "each one's probabilities depend on the others given with it"
+        )
+
+    def _members_for(self, queries: int) -> list[MAMLpp]:
+        if self.batch_dependent and queries == 1:
+            if self._single is None:  # the same weights, queries normalised with the support's
+                self._single = [_with_bn_mode(m, "support") for m in self.members]
+            return self._single
+        return self.members
 
     @property
     def device(self) -> torch.device:
@@ -231,7 +270,8 @@ class FewShotPredictor:
     def predict_prepared(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
     ) -> torch.Tensor:
-        """Probabilities [Q, N]: softmax of the members' averaged logits."""
+        """Probabilities [Q, N]: softmax of the members' averaged logits (one transductive
+        query image: with the support set's statistics, see :meth:`batch_dependent_for`)."""
         device = self.device
         sx, sy, qx = support_x.to(device), support_y.to(device), query_x.to(device)
         # The run's thread setting, as `mamlpp evaluate` does (small models: one thread is
@@ -241,8 +281,9 @@ class FewShotPredictor:
             torch.set_num_threads(self.config.train.threads)
         try:
             # [Q, N] summed in member order (the order evaluate() uses)
+            members = self._members_for(len(qx))
             logits = functools.reduce(
-                operator.add, (m.adapt_and_predict(sx, sy, qx) for m in self.members)
+                operator.add, (m.adapt_and_predict(sx, sy, qx) for m in members)
             )
         finally:
             torch.set_num_threads(threads)
@@ -264,7 +305,15 @@ class FewShotPredictor:
         sx, sy, names, notes = self.prepare_support(support, class_names, converted=converted)
         qx = self.prepare_query(query, converted=converted)
         notes += colour_note(converted)
-        return Prediction(names, self.predict_prepared(sx, sy, qx), notes)
+        probabilities = self.predict_prepared(sx, sy, qx)
+        return Prediction(names, probabilities, notes, self.batch_dependent_for(len(qx)))
+
+
+def _with_bn_mode(learner: MAMLpp, mode: str) -> MAMLpp:
+    """The same weights evaluated with another ``bn_mode`` (no parameter depends on it)."""
+    other = copy.deepcopy(learner)
+    other.config = learner.config.replace(bn_mode=mode)
+    return other
 
 
 def colour_note(converted: Sequence[str]) -> list[str]:

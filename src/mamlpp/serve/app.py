@@ -353,7 +353,7 @@ class _Service:
         rows = probabilities.tolist()
         return {
             "classes": classes,
-            "batch_dependent": p.batch_dependent,
+            "batch_dependent": p.batch_dependent_for(len(qx)),
             "notes": notes,
             "predictions": [
                 {
