@@ -22,9 +22,9 @@ and ``studies`` and ``cli`` on top. The names below load on first use, so ``impo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mamlpp.util.lazy import lazy_attributes
 from mamlpp.version import __version__
 
 # public name -> the module that defines it
@@ -84,18 +84,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name's module on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mamlpp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes("mamlpp", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs

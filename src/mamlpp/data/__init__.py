@@ -14,8 +14,9 @@ neither numpy nor torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mamlpp.util.lazy import lazy_attributes
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -83,18 +84,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name's module on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mamlpp.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes("mamlpp.data", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs

@@ -5,13 +5,14 @@ of the forward passes. The names are listed once here; the config, the step runn
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 
 Precision = Literal["fp32", "tf32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)  # the names, stated once above
 
 
 @contextlib.contextmanager
