@@ -1,7 +1,8 @@
 """The page of `mamlpp serve` in a real browser: headless Chromium driven by Playwright names the
 classes, uploads support and query images through the file inputs, presses Predict and reads
 the predictions from the page, which must equal the API's answer; then an API error must show
-on the page. Screenshots go to /tmp/mamlpp-serve-screenshots/ (for a person to look at).
+on the page. Screenshots go to $MAMLPP_SCREENSHOTS (for a person to look at), else to the test's
+temporary folder.
 
 Needs Debian's Chromium and Playwright's Python package (Playwright's own browser download is
 not used): ``apt-get install chromium; pip install playwright``."""
@@ -16,7 +17,6 @@ from test_serve_api import form, held_out_characters, make_task, serving, train_
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOW = "apt-get install chromium; pip install playwright"
-SCREENSHOTS = Path("/tmp/mamlpp-serve-screenshots")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -84,8 +84,9 @@ def _read_results(page) -> list[dict]:
     )
 
 
-def test_the_page_predicts_what_the_api_predicts(run_dir, characters, browser) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
+def test_the_page_predicts_what_the_api_predicts(run_dir, characters, browser, tmp_path) -> None:
+    screenshots = Path(os.environ.get("MAMLPP_SCREENSHOTS") or tmp_path)
+    screenshots.mkdir(parents=True, exist_ok=True)
     originals = sorted(characters)[:WAYS]
     support, query = make_task(characters, originals, shots=1, queries=2)
     names = [_short(n) for n in originals]
@@ -126,7 +127,7 @@ def test_the_page_predicts_what_the_api_predicts(run_dir, characters, browser) -
             expect(page.locator("#results .result")).to_have_count(len(query))
             shown = _read_results(page)
             assert problems == []  # no script error, no refused resource (the CSP holds)
-            page.screenshot(path=str(SCREENSHOTS / "page.png"), full_page=True)
+            page.screenshot(path=str(screenshots / "page.png"), full_page=True)
 
             assert [r["file"] for r in shown] == [p["file"] for p in expected["predictions"]]
             for row, answer in zip(shown, expected["predictions"], strict=True):
@@ -139,7 +140,7 @@ def test_the_page_predicts_what_the_api_predicts(run_dir, characters, browser) -
             assert page.locator("#error").is_hidden()
             page.set_viewport_size({"width": 420, "height": 900})  # a phone's width
             page.locator("#results-heading").scroll_into_view_if_needed()
-            page.screenshot(path=str(SCREENSHOTS / "narrow.png"))
+            page.screenshot(path=str(screenshots / "narrow.png"))
             page.set_viewport_size({"width": 1280, "height": 900})
 
             # An error of the API (an unreadable query image) is shown on the page.
@@ -147,12 +148,12 @@ def test_the_page_predicts_what_the_api_predicts(run_dir, characters, browser) -
             page.click("#predict")
             expect(page.locator("#error")).to_contain_text("unreadable image 'notes.png' (query)")
             assert page.locator("#results-section").is_hidden()  # no stale answer on show
-            page.screenshot(path=str(SCREENSHOTS / "api-error.png"), full_page=False)
+            page.screenshot(path=str(screenshots / "api-error.png"), full_page=False)
 
             # So is a problem the page finds before sending (a class without a name).
             page.fill("#class-name-1", "")
             page.click("#predict")
             expect(page.locator("#error")).to_contain_text("class 2 has no name")
-            page.screenshot(path=str(SCREENSHOTS / "form-error.png"), full_page=False)
+            page.screenshot(path=str(screenshots / "form-error.png"), full_page=False)
         finally:
             context.close()
