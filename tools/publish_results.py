@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.studies import budget
 from mamlpp.studies.ablate.render import findings
 from mamlpp.util.format import duration, markdown_table, percent
 
@@ -166,6 +167,7 @@ def results_section(
     commands: Sequence[str],
     base: str = "docs/results/",
     compact: bool = False,
+    budget_studies: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """The README's "Results" section, generated from the studies' results.json; ``base`` is
     the link prefix from the including file to the docs/results folder. ``compact`` (the
@@ -179,6 +181,10 @@ def results_section(
         f"commit PROVENANCE.md gives for its study (only the paper's column is quoted). "
         f"Commands, versions and hardware: [{base}PROVENANCE.md]({base}PROVENANCE.md).",
     ]
+    for name, results in (budget_studies or {}).items():
+        link = f"{base}{name}/results.md"
+        lines += ["", f"### {name}: the quickstart's settings", ""]
+        lines += budget.summary_lines(results, link)
     for name, study in studies.items():
         s = study["settings"]
         key = (s["dataset"], s["ways"], s["shots"])
@@ -441,24 +447,30 @@ def publish(
     return regenerate(dest, fill_files, action="Published")
 
 
-def _is_ablation(folder: Path) -> bool:
-    """A published ablation study; other studies (e.g. ``"kind": "distributed-quality"``) keep
-    their own results.md and are not part of the generated tables."""
+def _kind(folder: Path) -> str | None:
+    """The kind of a published study folder: ``"ablation"`` (the generated tables), or another
+    study's own (e.g. ``"distributed-quality"``, which keeps its own results.md, and
+    ``"time-budget"``, redrawn from its results.json); None when not a study."""
     path = folder / "results.json"
     if not path.is_file():
-        return False
+        return None
     try:
         kind = json.loads(path.read_text(encoding="utf-8")).get("kind", "ablation")
     except (OSError, ValueError):
-        return True  # let the reader report it
-    return kind == "ablation"
+        return "ablation"  # let the reader report it
+    return str(kind)
 
 
 def regenerate(
     dest: Path, fill_files: Sequence[Path] = (), action: str = "Regenerated"
 ) -> dict[str, Path]:
     """PROVENANCE.md and RESULTS.md from the study folders in ``dest``; fill ``fill_files``."""
-    folders = sorted(p for p in dest.iterdir() if _is_ablation(p))
+    budget_studies = {}
+    for folder in sorted(p for p in dest.iterdir() if _kind(p) == budget.KIND):
+        # A time-budget study: results.md and charts redrawn from its results.json.
+        budget.redraw(folder)
+        budget_studies[folder.name] = json.loads((folder / "results.json").read_text("utf-8"))
+    folders = sorted(p for p in dest.iterdir() if _kind(p) == "ablation")
     if not folders:
         raise MamlppError(f"{dest} holds no published study (no */results.json)")
     commands: list[str] = []
@@ -479,13 +491,16 @@ def regenerate(
     env = environment()
     text = provenance(loaded, commands, env, action=action)
     (dest / "PROVENANCE.md").write_text(text, encoding="utf-8")
-    section = results_section(loaded, benches, commands, base="")
+    section = results_section(loaded, benches, commands, base="", budget_studies=budget_studies)
     (dest / "RESULTS.md").write_text(section, encoding="utf-8")
     for path in fill_files:
         base = os.path.relpath(dest.resolve(), Path(path).resolve().parent)
         base = "" if base == "." else base.replace(os.sep, "/") + "/"
         compact = Path(path).name == "README.md"
-        fill(Path(path), results_section(loaded, benches, commands, base=base, compact=compact))
+        section = results_section(
+            loaded, benches, commands, base=base, compact=compact, budget_studies=budget_studies
+        )
+        fill(Path(path), section)
     return {"provenance": dest / "PROVENANCE.md", "results": dest / "RESULTS.md"}
 
 

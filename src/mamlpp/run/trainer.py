@@ -370,6 +370,9 @@ class Trainer:
                 "ci95": result.ci95,
                 "loss": result.loss,
                 "tasks": result.num_tasks,
+                # Seconds since the run began (training, validations, checkpoints, over all
+                # sessions): validation accuracy against wall time, for time-budget studies.
+                "wall_s": self._wall_now(),
             }
         )
         if self.writer is not None:

@@ -1,0 +1,171 @@
+"""The time-budget study (mamlpp.studies.budget): read from run folders, choose by validation
+(never by test), render, redraw from results.json alone, and the publishing tool's section."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mamlpp.errors import MamlppError
+from mamlpp.studies import budget
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def fake_candidate(
+    root: Path, name: str, *, val: float, test: float, iterations: int, seconds: float = 540
+) -> Path:
+    """The files of a finished `mamlpp ablate --time-budget` folder that the study reads."""
+    folder = root / name
+    sets = ["train.checkpoint_every=0", "train.log_every=100", f"model.channels={iterations}"]
+    regimes = {"msl=True,second_order=False": {"s_per_it": 0.2, "epochs": 10}}
+    _write(
+        folder / "ablation.json",
+        {
+            "sets": sets,
+            "time_budget_s": seconds,
+            "calibration": {"variants": {"maml++": {"regimes": regimes}}},
+        },
+    )
+    run = folder / "mamlpp" / "seed0"
+    _write(
+        run / "summary.json",
+        {
+            "iterations": iterations,
+            "epochs": 100,
+            "best_val_accuracy": val + 0.02,
+            "test_accuracy": test,
+            "test_ci95": 0.01,
+            "test_tasks": 600,
+            "ensemble_size": 3,
+            "fit_time_s": seconds * 0.9,
+            "wall_time_s": seconds,
+        },
+    )
+    _write(run / "eval-val-top3-600.json", {"accuracy": val, "ci95": 0.012, "num_tasks": 600})
+    _write(run / "ablate.json", {"command": f"mamlpp train --out {name}"})
+    lines = [
+        {"kind": "train", "epoch": 1},
+        {"kind": "val", "epoch": 1, "accuracy": val - 0.1, "wall_s": 30.0},
+        {"kind": "val", "epoch": 2, "accuracy": val, "wall_s": 60.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def fake_seed_run(root: Path, seed: int, test: float) -> Path:
+    folder = root / f"seed{seed}"
+    _write(
+        folder / "summary.json",
+        {"iterations": 2000, "test_accuracy": test, "test_ci95": 0.01, "test_tasks": 600},
+    )
+    command = "mamlpp train" + (f" --set train.seed={seed}" if seed else "")
+    _write(folder / "command.json", {"seed": seed, "command": command, "wall_s": 530.0})
+    return folder
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict:
+    runs = tmp_path / "runs"
+    folders = [
+        fake_candidate(runs, "old", val=0.90, test=0.905, iterations=1500),
+        # The best test accuracy but not the best validation: must not be chosen.
+        fake_candidate(runs, "lucky", val=0.92, test=0.97, iterations=1800),
+        fake_candidate(runs, "best", val=0.95, test=0.94, iterations=2300),
+        fake_candidate(runs, "best@120", val=0.80, test=0.81, iterations=300, seconds=120),
+        fake_candidate(runs, "best@1200", val=0.97, test=0.965, iterations=5000, seconds=1200),
+    ]
+    seeds = [fake_seed_run(tmp_path / "seeds", s, t) for s, t in ((0, 0.95), (1, 0.96))]
+    return budget.collect(
+        folders, budget_s=540, reference="old", seed_runs=seeds, environment={"cpu_count": 2}
+    )
+
+
+def test_chosen_by_validation_never_by_test(study: dict) -> None:
+    assert study["chosen"] == "best"  # "lucky" has the higher test accuracy, lower validation
+    # Candidates at other budgets do not compete, however good.
+    assert budget.choose(study["candidates"], 1200)["name"] == "best@1200"
+
+
+def test_rows_hold_what_the_folders_say(study: dict) -> None:
+    best = next(c for c in study["candidates"] if c["name"] == "best")
+    assert best["sets"] == ["model.channels=2300"]  # bookkeeping sets left out
+    assert best["iterations"] == 2300 and best["val_accuracy"] == 0.95
+    assert best["ms_per_iteration"] == {"msl=True,second_order=False": pytest.approx(200.0)}
+    assert best["val_curve"] == [[0.5, pytest.approx(0.85)], [1.0, 0.95]]
+    assert [r["seed"] for r in study["seed_runs"]] == [0, 1]
+
+
+def test_render_reports_the_numbers(study: dict) -> None:
+    text = budget.render(study)
+    assert "`best` (chosen)" in text and "`old` (reference)" in text
+    # The finding is computed: +5.00 pp validation and +3.50 pp test over the reference.
+    assert "+5.00 pp validation accuracy (+3.50 pp test)" in text
+    assert "Mean over 2 seeds: **95.50%**" in text
+    assert "| `best` | 2 min | 300 |" in text and "| `best` | 20 min | 5000 |" in text
+    assert "mamlpp train --out lucky" in text
+
+
+def test_redraw_needs_only_results_json(study: dict, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "published"
+    written = budget.write(study, out)
+    assert {p.name for p in written} >= {"results.md", budget.PLOT, budget.CURVES}
+    first = (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    budget.redraw(out)
+    assert (out / "results.md").read_text() == first
+    _write(tmp_path / "other" / "results.json", {"kind": "ablation"})
+    with pytest.raises(MamlppError, match="not a time-budget study"):
+        budget.redraw(tmp_path / "other")
+
+
+def test_unfinished_folder_is_a_clear_error(tmp_path: Path) -> None:
+    folder = fake_candidate(tmp_path, "x", val=0.9, test=0.9, iterations=10)
+    (folder / "mamlpp" / "seed0" / "summary.json").unlink()
+    with pytest.raises(MamlppError, match="has not finished"):
+        budget.collect_candidate(folder)
+    with pytest.raises(MamlppError, match="not an ablation folder"):
+        budget.collect_candidate(tmp_path / "missing")
+
+
+def test_publisher_redraws_it_and_puts_it_in_the_results_section(study, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    path = Path(__file__).resolve().parents[1] / "tools" / "publish_results.py"
+    spec = importlib.util.spec_from_file_location("publish_results_budget", path)
+    assert spec is not None and spec.loader is not None
+    publisher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publisher)
+    dest = tmp_path / "results"
+    budget.write(study, dest / "quickstart-10min")
+    (dest / "quickstart-10min" / "results.md").unlink()
+    _write(dest / "ablation-study" / "results.json", {"kind": "ablation"})
+    section = publisher.results_section(
+        {}, [], [], base="docs/results/", budget_studies={"quickstart-10min": study}
+    )
+    assert "### quickstart-10min: the quickstart's settings" in section
+    assert "**95.50%** mean test accuracy" in section
+    assert "docs/results/quickstart-10min/results.md" in section
+    assert publisher._kind(dest / "quickstart-10min") == budget.KIND
+    assert publisher._kind(dest / "ablation-study") == "ablation"
+    assert publisher._kind(tmp_path) is None
+
+
+def test_curve_of_a_run_older_than_wall_s_comes_from_its_log(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "val", "accuracy": 0.7}) + "\n")
+    (run / "train.log").write_text(
+        "run ...\n"
+        "epoch 1/100: val 68.00% +- 5.60% (95% CI over 50 tasks) | loss 0.947 | lr 1.00e-03,"
+        " 1st order | 6 s\n"
+        "epoch 2/100: val 72.40% +- 4.62% (95% CI over 50 tasks) | loss 0.859 | lr 1.00e-03,"
+        " 1st order | 12 s\n"
+    )
+    assert budget.val_curve(run) == [[0.1, pytest.approx(0.68)], [0.2, pytest.approx(0.724)]]
