@@ -91,18 +91,26 @@ def _commit() -> str | None:
 
 
 def seeds(out: Path, seed_list: Sequence[int]) -> None:
-    """``mamlpp train`` per seed into ``out/seedN``; the wall time of the whole command."""
+    """``mamlpp train`` per seed, timed as a whole. Seed 0 is the README's command itself, with
+    no option at all (its folder is the new ``runs/quickstart-<time>``, linked as
+    ``out/seed0``); other seeds add ``--set train.seed=N --out out/seedN``."""
+    out.mkdir(parents=True, exist_ok=True)
     for seed in seed_list:
-        folder = out / f"seed{seed}"
-        if (folder / "command.json").is_file():
+        link = out / f"seed{seed}"
+        if (link / "command.json").is_file():
             print(f"seed {seed}: finished, skipped")
             continue
-        extra = [] if seed == 0 else ["--set", f"train.seed={seed}"]
-        argv = ["mamlpp", "train", *extra, "--out", str(folder)]
-        wall = _run(argv)
-        shown = shlex.join(["mamlpp", "train", *extra])  # the folder is this script's choice
-        record = {"seed": seed, "command": shown, "wall_s": wall, "commit": _commit()}
-        (folder / "command.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if seed == 0:
+            argv = ["mamlpp", "train"]
+            before = set(Path("runs").glob("quickstart-*"))
+            wall = _run(argv)
+            (folder,) = set(Path("runs").glob("quickstart-*")) - before
+            link.symlink_to(folder.resolve())
+        else:
+            argv = ["mamlpp", "train", "--set", f"train.seed={seed}", "--out", str(link)]
+            wall = _run(argv)
+        record = {"seed": seed, "command": shlex.join(argv), "wall_s": wall, "commit": _commit()}
+        (link / "command.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"seed {seed}: {wall:.0f} s", flush=True)
 
 
@@ -120,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg.add_argument("--runs", type=Path, required=True)
     agg.add_argument("--seed-runs", type=Path, nargs="*", default=[])
     agg.add_argument("--out", type=Path, required=True)
+    agg.add_argument("--conditions", default="", help="a sentence: what else ran meanwhile")
     args = parser.parse_args(argv)
     if args.command == "candidates":
         candidates(args.runs, args.names, args.data_dir)
@@ -133,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference=REFERENCE,
             seed_runs=args.seed_runs,
             environment=environment(),
+            conditions=args.conditions,
         )
         for path in budget.write(results, args.out):
             print(f"wrote {path}")

@@ -129,8 +129,10 @@ def collect(
     reference: str,
     seed_runs: Sequence[Path] = (),
     environment: dict[str, Any] | None = None,
+    conditions: str = "",
 ) -> dict[str, Any]:
-    """The study as one dict (what ``results.json`` holds)."""
+    """The study as one dict (what ``results.json`` holds); ``conditions``: a sentence on what
+    else the machine did meanwhile."""
     candidates = [collect_candidate(folder) for folder in folders]
     names = {c["name"] for c in candidates}
     if reference not in names:
@@ -144,6 +146,7 @@ def collect(
         "candidates": candidates,
         "seed_runs": [collect_seed_run(folder) for folder in seed_runs],
         "environment": environment or {},
+        "conditions": conditions,
     }
 
 
@@ -172,6 +175,20 @@ def finding(results: dict[str, Any]) -> str:
     )
 
 
+# The calibration's schedule regimes, in the order of training: MSL epochs (first order), the
+# rest of the first-order epochs, the second-order epochs.
+REGIMES = (
+    "msl=True,second_order=False",
+    "msl=False,second_order=False",
+    "msl=False,second_order=True",
+)
+
+
+def _regime_costs(ms_per_iteration: dict[str, float]) -> str:
+    cells = [ms_per_iteration.get(key) for key in REGIMES]
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in cells)
+
+
 def _candidate_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for c in sorted(
@@ -185,9 +202,10 @@ def _candidate_rows(results: dict[str, Any]) -> list[list[str]]:
                 _settings(c),
                 f"{c['time_budget_s']:g} s",
                 f"{c['iterations']} ({c['epochs']} epochs)",
-                " / ".join(f"{v:.0f}" for v in c["ms_per_iteration"].values()) or "-",
+                _regime_costs(c["ms_per_iteration"]),
                 f"{percent(c['val_accuracy'])} ± {percent(c['val_ci95'])}",
                 f"{percent(c['test_accuracy'])} ± {percent(c['test_ci95'])}",
+                duration(c["fit_time_s"]),
                 duration(c["wall_time_s"]),
             ]
         )
@@ -260,8 +278,6 @@ def _family_lines(results: dict[str, Any]) -> list[str]:
         "",
         *markdown_table(["settings", "budget", "iterations", "test % ± 95% CI", "wall time"], rows),
         "",
-        f"![test accuracy against CPU minutes]({PLOT})",
-        "",
     ]
 
 
@@ -269,7 +285,13 @@ def render(results: dict[str, Any]) -> str:
     """``results.md`` from the dict of :func:`collect`."""
     env = results.get("environment", {})
     machine = ", ".join(
-        str(env[k]) for k in ("cpu", "cpu_count", "torch") if env.get(k) is not None
+        f"{prefix}{env[key]}{suffix}"
+        for key, prefix, suffix in (
+            ("cpu", "", ""),
+            ("cpu_count", "", " CPUs"),
+            ("torch", "torch ", ""),
+        )
+        if env.get(key) is not None
     )
     lines = [
         f"# Omniglot 5-way 1-shot in {duration(results['budget_s'])} of CPU: which settings",
@@ -286,7 +308,7 @@ def render(results: dict[str, Any]) -> str:
         "validation tasks (`mamlpp evaluate RUN --split val --tasks 600`); the test accuracy "
         "(600 fixed test tasks, the same in every run) was not used to choose.",
         f"* Reference `{results['reference']}`: the previous `quickstart` settings.",
-        f"* Machine: {machine or 'not recorded'}; the machine was otherwise idle.",
+        f"* Machine: {machine or 'not recorded'}. {results.get('conditions', '')}".rstrip(),
         "",
         f"**What mattered.** {finding(results)}",
         "",
@@ -298,23 +320,32 @@ def render(results: dict[str, Any]) -> str:
                 "settings over the omniglot-5w1s preset",
                 "budget",
                 "iterations reached",
-                "ms / iteration (per regime)",
+                "ms / iteration: MSL / 1st order / 2nd order",
                 "val % ± 95% CI (600 tasks)",
                 "test % ± 95% CI (600 tasks)",
-                "wall time",
+                "training + validation",
+                "wall time with the test",
             ],
             _candidate_rows(results),
         ),
         "",
-        "ms / iteration: the calibration's measurement per schedule regime (MSL with first "
-        "order, first order, second order). Wall time: training, validation and the test "
-        "(`summary.json`), without start-up and data loading.",
+        "ms / iteration: the calibration's measurement at the start of each run, per schedule "
+        "regime (the MSL epochs, in first order; the other first-order epochs; the "
+        "second-order epochs); from it the budget's iterations are set, aiming at 90% of "
+        "the budget. Training + validation: what the budget covers, as the run measured it; "
+        "wall time: that and the test (`summary.json`), without start-up and data loading.",
+        "",
+        f"![test accuracy against CPU minutes]({PLOT})",
         "",
         f"![validation accuracy against minutes]({CURVES})",
         "",
         *_seed_lines(results),
         *_family_lines(results),
         "## Commands",
+        "",
+        "Each candidate's `mamlpp train` command as `mamlpp ablate` ran it (with the iterations "
+        "per epoch its calibration measured); `benchmarks/quickstart_budget.py` lists the "
+        "candidates and runs them.",
         "",
         "```bash",
         *[c["command"] for c in results["candidates"] if c.get("command")],
@@ -325,29 +356,31 @@ def render(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], folder: Path) -> list[Path]:
-    """The chart of test accuracy against CPU minutes (families at several budgets) and the
-    validation curves of the candidates at the study's budget against minutes."""
-    written = []
+    """Two charts: test accuracy against the minutes each run took (families at several
+    budgets as lines, the other candidates as points), and the validation curves of the
+    candidates at the study's budget against minutes."""
     families = _families(results)
-    if families:
-        series = [
-            plots.Series(
-                family,
-                [c["time_budget_s"] / 60 for c in group],
-                [100 * c["test_accuracy"] for c in group],
-                markers=True,
-            )
-            for family, group in families.items()
-        ]
-        written.append(
-            plots.line_chart(
-                folder / PLOT,
-                series,
-                "Omniglot 5-way 1-shot: test accuracy against the time budget",
-                "CPU minutes of training and validation (2 cores)",
-                "test accuracy (%, 600 tasks)",
-            )
+    in_family = {c["name"] for group in families.values() for c in group}
+    groups = [(f"{family} (1 run per budget)", group) for family, group in families.items()]
+    groups += [(c["name"], [c]) for c in results["candidates"] if c["name"] not in in_family]
+    series = [
+        plots.Series(
+            label,
+            [c["wall_time_s"] / 60 for c in group],
+            [100 * c["test_accuracy"] for c in group],
+            markers=True,
         )
+        for label, group in groups
+    ]
+    written = [
+        plots.line_chart(
+            folder / PLOT,
+            series,
+            "Omniglot 5-way 1-shot MAML++: test accuracy against CPU minutes",
+            "minutes of training, validation and test (2-core CPU)",
+            "test accuracy (%, 600 tasks)",
+        )
+    ]
     at_budget = [c for c in results["candidates"] if c["time_budget_s"] == results["budget_s"]]
     curves = [
         plots.Series(
