@@ -109,7 +109,8 @@ def seeds(out: Path, seed_list: Sequence[int]) -> None:
         else:
             argv = ["mamlpp", "train", "--set", f"train.seed={seed}", "--out", str(link)]
             wall = _run(argv)
-        record = {"seed": seed, "command": shlex.join(argv), "wall_s": wall, "commit": _commit()}
+        shown = shlex.join(argv).replace(str(out), "OUT")  # no machine paths in what is published
+        record = {"seed": seed, "command": shown, "wall_s": wall, "commit": _commit()}
         (link / "command.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"seed {seed}: {wall:.0f} s", flush=True)
 

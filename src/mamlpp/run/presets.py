@@ -159,7 +159,7 @@ PRESETS: dict[str, Preset] = {
                 "eval": {"val_tasks": 50, "test_tasks": 600, "top_k": 3, "batch_size": 50},
             },
         ),
-        budget_note="under 10 min on an idle 2-core CPU, about 9 min measured",
+        budget_note="under 10 min on an idle 2-core CPU, 8 min 44 s measured",
     ),
     # Offline and file-free (procedural stroke classes), for smoke tests and demos.
     "synthetic": Preset(
