@@ -107,7 +107,14 @@ def test_render_reports_the_numbers(study: dict) -> None:
     assert "`best` (chosen)" in text and "`old` (reference)" in text
     # The finding is computed: +5.00 pp validation and +3.50 pp test over the reference.
     assert "+5.00 pp validation accuracy (+3.50 pp test)" in text
+    # Every pair differing in one setting, once, from the side nearer the reference (a tie:
+    # from the better one); the largest validation gain leads the finding.
+    changes = budget.single_changes(study)
+    pairs = [(c["from"], c["to"]) for c in changes]
+    assert pairs == [("old", "best"), ("old", "lucky"), ("best", "lucky")]
+    assert "`model.channels=2300` (`old` -> `best`: +5.00 pp validation, +3.50 pp test)" in text
     assert "Mean over 2 seeds: **95.50%**" in text
+    assert "`best@120`" not in text.split("## What more")[0]  # not at the study's budget
     assert "| `best` | 2 min | 300 |" in text and "| `best` | 20 min | 5000 |" in text
     assert "mamlpp train --out lucky" in text
 
@@ -169,3 +176,23 @@ def test_curve_of_a_run_older_than_wall_s_comes_from_its_log(tmp_path: Path) -> 
         " 1st order | 12 s\n"
     )
     assert budget.val_curve(run) == [[0.1, pytest.approx(0.68)], [0.2, pytest.approx(0.724)]]
+
+
+def test_quickstart_is_the_studys_chosen_candidate() -> None:
+    """The published study's chosen run, as `mamlpp ablate` trained it, resolves to the
+    `quickstart` preset (up to how often it logs)."""
+    import shlex
+
+    from mamlpp.run.presets import resolve_config
+
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "quickstart-10min"
+    results = json.loads((published / "results.json").read_text(encoding="utf-8"))
+    (chosen,) = [c for c in results["candidates"] if c["name"] == results["chosen"]]
+    argv = shlex.split(chosen["command"])
+    preset = argv[argv.index("--preset") + 1]
+    sets = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+    studied = resolve_config(preset, None, [*sets, "train.log_every=1"])
+    quickstart = resolve_config("quickstart", None, ["train.log_every=1"])
+    assert studied.data == quickstart.data and studied.model == quickstart.model
+    assert studied.meta == quickstart.meta and studied.eval == quickstart.eval
+    assert studied.train == quickstart.train

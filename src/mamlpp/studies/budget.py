@@ -495,15 +495,15 @@ def summary_lines(results: dict[str, Any], link: str) -> list[str]:
     by_name = {c["name"]: c for c in results["candidates"]}
     chosen, ref = by_name[results["chosen"]], by_name[results["reference"]]
     lines = [
-        f"Omniglot 5-way 1-shot MAML++ in {duration(results['budget_s'])} of training on a "
-        f"2-core CPU, settings chosen by validation accuracy among "
+        f"Omniglot 5-way 1-shot MAML++ with {duration(results['budget_s'])} for training and "
+        f"validation on a 2-core CPU, settings chosen by validation accuracy among "
         f"{sum(c['time_budget_s'] == results['budget_s'] for c in results['candidates'])} "
         f"candidates. Details: [{link}]({link}).",
         "",
     ]
     rows = [
         [
-            f"`{c['name']}`" + (" (previous quickstart)" if c is ref else " (chosen)"),
+            f"`{c['name']}`" + (" (the previous quickstart's)" if c is ref else " (chosen)"),
             _settings(c),
             str(c["iterations"]),
             f"{percent(c['val_accuracy'])}",
@@ -523,5 +523,15 @@ def summary_lines(results: dict[str, Any], link: str) -> list[str]:
             f"**{percent(statistics.mean(accuracies))}%** mean test accuracy (per seed "
             + ", ".join(f"{percent(r['test_accuracy'])} ± {percent(r['test_ci95'])}" for r in runs)
             + f"), each command at most {duration(max(r['command_wall_s'] for r in runs))}.",
+        ]
+    for family, group in _families(results).items():
+        name = "previous" if family == results["reference"] else "new"
+        points = ", ".join(
+            f"{c['time_budget_s'] / 60:g} min {percent(c['test_accuracy'])}%" for c in group
+        )
+        lines += [
+            "",
+            f"The {name} settings (`{family}`), test accuracy by the time given to training "
+            f"and validation: {points}.",
         ]
     return lines
