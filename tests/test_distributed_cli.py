@@ -23,7 +23,7 @@ from distributed_helpers import (
 )
 
 from mamlpp.cli.main import main
-from mamlpp.run.run_dir import read_metrics
+from mamlpp.run.run_dir import TIMING_FIELDS, read_metrics
 
 # 3 epochs x 4 iterations of 4 tasks: epoch 1 first order, MSL off after epoch 2, the outer lr
 # changes every epoch. 7 validation and 9 test tasks: uneven blocks over 2 ranks. All epoch
@@ -95,7 +95,7 @@ def _assert_close(a: dict, b: dict, tolerance: float) -> None:
 
 def _metrics(folder: Path) -> list[dict]:
     return [
-        {k: v for k, v in r.items() if k != "it_per_s"}
+        {k: v for k, v in r.items() if k not in TIMING_FIELDS}
         for r in read_metrics(folder / "metrics.jsonl")
     ]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp.run.run_dir import read_metrics
+from mamlpp.run.run_dir import TIMING_FIELDS, read_metrics
 
 # Tiny synthetic run: 3 epochs x 6 iterations, a checkpoint every 2 iterations; epoch 1 first
 # order, then second order; MSL switches off after epoch 2.
@@ -49,7 +49,7 @@ def _env() -> dict[str, str]:
 
 
 def _train_lines(path: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "it_per_s"} for r in read_metrics(path)]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(path)]
 
 
 def _kill_when(process: subprocess.Popen, ready, delay: float, timeout: float = 60.0) -> bool:

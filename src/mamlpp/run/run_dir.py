@@ -272,6 +272,11 @@ class MetricsLog:
         self._handle.close()
 
 
+# Fields of metrics.jsonl lines that measure time (train: iterations per second, val: seconds
+# since the run began): they differ between runs that are otherwise identical.
+TIMING_FIELDS = frozenset({"it_per_s", "wall_s"})
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All complete lines (a torn last line from a kill is skipped)."""
     if not path.is_file():
