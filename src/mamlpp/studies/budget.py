@@ -158,10 +158,15 @@ def _settings(candidate: dict[str, Any]) -> str:
     return " ".join(f"`{s}`" for s in candidate["sets"]) or "(none)"
 
 
+def _at_budget(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates given the study's own budget (not the ``NAME@SECONDS`` ones)."""
+    return [c for c in results["candidates"] if c["time_budget_s"] == results["budget_s"]]
+
+
 def single_changes(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Pairs of candidates at the study's budget whose settings differ in one key (added or
     changed), with the validation and test gains of the change; largest validation gain first."""
-    at_budget = [c for c in results["candidates"] if c["time_budget_s"] == results["budget_s"]]
+    at_budget = _at_budget(results)
 
     def settings(c: dict[str, Any]) -> dict[str, str]:
         return dict(s.split("=", 1) for s in c["sets"])
@@ -198,7 +203,7 @@ def single_changes(results: dict[str, Any]) -> list[dict[str, Any]]:
 def finding(results: dict[str, Any]) -> str:
     """One sentence on what mattered most, from the numbers: the single change with the
     largest validation gain, and the chosen candidate against the reference."""
-    at_budget = [c for c in results["candidates"] if c["time_budget_s"] == results["budget_s"]]
+    at_budget = _at_budget(results)
     by_name = {c["name"]: c for c in at_budget}
     ref, best = by_name[results["reference"]], by_name[results["chosen"]]
     changes = single_changes(results)
@@ -230,11 +235,7 @@ def _change_lines(results: dict[str, Any]) -> list[str]:
     ]
     if not rows:
         return []
-    cis = [
-        c["val_ci95"]
-        for c in results["candidates"]
-        if c["time_budget_s"] == results["budget_s"] and c["val_ci95"] is not None
-    ]
+    cis = [c["val_ci95"] for c in _at_budget(results) if c["val_ci95"] is not None]
     return [
         "## One change at a time",
         "",
@@ -263,7 +264,7 @@ def _regime_costs(ms_per_iteration: dict[str, float]) -> str:
 
 def _candidate_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
-    at_budget = [c for c in results["candidates"] if c["time_budget_s"] == results["budget_s"]]
+    at_budget = _at_budget(results)
     for c in sorted(at_budget, key=lambda c: -(c["val_accuracy"] or 0.0)):
         mark = " (chosen)" if c["name"] == results["chosen"] else ""
         mark += " (reference)" if c["name"] == results["reference"] else ""
@@ -452,7 +453,7 @@ def plot(results: dict[str, Any], folder: Path) -> list[Path]:
             "test accuracy (%, 600 tasks)",
         )
     ]
-    at_budget = [c for c in results["candidates"] if c["time_budget_s"] == results["budget_s"]]
+    at_budget = _at_budget(results)
     curves = [
         plots.Series(
             c["name"], [p[0] for p in c["val_curve"]], [100 * p[1] for p in c["val_curve"]]
@@ -497,7 +498,7 @@ def summary_lines(results: dict[str, Any], link: str) -> list[str]:
     lines = [
         f"Omniglot 5-way 1-shot MAML++ with {duration(results['budget_s'])} for training and "
         f"validation on a 2-core CPU, settings chosen by validation accuracy among "
-        f"{sum(c['time_budget_s'] == results['budget_s'] for c in results['candidates'])} "
+        f"{len(_at_budget(results))} "
         f"candidates. Details: [{link}]({link}).",
         "",
     ]
