@@ -54,12 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mamlpp.engine.distributed import (
-        DistributedError,
-        check_divisible,
-        init_from_env,
-        launched_by_torchrun,
-    )
+    from mamlpp.engine.collectives import check_divisible, init_from_env, launched_by_torchrun
+    from mamlpp.engine.job_errors import DistributedError
     from mamlpp.run.build import resolve_device
     from mamlpp.run.datasource import load_splits
     from mamlpp.run.lifecycle import check_run_folder
@@ -132,7 +128,8 @@ def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
 
     import torch
 
-    from mamlpp.engine.distributed import DistributedError, check_divisible, launched_by_torchrun
+    from mamlpp.engine.collectives import check_divisible, launched_by_torchrun
+    from mamlpp.engine.job_errors import DistributedError
     from mamlpp.run.lifecycle import check_run_folder
     from mamlpp.run.run_dir import RunDir, default_run_dir
 
