@@ -1,7 +1,7 @@
-"""Data-parallel scaling: seconds per meta-iteration with 1..G processes (engine.distributed).
+"""Data-parallel scaling: seconds per meta-iteration with 1..G processes (engine.collectives).
 
 Each process runs the trainer's outer step (:class:`mamlpp.engine.step_runner.FastMetaStep` with the
-:class:`~mamlpp.engine.distributed.Distributed` sync: its B/G tasks, one all-reduce of the
+:class:`~mamlpp.engine.collectives.Distributed` sync: its B/G tasks, one all-reduce of the
 gradients,
 a gather of the BN statistics, the same Adam step) on fixed random episodes of a preset's
 shapes; the sampler is not timed. Rank 0 reports the median over timed iterations of the
@@ -33,7 +33,7 @@ def worker(args: argparse.Namespace) -> None:
     """One process of the job (or the only one when G = 1)."""
     import torch
 
-    from mamlpp.engine.distributed import init_from_env, sync_in_graph
+    from mamlpp.engine.collectives import init_from_env, sync_in_graph
     from mamlpp.engine.step_runner import FastMetaStep
     from mamlpp.run.build import build_learner
     from mamlpp.run.presets import resolve_config

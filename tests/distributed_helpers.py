@@ -2,7 +2,7 @@
 
 ``python tests/distributed_helpers.py OUT`` (with torchrun's variables RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT in the environment) trains the tiny synthetic problem of
-:func:`train_tiny` through :class:`mamlpp.engine.distributed.Distributed` and saves this rank's
+:func:`train_tiny` through :class:`mamlpp.engine.collectives.Distributed` and saves this rank's
 final
 state to ``OUT/rank<R>.pt``. The tests run the same function in one process and compare.
 """
@@ -190,7 +190,7 @@ def tiny_eval_learner():
 def _main(out: Path) -> None:
     from dataclasses import asdict
 
-    from mamlpp.engine.distributed import init_from_env
+    from mamlpp.engine.collectives import init_from_env
 
     torch.set_num_threads(1)
     dist = init_from_env(torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Data-parallel meta-training (mamlpp.engine.distributed): G processes on gloo equal one process.
+"""Data-parallel meta-training (mamlpp.engine.collectives): G processes on gloo equal one process.
 
 Every test starts its own processes (gloo on 127.0.0.1, a free port), each a few seconds.
 """
@@ -20,7 +20,7 @@ from distributed_helpers import (
 )
 
 from mamlpp.data import EpisodeSampler, load_dataset
-from mamlpp.engine.distributed import Distributed, block, check_divisible
+from mamlpp.engine.collectives import Distributed, block, check_divisible
 from mamlpp.errors import ConfigError
 from mamlpp.run.evaluate import evaluate
 

@@ -13,7 +13,7 @@ from test_capture_safety import REGIMES, _capturable_step, capturable_adam_on_cp
 from mamlpp import MetaConfig
 from mamlpp.core.types import PassStats
 from mamlpp.engine.capture import CaptureError
-from mamlpp.engine.distributed import sync_in_graph
+from mamlpp.engine.collectives import sync_in_graph
 from mamlpp.engine.step_runner import FastMetaStep, choose_execution
 from mamlpp.errors import ConfigError
 

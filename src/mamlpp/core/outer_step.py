@@ -33,7 +33,7 @@ from mamlpp.core.types import MetaLearner, PassStats
 
 class StepSync(Protocol):
     """How processes of a data-parallel run agree within one outer step (see
-    :mod:`mamlpp.engine.distributed`).
+    :mod:`mamlpp.engine.collectives`).
 
     ``world_size`` processes each hold ``B / world_size`` tasks of a meta-batch of ``B``.
     """

@@ -46,7 +46,7 @@ class EvalResult:
 
 class TaskSharding(Protocol):
     """How the processes of a data-parallel job split evaluation tasks
-    (:mod:`mamlpp.engine.distributed`)."""
+    (:mod:`mamlpp.engine.collectives`)."""
 
     def my_tasks(self, tasks: int) -> range:
         """This process's task ids out of ``0..tasks-1``."""

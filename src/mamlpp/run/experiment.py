@@ -85,7 +85,7 @@ class TrainSection:
     # "eager" warns, trains without graphs and records that in the log and summary.json.
     graph_fallback: Literal["error", "eager"] = "error"
     # Distributed: the collectives inside the graph or eagerly between the replays of its two
-    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.distributed).
+    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.collectives).
     graph_sync: Literal["auto", "in-graph", "after-replay"] = "auto"
     # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
     # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import torch
 
 from mamlpp.data import EpisodeSampler, FewShotSplit
-from mamlpp.engine.distributed import Distributed, check_divisible, sync_in_graph
+from mamlpp.engine.collectives import Distributed, check_divisible, sync_in_graph
 from mamlpp.engine.step_runner import MetaStepRunner, choose_execution
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.build import build_learner
@@ -91,7 +91,7 @@ class Trainer:
         self.run = run
         self.device = device
         self.out = out if out is not None else sys.stdout
-        # Data-parallel (mamlpp.engine.distributed): this rank's share of each meta-batch; only
+        # Data-parallel (mamlpp.engine.collectives): this rank's share of each meta-batch; only
         # rank 0 writes files or prints.
         self.dist = dist
         if dist is not None:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import torch
 
 from mamlpp.data import FewShotSplit
-from mamlpp.engine.distributed import Distributed, check_divisible
+from mamlpp.engine.collectives import Distributed, check_divisible
 from mamlpp.errors import ConfigError, DataError
 from mamlpp.run.checkpoint import epoch_of, top_k_epochs
 from mamlpp.run.evaluate import EvalResult, task_fingerprint

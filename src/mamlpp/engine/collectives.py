@@ -1,8 +1,9 @@
-"""Data-parallel meta-training on PyTorch's own distributed engine (torchrun; gloo or NCCL).
+"""The collectives of data-parallel meta-training, on PyTorch's own engine (gloo or NCCL).
 
-``torchrun --nproc_per_node=G -m mamlpp train ...`` (or ``mamlpp train --nproc G``) starts G
-processes. Each holds a full copy of the learner and Adam, and computes ``B / G`` of the ``B``
-tasks of every meta-batch. Per outer step (:func:`mamlpp.core.outer_step.outer_step`):
+``torchrun --nproc_per_node=G -m mamlpp train ...`` (or ``mamlpp train --nproc G``, which
+starts torchrun through :mod:`mamlpp.cli.launch`) starts G processes. Each holds a full copy of
+the learner and Adam, and computes ``B / G`` of the ``B`` tasks of every meta-batch. Per outer
+step (:func:`mamlpp.core.outer_step.outer_step`):
 
 * tasks: global iteration ``g`` trains on ids ``g*B .. g*B+B-1`` of the counter-based sampler;
   rank ``r`` takes the contiguous block ``g*B + r*B/G .. g*B + (r+1)*B/G - 1``, so the union over
@@ -29,20 +30,15 @@ another order); over a run the float32 trajectories drift apart as any two such 
 Files: only rank 0 reads and writes the run folder; what the other ranks need from it (the
 resume checkpoint, the test ensemble) is broadcast from rank 0, so nodes need no shared disk.
 
-Errors: the job prints one line. A rank that stops with an error it reports itself posts its
-exit code on the job's store before it leaves (:meth:`Distributed.abandon`); a peer whose next
-collective fails finds it there and stops quietly with the same code. A peer that died without
-a word is announced by one rank (rank 0 when it is alive). An error that every rank meets
-(a configuration error) is printed by rank 0 only: the ``reported_elsewhere`` attribute of an
-error, or its kind, tells ``mamlpp.cli.main`` whether this rank prints it.
+Errors: the job prints one line, and stops in step; how is :mod:`mamlpp.engine.job_errors`.
+Every collective here runs inside its :func:`~mamlpp.engine.job_errors.peer_failures`, which
+turns a peer's failure into one line for the job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -52,95 +48,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mamlpp.core.types import PassStats
+from mamlpp.engine.job_errors import (
+    DistributedError,
+    abandon,
+    default_store,
+    leave,
+    peer_failures,
+)
 from mamlpp.errors import ConfigError, MamlppError
 
 T = TypeVar("T")
-
-
-# Keys on the job's store (torchrun's agent hosts it; without torchrun's agent, rank 0 does).
-_REPORTED = "mamlpp/reported"  # "<rank> <exit code>": the first rank to stop with its own error
-_GONE = "mamlpp/gone"  # how many ranks other than 0 left after an error (read the report)
-_LOST = "mamlpp/lost"  # how many ranks announced a lost peer (only the first one prints)
-
-
-class DistributedError(MamlppError):
-    """Another process of the job failed or a collective timed out; this one stops too.
-
-    ``reported_elsewhere``: another rank has already told the user why the job stops, so this
-    one exits with ``exit_code`` (that rank's) without printing a line of its own."""
-
-    def __init__(self, message: str, exit_code: int = 1, reported_elsewhere: bool = False):
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.reported_elsewhere = reported_elsewhere
-
-
-def _store() -> Any:
-    """The job's key-value store, or None (no process group, or it is gone)."""
-    try:
-        return dist.distributed_c10d._get_default_store()
-    except Exception:  # noqa: BLE001 - not initialised, or already destroyed
-        return None
-
-
-def _reported_code(error: BaseException) -> int | None:
-    """The exit code of an error this rank reports itself (one line printed by the command
-    line), or None: a lost peer is a consequence, and any other exception a crash."""
-    if isinstance(error, DistributedError):
-        return None
-    if isinstance(error, MamlppError):
-        return error.exit_code
-    if isinstance(error, OSError):
-        return 1  # mamlpp.cli.main prints it as one line with exit code 1
-    return None
-
-
-def _peer_failure(error: RuntimeError) -> DistributedError:
-    """What a failed collective means for this rank.
-
-    A peer that stopped with an error it reported itself posted its exit code on the store
-    (:meth:`Distributed.abandon`): this rank stops quietly with that code. Otherwise a peer died
-    or stopped answering, and one rank says so: the first to claim it on the store, rank 0 (the
-    one that knows the run folder, see ``mamlpp train``) given a second's head start."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    store = _store()
-    try:
-        if store is not None and store.check([_REPORTED]):
-            rank, code = store.get(_REPORTED).decode().split()
-            return DistributedError(
-                f"process {rank} of the distributed job stopped with an error (exit code {code})",
-                exit_code=int(code),
-                reported_elsewhere=True,
-            )
-    except Exception:  # noqa: BLE001 - the store went with its host
-        pass
-    message = f"another process of the distributed job failed or stopped answering ({first})"
-    return DistributedError(message, reported_elsewhere=not _first_to_announce(store))
-
-
-def _first_to_announce(store: Any) -> bool:
-    """Claim the announcement of a lost peer; True if this rank is first (or cannot tell)."""
-    if store is None:
-        return True
-    try:
-        if dist.get_rank() != 0:  # poll: a store wait that times out logs warnings
-            deadline = time.monotonic() + 1.0
-            while not store.check([_LOST]) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return int(store.add(_LOST, 1)) == 1
-    except Exception:  # noqa: BLE001 - the store went with its host
-        return True
-
-
-@contextlib.contextmanager
-def _peers() -> Iterator[None]:
-    """A collective whose peer died (gloo: "Connection closed by peer"; NCCL: an error or a
-    timeout) becomes one line for the user, or none when a peer already explained it."""
-    try:
-        yield
-    except RuntimeError as error:  # c10d raises RuntimeError (or its DistError subclasses)
-        raise _peer_failure(error) from None
 
 
 def launched_by_torchrun() -> bool:
@@ -212,7 +129,7 @@ class Distributed:
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])  # one dtype: the learner's
-        with _peers():
+        with peer_failures():
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             grad.copy_(part.view_as(grad))
@@ -226,7 +143,7 @@ class Distributed:
         local = parts[0].shape[0]
         flat = torch.cat([t.reshape(local, -1) for t in parts], dim=1)  # [b, X]
         gathered = [torch.empty_like(flat) for _ in range(self.world_size)]
-        with _peers():
+        with peer_failures():
             dist.all_gather(gathered, flat)
         whole = torch.cat(gathered)  # [G*b, X], rank order = task order
         pieces = whole.split([t[0].numel() for t in parts], dim=1)
@@ -239,7 +156,7 @@ class Distributed:
         loss is its part of the whole meta-batch's loss). One all-reduce."""
         names = sorted(metrics)
         flat = torch.cat([metrics[k].reshape(-1).to(metrics["loss"].dtype) for k in names])
-        with _peers():
+        with peer_failures():
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         pieces = flat.split([metrics[k].numel() for k in names])
         out = {}
@@ -260,13 +177,13 @@ class Distributed:
         padded = values.new_zeros((max(sizes), *values.shape[1:]))
         padded[: values.shape[0]] = values
         gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
-        with _peers():
+        with peer_failures():
             dist.all_gather(gathered, padded)
         return torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)])
 
     # -- coordination -------------------------------------------------------------------------
     def barrier(self) -> None:
-        with _peers():
+        with peer_failures():
             dist.barrier()
 
     def from_writer(self, make: Callable[[], T]) -> T:
@@ -281,7 +198,7 @@ class Distributed:
                 box[0] = ("ok", make())
             except MamlppError as error:
                 box[0] = ("error", error)
-        with _peers():
+        with peer_failures():
             dist.broadcast_object_list(box, src=0)
         status, value = box[0]
         if status == "error":
@@ -300,64 +217,15 @@ class Distributed:
             self.barrier()
         return value
 
-    def abandon(self, error: BaseException, timeout_s: float = 5.0) -> None:
-        """Leave the job after ``error``, waiting for no peer that may be gone.
+    def abandon(self, error: BaseException) -> None:
+        """Leave the job after ``error``, telling the peers why
+        (:func:`mamlpp.engine.job_errors.abandon`)."""
+        abandon(self.rank, self.world_size, error)
 
-        An error this rank reports itself (a :class:`~mamlpp.errors.MamlppError` or an
-        ``OSError``, printed as one line) is posted on the job's store first, so that the peers,
-        whose next collective fails when this rank leaves, stop quietly with the same exit code
-        instead of announcing a lost process. Where rank 0 hosts the store (not under torchrun's
-        agent), it keeps the store up until the peers have read the report (at most
-        ``timeout_s``)."""
-        code = _reported_code(error)
-        store = _store()
-        if store is not None and code is not None:
-            with contextlib.suppress(Exception):
-                store.compare_set(_REPORTED, "", f"{self.rank} {code}")
-        self.shutdown(orderly=False)
-        if store is None:
-            return
-        if self.rank != 0:  # done with the store (a report, if any, was read before this)
-            with contextlib.suppress(Exception):
-                store.add(_GONE, 1)
-            return
-        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            return  # torchrun's agent hosts the store: it outlives this process
-        with contextlib.suppress(Exception):
-            if not store.check([_REPORTED]):
-                return  # no report to keep for the peers
-        deadline = time.monotonic() + timeout_s
-        with contextlib.suppress(Exception):
-            while store.add(_GONE, 0) < self.world_size - 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-
-    def shutdown(self, orderly: bool = True, timeout_s: float = 60.0) -> None:
-        """Leave the job; ``orderly=False`` (after an error) just leaves, waiting for nobody.
-
-        An orderly exit leaves in step. Rank 0 hosts torchrun's rendezvous store in its process, so
-        it leaves last: every other rank says on the store that it has left the process group,
-        and rank 0 waits for that before it tears down. (A rank whose store vanished while it
-        was tearing down aborted: "terminate called without an active exception", exit -6.)"""
-        if not dist.is_initialized():
-            return
-        if not orderly:
-            dist.destroy_process_group()
-            return
-        store = dist.distributed_c10d._get_default_store()
-        with contextlib.suppress(Exception):  # a peer that already failed: just leave
-            dist.barrier()
-        if self.rank != 0:
-            dist.destroy_process_group()
-            with contextlib.suppress(Exception):
-                store.add("mamlpp/left", 1)
-            return
-        deadline = time.monotonic() + timeout_s
-        with contextlib.suppress(Exception):
-            while store.add("mamlpp/left", 0) < self.world_size - 1:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.01)
-        dist.destroy_process_group()
+    def shutdown(self) -> None:
+        """Leave the job at its orderly end, rank 0 last
+        (:func:`mamlpp.engine.job_errors.leave`)."""
+        leave(self.rank, self.world_size)
 
 
 def init_from_env(device: torch.device, timeout_s: float | None = None) -> Distributed | None:
@@ -397,4 +265,8 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> Distr
     else:
         raise ConfigError(f"distributed training runs on cpu (gloo) or cuda (NCCL), not {device}")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        default_store()  # the error protocol needs it: fail now, not at the end of a run
+    except MamlppError as missing:  # every rank meets it: rank 0 prints it
+        raise DistributedError(str(missing), reported_elsewhere=rank != 0) from None
     return Distributed(rank, world, local_rank, backend, device)
