@@ -15,6 +15,7 @@ Output: JSON plus a short table. ``mamlpp bench`` and ``benchmarks/meta_step.py`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -24,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -345,6 +346,24 @@ def _plan(options: BenchOptions):
     return device, names, paths, modes
 
 
+@contextlib.contextmanager
+def _keeping_float_flags() -> Iterator[None]:
+    """PyTorch's global float flags (TF32 matmuls and convolutions, cuDNN autotuning) left as
+    the caller set them, whatever the measured paths and modes do to them meanwhile."""
+    flags = (
+        (torch.backends.cuda.matmul, "allow_tf32"),
+        (torch.backends.cudnn, "allow_tf32"),
+        (torch.backends.cudnn, "benchmark"),
+    )
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(flags, saved, strict=True):
+            setattr(owner, name, value)
+
+
+@_keeping_float_flags()
 def run(options: BenchOptions) -> dict:
     """Measure what ``options`` asks for; the report as a JSON-ready dict."""
     device, names, paths, modes = _plan(options)
@@ -413,8 +432,6 @@ def run(options: BenchOptions) -> dict:
             "tasks": options.eval_tasks,
             "seconds": evaluation_time(CONFIGS[options.eval_config], device, options.eval_tasks),
         }
-    # Restore PyTorch's default precision settings.
-    torch.backends.cuda.matmul.allow_tf32 = False
     report["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     return report
 
