@@ -10,7 +10,8 @@ Three steps, each a subcommand; every training is a ``mamlpp`` command, printed 
 ``seeds``: ``mamlpp train`` as a new user types it (seed 0: no options at all; other seeds:
     ``--set train.seed=N``), timed from the command line; ``command.json`` in the run folder
     records the command, its wall time and the commit.
-``aggregate``: results.json, results.md and the charts of :mod:`mamlpp.studies.budget`.
+``aggregate``: results.json, results.md and the charts, drawn by ``quickstart_budget_results.py``
+    beside this script (which ``tools/publish_results.py regenerate`` also uses).
 
 Timed runs need the machine to themselves: run nothing else meanwhile.
 
@@ -31,7 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mamlpp.studies import budget
+import quickstart_budget_results as budget  # beside this script: on sys.path when run
+
 from mamlpp.studies.ablate.aggregate import environment
 
 BUDGET_S = 540  # training and validation; start-up, data and the test fit in the other minute

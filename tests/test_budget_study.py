@@ -1,16 +1,34 @@
-"""The time-budget study (mamlpp.studies.budget): read from run folders, choose by validation
-(never by test), render, redraw from results.json alone, and the publishing tool's section."""
+"""The time-budget study behind the quickstart preset (benchmarks/quickstart_budget_results.py,
+a script outside the library): read from run folders, choose by validation (never by test),
+render, redraw from results.json alone, the publishing tool's section, and the script that runs
+the study."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from mamlpp.errors import MamlppError
-from mamlpp.studies import budget
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(relative: str, name: str) -> ModuleType:
+    """A script of the repository outside the library, loaded as a module by its path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+budget = _load("benchmarks/quickstart_budget_results.py", "quickstart_budget_results_test")
 
 
 def _write(path: Path, data) -> None:
@@ -144,11 +162,7 @@ def test_unfinished_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_publisher_redraws_it_and_puts_it_in_the_results_section(study, tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    path = Path(__file__).resolve().parents[1] / "tools" / "publish_results.py"
-    spec = importlib.util.spec_from_file_location("publish_results_budget", path)
-    assert spec is not None and spec.loader is not None
-    publisher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(publisher)
+    publisher = _load("tools/publish_results.py", "publish_results_budget")
     dest = tmp_path / "results"
     budget.write(study, dest / "quickstart-10min")
     (dest / "quickstart-10min" / "results.md").unlink()
@@ -185,7 +199,7 @@ def test_quickstart_is_the_studys_chosen_candidate() -> None:
 
     from mamlpp.run.presets import resolve_config
 
-    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "quickstart-10min"
+    published = REPO / "docs" / "results" / "quickstart-10min"
     results = json.loads((published / "results.json").read_text(encoding="utf-8"))
     (chosen,) = [c for c in results["candidates"] if c["name"] == results["chosen"]]
     argv = shlex.split(chosen["command"])
@@ -196,3 +210,24 @@ def test_quickstart_is_the_studys_chosen_candidate() -> None:
     assert studied.data == quickstart.data and studied.model == quickstart.model
     assert studied.meta == quickstart.meta and studied.eval == quickstart.eval
     assert studied.train == quickstart.train
+
+
+@pytest.mark.slow
+def test_the_study_script_aggregates_run_folders(tmp_path: Path) -> None:
+    """`python benchmarks/quickstart_budget.py aggregate`, as its docstring runs it: the script
+    finds its results module beside it and writes the published files."""
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    fake_candidate(runs, "c32-t1", val=0.90, test=0.91, iterations=1500)  # its reference
+    fake_candidate(runs, "c32-t2", val=0.93, test=0.92, iterations=1900)
+    seed = fake_seed_run(tmp_path / "seeds", 0, 0.95)
+    out = tmp_path / "published"
+    argv = ["aggregate", "--runs", str(runs), "--seed-runs", str(seed), "--out", str(out)]
+    script = REPO / "benchmarks" / "quickstart_budget.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    written = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert written["kind"] == budget.KIND and written["chosen"] == "c32-t2"
+    assert "`c32-t2` (chosen)" in (out / "results.md").read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ Nothing published names a folder of the machine it ran on: the study folder beco
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -25,12 +26,29 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from mamlpp.errors import ConfigError, MamlppError
-from mamlpp.studies import budget
 from mamlpp.studies.ablate.render import findings
 from mamlpp.util.format import duration, markdown_table, percent
+
+
+def _script(relative: str) -> ModuleType:
+    """A file of this repository outside the library (benchmarks/), loaded as a module by its
+    path: the library never imports benchmarks/, a tool may."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise MamlppError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The time-budget study behind the quickstart preset (docs/results/quickstart-10min): the script
+# that ran it also draws its results.md, charts and Results subsection.
+budget = _script("benchmarks/quickstart_budget_results.py")
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TABLE_HEADER = [
@@ -182,9 +200,7 @@ def results_section(
         f"Commands, versions and hardware: [{base}PROVENANCE.md]({base}PROVENANCE.md).",
     ]
     for name, results in (budget_studies or {}).items():
-        link = f"{base}{name}/results.md"
-        lines += ["", f"### {name}: the quickstart's settings", ""]
-        lines += budget.summary_lines(results, link)
+        lines += ["", *budget.section_lines(name, results, f"{base}{name}/results.md")]
     for name, study in studies.items():
         s = study["settings"]
         key = (s["dataset"], s["ways"], s["shots"])

@@ -1,38 +1,49 @@
 """``mamlpp bench``: seconds per meta-iteration of each execution path, FLOP rate, memory
-(the measurement itself is :mod:`mamlpp.studies.bench`, imported when the command runs)."""
+(the measurement itself is :mod:`mamlpp.studies.bench`, imported when the command runs; the
+options' defaults are those of :class:`~mamlpp.studies.bench_configs.BenchOptions`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from mamlpp.studies.bench_configs import CONFIGS
+from mamlpp.studies.bench_configs import CONFIGS, BenchOptions
+
+DEFAULT = BenchOptions()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--configs",
-        default="omniglot-20w1s",
+        default=",".join(DEFAULT.configs),
         help=f"comma-separated, or 'all'; known: {', '.join(CONFIGS)}",
     )
     parser.add_argument(
         "--device",
-        default="auto",
+        default=DEFAULT.device,
         help="auto (CUDA when available), cpu or cuda",
     )
     parser.add_argument(
         "--paths",
-        default="batched,loop",
+        default=",".join(DEFAULT.paths),
         help="comma-separated: batched, batched-ckpt, vmap, loop, and on CUDA graph (batched "
         "inside a CUDA graph), graph-loop, graph-vmap",
     )
     parser.add_argument(
-        "--modes", default="fp32", help="comma-separated: fp32, tf32 (CUDA only), bf16"
+        "--modes",
+        default=",".join(DEFAULT.modes),
+        help="comma-separated: fp32, tf32 (CUDA only), bf16",
     )
     parser.add_argument(
-        "--iters", type=int, default=20, help="timed meta-iterations per path (median reported)"
+        "--iters",
+        type=int,
+        default=DEFAULT.iters,
+        help="timed meta-iterations per path (median reported)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed meta-iterations before timing"
+        "--warmup",
+        type=int,
+        default=DEFAULT.warmup,
+        help="untimed meta-iterations before timing",
     )
     parser.add_argument(
         "--no-grad-check",
@@ -46,25 +57,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory-sweep",
         metavar="CONFIG",
-        default=None,
+        default=DEFAULT.memory_sweep,
         help="peak memory over steps x tasks for one config (CUDA)",
     )
     parser.add_argument(
         "--eval-tasks",
         type=int,
-        default=0,
+        default=DEFAULT.eval_tasks,
         help="also time the evaluation of this many tasks of --eval-config",
     )
     parser.add_argument(
         "--eval-config",
-        default="omniglot-20w1s",
+        default=DEFAULT.eval_config,
         choices=sorted(CONFIGS),
         metavar="CONFIG",
         help="a --configs name: the config whose evaluation --eval-tasks times (default: "
         "%(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--json", metavar="FILE", default=None, help="write the report here")
+    parser.add_argument("--threads", type=int, default=DEFAULT.threads, help="torch CPU threads")
+    parser.add_argument(
+        "--json", metavar="FILE", default=DEFAULT.json, help="write the report here"
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -72,10 +85,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def options_from(args: argparse.Namespace) -> BenchOptions:
+    """The parsed command line as the benchmark's options (lists split at commas; ``--configs
+    all``: every config)."""
+    configs = tuple(CONFIGS) if args.configs == "all" else tuple(args.configs.split(","))
+    return BenchOptions(
+        configs=configs,
+        device=args.device,
+        paths=tuple(args.paths.split(",")),
+        modes=tuple(args.modes.split(",")),
+        iters=args.iters,
+        warmup=args.warmup,
+        grad_check=args.grad_check,
+        memory=args.memory,
+        memory_sweep=args.memory_sweep,
+        eval_tasks=args.eval_tasks,
+        eval_config=args.eval_config,
+        threads=args.threads,
+        json=args.json,
+        dry_run=args.dry_run,
+    )
+
+
 def _bench(args: argparse.Namespace) -> int:
     from mamlpp.studies.bench import main
 
-    return main(args)
+    return main(options_from(args))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

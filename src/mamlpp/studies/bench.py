@@ -9,12 +9,13 @@ measured in the same run and the ratio of the two, and peak memory. Optional: pr
 bf16 autocast) with the relative error of their meta-gradients against the float32 loop path,
 activation checkpointing, a memory sweep over steps x tasks, and the time to evaluate 600 tasks.
 Output: JSON plus a short table. ``mamlpp bench`` and ``benchmarks/meta_step.py`` both run
-:func:`main`.
+:func:`main`; :func:`run` measures and returns the report, for any caller with a
+:class:`~mamlpp.studies.bench_configs.BenchOptions`.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import copy
 import json
 import math
@@ -24,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -39,7 +40,7 @@ from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import Conv4, conv4_sequential
 from mamlpp.nn.resnet12 import ResNet12, resnet12_widths
-from mamlpp.studies.bench_configs import CONFIGS, PAPER_REFERENCE, BenchConfig
+from mamlpp.studies.bench_configs import CONFIGS, PAPER_REFERENCE, BenchConfig, BenchOptions
 from mamlpp.util.atomic import atomic_write
 
 
@@ -323,30 +324,49 @@ def _execution_of(path: str) -> str:
 MODES = PRECISIONS  # bench modes are the step runner's precisions
 
 
-def _plan(args: argparse.Namespace):
-    """Validate the arguments: device, configs, paths and modes (one-line errors)."""
+def _plan(options: BenchOptions):
+    """Validate the options: device, configs, paths and modes (one-line errors)."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
+    device = torch.device(auto if options.device == "auto" else options.device)
+    if device.type == "cuda" and not torch.cuda.is_available() and not options.dry_run:
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+    names = list(options.configs)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise ConfigError(f"unknown benchmark config(s) {unknown}; known: {sorted(CONFIGS)}")
-    paths, modes = args.paths.split(","), args.modes.split(",")
+    paths, modes = list(options.paths), list(options.modes)
     if bad := [p for p in paths if p not in PATHS]:
         raise ConfigError(f"unknown path(s) {bad}; known: {list(PATHS)}")
     if bad := [m for m in modes if m not in MODES]:
         raise ConfigError(f"unknown mode(s) {bad}; known: {list(MODES)}")
-    if args.memory_sweep and args.memory_sweep not in CONFIGS:
-        raise ConfigError(f"unknown --memory-sweep config {args.memory_sweep!r}")
-    if args.iters < 1 or args.warmup < 0:
+    if options.memory_sweep and options.memory_sweep not in CONFIGS:
+        raise ConfigError(f"unknown --memory-sweep config {options.memory_sweep!r}")
+    if options.iters < 1 or options.warmup < 0:
         raise ConfigError("--iters must be >= 1 and --warmup >= 0")
     return device, names, paths, modes
 
 
-def run(args: argparse.Namespace) -> dict:
-    device, names, paths, modes = _plan(args)
+@contextlib.contextmanager
+def _keeping_float_flags() -> Iterator[None]:
+    """PyTorch's global float flags (TF32 matmuls and convolutions, cuDNN autotuning) left as
+    the caller set them, whatever the measured paths and modes do to them meanwhile."""
+    flags = (
+        (torch.backends.cuda.matmul, "allow_tf32"),
+        (torch.backends.cudnn, "allow_tf32"),
+        (torch.backends.cudnn, "benchmark"),
+    )
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(flags, saved, strict=True):
+            setattr(owner, name, value)
+
+
+@_keeping_float_flags()
+def run(options: BenchOptions) -> dict:
+    """Measure what ``options`` asks for; the report as a JSON-ready dict."""
+    device, names, paths, modes = _plan(options)
     if device.type != "cuda":
         paths = [p for p in paths if not p.startswith("graph")]
     peak_rate = matmul_rate(device)
@@ -364,7 +384,7 @@ def run(args: argparse.Namespace) -> dict:
         learner, batch = build_problem(config, device)
         flops = count_flops(learner, batch)
         reference64 = None
-        if args.grad_check:
+        if options.grad_check:
             # Second-order meta-gradients can be ill-conditioned in float32 (the float32 loop
             # path itself may be off by percents), so every path and precision is compared with
             # the float64 loop path.
@@ -383,7 +403,9 @@ def run(args: argparse.Namespace) -> dict:
                 key = f"{path}/{mode}"
                 print(f"[bench] {name} {key} ...", file=sys.stderr, flush=True)
                 learner, batch = build_problem(config, device)
-                timing = time_path(learner, batch, path, mode, args.iters, args.warmup, device)
+                timing = time_path(
+                    learner, batch, path, mode, options.iters, options.warmup, device
+                )
                 timing["tflops"] = flops / timing["median_s"] / 1e12
                 timing["fraction_of_matmul"] = flops / timing["median_s"] / peak_rate
                 if reference64 is not None:
@@ -396,22 +418,20 @@ def run(args: argparse.Namespace) -> dict:
         for timing in entry["paths"].values():
             if loop is not None:  # > 1: faster than the per-task loop (the reference's shape)
                 timing["speedup_vs_loop"] = loop["median_s"] / timing["median_s"]
-        if args.memory:
+        if options.memory:
             measured: tuple[str, ...] = ("batched", "batched-ckpt", "loop")
             if device.type == "cuda":
                 measured = ("graph", *measured)  # what training runs, against the reference's
             entry["peak_memory_gb"] = {p: peak_memory(config, p, device) for p in measured}
         report["results"].append(entry)
-    if args.memory_sweep:
-        report["memory_sweep"] = memory_sweep(CONFIGS[args.memory_sweep], device)
-    if args.eval_tasks:
+    if options.memory_sweep:
+        report["memory_sweep"] = memory_sweep(CONFIGS[options.memory_sweep], device)
+    if options.eval_tasks:
         report["evaluation_s"] = {
-            "config": args.eval_config,
-            "tasks": args.eval_tasks,
-            "seconds": evaluation_time(CONFIGS[args.eval_config], device, args.eval_tasks),
+            "config": options.eval_config,
+            "tasks": options.eval_tasks,
+            "seconds": evaluation_time(CONFIGS[options.eval_config], device, options.eval_tasks),
         }
-    # Restore PyTorch's default precision settings.
-    torch.backends.cuda.matmul.allow_tf32 = False
     report["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     return report
 
@@ -464,20 +484,21 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    device, names, paths, modes = _plan(args)
-    if args.dry_run:
+def main(options: BenchOptions) -> int:
+    """``mamlpp bench``: the plan (``dry_run``), or the measurement as a table (and JSON)."""
+    device, names, paths, modes = _plan(options)
+    if options.dry_run:
         print(
             f"plan: device {device}, configs {names}, paths {paths}, modes {modes}, "
-            f"{args.iters} iterations after {args.warmup} warm-up"
+            f"{options.iters} iterations after {options.warmup} warm-up"
         )
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = run(args)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    report = run(options)
     text = json.dumps(report, indent=2)
-    if args.json:
-        with atomic_write(args.json, "w", encoding="utf-8") as f:
+    if options.json:
+        with atomic_write(options.json, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     print(format_table(report))
     return 0

@@ -1,6 +1,6 @@
 """The benchmark problems of ``mamlpp bench``: the paper's four shapes, the generic path on the
-same networks, ResNet-12, first-order variants and tiny CI problems (no torch needed to list
-them, so ``mamlpp bench --help`` stays light)."""
+same networks, ResNet-12, first-order variants and tiny CI problems; and the options of one run
+(no torch needed for either, so ``mamlpp bench --help`` stays light)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,27 @@ PAPER_REFERENCE = {
     "mini-imagenet-5w1s": (0.121, 5.5),
     "mini-imagenet-5w5s": (0.137, 7.4),
 }
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What one run of :func:`mamlpp.studies.bench.run` measures; ``mamlpp bench`` builds it
+    from its command line, whose defaults are these. Names are checked by the run (one-line
+    errors)."""
+
+    configs: tuple[str, ...] = ("omniglot-20w1s",)  # names in CONFIGS
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
+    # Execution paths (mamlpp.studies.bench.PATHS; the "graph" ones on CUDA only) and
+    # precision modes ("fp32", "tf32" on CUDA only, "bf16"), each measured against each.
+    paths: tuple[str, ...] = ("batched", "loop")
+    modes: tuple[str, ...] = ("fp32",)
+    iters: int = 20  # timed meta-iterations per path and mode (the median is reported)
+    warmup: int = 3  # untimed meta-iterations before timing
+    grad_check: bool = True  # each path's meta-gradients against the float64 loop path
+    memory: bool = False  # peak memory per path (CPU: in fresh processes)
+    memory_sweep: str | None = None  # a config: peak memory over steps x tasks (CUDA)
+    eval_tasks: int = 0  # also time the evaluation of this many tasks of eval_config
+    eval_config: str = "omniglot-20w1s"
+    threads: int | None = None  # torch CPU threads (set by mamlpp.studies.bench.main)
+    json: str | None = None  # the file main writes the report to
+    dry_run: bool = False  # main checks the options and prints the plan, measuring nothing

@@ -8,8 +8,14 @@ ensemble scored by ``mamlpp evaluate --split val`` on 600 fixed validation tasks
 test accuracy. ``mamlpp train`` runs of the chosen preset (one per seed, timed from the command
 line) and runs of a family of settings at other budgets (``NAME@SECONDS`` folders) complete the
 study. :func:`collect` reads the folders into one JSON-ready dict; :func:`render` and
-:func:`plot` draw ``results.md`` and the chart from that dict alone, so the publishing tool can
-redraw them without the run folders.
+:func:`plot` draw ``results.md`` and the charts from that dict alone, so the publishing tool
+(``tools/publish_results.py``, which loads this file by its path) can redraw them without the
+run folders.
+
+Not part of the library: it serves this one study, whose conditions its text states as facts
+(a 2-core CPU, the top-3 ensemble, the reference being the previous ``quickstart``). A study
+under other conditions needs its own text. ``benchmarks/quickstart_budget.py`` runs the study
+and calls :func:`collect` and :func:`write`.
 """
 
 from __future__ import annotations
@@ -490,12 +496,15 @@ def redraw(folder: Path) -> list[Path]:
     return write(results, folder)
 
 
-def summary_lines(results: dict[str, Any], link: str) -> list[str]:
-    """A few lines for the README's results section: the chosen settings, the seeds' mean
-    test accuracy and the reference at the same budget; ``link`` points at results.md."""
+def section_lines(name: str, results: dict[str, Any], link: str) -> list[str]:
+    """The study's subsection of the README's results section (``name``: its folder in
+    docs/results): a heading, the chosen settings, the seeds' mean test accuracy and the
+    reference at the same budget; ``link`` points at results.md."""
     by_name = {c["name"]: c for c in results["candidates"]}
     chosen, ref = by_name[results["chosen"]], by_name[results["reference"]]
     lines = [
+        f"### {name}: the quickstart's settings",
+        "",
         f"Omniglot 5-way 1-shot MAML++ with {duration(results['budget_s'])} for training and "
         f"validation on a 2-core CPU, settings chosen by validation accuracy among "
         f"{len(_at_budget(results))} "
