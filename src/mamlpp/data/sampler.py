@@ -165,14 +165,13 @@ class EpisodeSampler:
         self._scale = (1.0 / (255.0 * std)).view(channels, 1).to(self.device)
         self._shift = (-mean / std).view(channels, 1).to(self.device)
         self._image_shape = (channels, height, width)
-        if within_group:
-            assert split.class_groups is not None  # checked above
-            self._class_groups = on_device.class_groups
-            sizes = torch.bincount(split.class_groups, minlength=len(split.group_names))
-            self._eligible_groups = (sizes >= self.ways).to(self.device)  # bool [G]
-        if distinct_sources:
-            assert split.image_sources is not None  # checked above
-            self._image_sources = on_device.image_sources
+        # Fine-grained episodes (checked by _check_fine_grained): the group of each class
+        # [classes], the groups with >= N classes (bool [G]), the source of each image [M].
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._class_groups = empty if on_device.class_groups is None else on_device.class_groups
+        sizes = torch.bincount(self._class_groups, minlength=len(split.group_names))
+        self._eligible_groups = sizes >= self.ways
+        self._image_sources = empty if on_device.image_sources is None else on_device.image_sources
         labels = torch.arange(self.ways, device=self.device)
         self._support_y = labels.repeat_interleave(self.shots)  # [N*K]
         self._query_y = labels.repeat_interleave(self.targets)  # [N*T]
