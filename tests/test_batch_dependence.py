@@ -13,7 +13,7 @@ from test_serve_api import form, held_out_characters, make_task, train_tiny_run
 
 import mamlpp
 from mamlpp.cli.main import main
-from mamlpp.run.predictor import _with_bn_mode
+from mamlpp.run.predictor import with_bn_mode
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_one_transductive_query_uses_the_support_statistics(run_dir: Path, task)
     # Exactly the support-statistics model's answer, not a batch of one normalising itself.
     sx, sy, _, _ = predictor.prepare_support(support)
     qx = predictor.prepare_query(images[:1])
-    support_mode = _with_bn_mode(predictor.members[0], "support")
+    support_mode = with_bn_mode(predictor.members[0], "support")
     expected = torch.softmax(support_mode.adapt_and_predict(sx, sy, qx).float(), -1)
     assert torch.allclose(alone.probabilities, expected, atol=1e-6)  # threads may differ
     batch_of_one = torch.softmax(predictor.members[0].adapt_and_predict(sx, sy, qx).float(), -1)

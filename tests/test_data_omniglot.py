@@ -380,4 +380,4 @@ def test_load_dataset_finds_omniglot_in_data_dir(shared_dir, cache_dir, arrays, 
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         load_dataset("cifar", tmp_path)
     with pytest.raises(DataError, match="unknown Omniglot split"):
-        load_omniglot(shared_dir / "data" / "omniglot", split="lake", cache_dir=cache_dir)
+        load_omniglot(shared_dir / "data" / "omniglot", split="lakes", cache_dir=cache_dir)

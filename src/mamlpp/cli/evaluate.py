@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score the run on data other than its own (refused otherwise); the result goes to "
         "eval-<split>-top<k>-<tasks>-otherdata-<fingerprint>.json and says so",
     )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="predict each query image on its own, normalised with the support set's batch-norm "
+        "statistics (what mamlpp adapt and serve do for one image; the same as the batch for a "
+        "bn_mode=support run); the result goes to eval-<split>-top<k>-<tasks>-single.json",
+    )
     add_data_options(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -41,11 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from mamlpp.data import EpisodeSampler
     from mamlpp.run.build import build_learner, resolve_device
     from mamlpp.run.data_record import check_members, data_record, evaluation_data, run_record
     from mamlpp.run.datasource import load_splits
+    from mamlpp.run.episodes import episode_sampler
     from mamlpp.run.evaluate import evaluate, member_from_state, task_fingerprint
+    from mamlpp.run.predictor import with_bn_mode
     from mamlpp.run.run_dir import (
         RunCheckpoints,
         read_json,
@@ -75,7 +83,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     record = data_record(d.dataset, splits)
     split = splits[args.split]
     seed = e.test_seed if args.split == "test" else e.val_seed
-    sampler = EpisodeSampler(split, d.ways, d.shots, d.targets, seed, device)
+    sampler = episode_sampler(config, split, args.split, seed, device)
     fingerprint = task_fingerprint(sampler, tasks)
     summary = read_json(run.summary) or {}
     comparable = args.split == "test" and summary.get("test_tasks") == tasks
@@ -84,6 +92,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     own, notes = evaluation_data(run, run_data, record, task_check, args.allow_other_data)
     template = build_learner(config, split.image_shape[0], device)
     members = [member_from_state(template, m.state["model"], m.path, device) for m in ensemble]
+    if args.one_at_a_time:
+        # Support-set statistics make each query's logits depend on it and the support alone:
+        # one image at a time, computed for all queries in one batched call.
+        members = [with_bn_mode(member, "support") for member in members]
     names = [m.path.name for m in ensemble]
     del ensemble, newest  # the checkpoints' optimiser states are not needed any more
     threads = torch.get_num_threads()
@@ -97,10 +109,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if len(names) < top_k:
         print(f"note: only {plural(len(names), 'checkpoint')} kept in {run.checkpoints}")
-    print(f"{args.split}: {result.describe()} [{', '.join(names)}]")
+    how = " (one query image at a time)" if args.one_at_a_time else ""
+    print(f"{args.split}{how}: {result.describe()} [{', '.join(names)}]")
     # Scores on other data never replace the run's own: they get a name of their own.
     other = f"-otherdata-{record['fingerprint'][:8]}" if own is False else ""
-    out = run.root / f"eval-{args.split}-top{top_k}-{tasks}{other}.json"
+    single = "-single" if args.one_at_a_time else ""
+    out = run.root / f"eval-{args.split}-top{top_k}-{tasks}{single}{other}.json"
     write_json(
         out,
         {
@@ -109,6 +123,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "ci95": result.ci95,
             "loss": result.loss,
             "num_tasks": result.num_tasks,
+            "one_at_a_time": bool(args.one_at_a_time),
             "ensemble_size": result.ensemble_size,
             "checkpoints": names,
             "per_task_accuracies": result.per_task_accuracies,

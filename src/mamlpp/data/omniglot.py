@@ -52,6 +52,9 @@ class OmniglotArrays:
     image_class: np.ndarray  # int64 [32460], class-major, drawers in file-name order
     class_names: list[str]  # sorted "Alphabet/characterNN"
     cache_path: Path
+    # bool [1623]: the character comes from images_evaluation (Lake's 20 evaluation alphabets),
+    # else from images_background (the 30 background alphabets).
+    evaluation: np.ndarray
 
 
 def find_omniglot(root: str | os.PathLike[str] | None = None) -> Path | None:
@@ -160,7 +163,7 @@ def prepare_omniglot(
     cached = _read_cache(cache_path, image_size)
     if cached is not None:
         return cached
-    images, image_class, class_names = _decode_all(root, image_size, progress)
+    images, image_class, class_names, evaluation = _decode_all(root, image_size, progress)
     meta = {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
     try:
         make_dirs(cache_path.parent)
@@ -170,12 +173,13 @@ def prepare_omniglot(
                 packed=np.packbits(images > 127),  # 1 bit per pixel: 1 = background
                 image_class=image_class.astype(np.int16),
                 class_names=np.array(class_names),
+                evaluation=evaluation,
                 meta=np.array(json.dumps(meta)),
             )
     except (DataError, OSError) as error:
         # The data itself is fine; only later loads lose their speed-up.
         warnings.warn(f"could not write the Omniglot cache {cache_path}: {error}", stacklevel=2)
-    return OmniglotArrays(images, image_class, class_names, cache_path)
+    return OmniglotArrays(images, image_class, class_names, cache_path, evaluation)
 
 
 def _read_cache(path: Path, image_size: int) -> OmniglotArrays | None:
@@ -186,6 +190,8 @@ def _read_cache(path: Path, image_size: int) -> OmniglotArrays | None:
             meta = json.loads(str(data["meta"]))
             class_names = [str(name) for name in data["class_names"]]
             image_class = data["image_class"].astype(np.int64)
+            # A cache written before the subsets were recorded lacks it: rebuilt (KeyError).
+            evaluation = data["evaluation"].astype(bool)
             count = image_class.shape[0]
             bits = np.unpackbits(data["packed"], count=count * image_size * image_size)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
@@ -193,7 +199,7 @@ def _read_cache(path: Path, image_size: int) -> OmniglotArrays | None:
     if meta.get("version") != CACHE_VERSION or meta.get("image_size") != image_size:
         return None
     images = (bits.reshape(count, image_size, image_size) * np.uint8(255)).astype(np.uint8)
-    return OmniglotArrays(images, image_class, class_names, path)
+    return OmniglotArrays(images, image_class, class_names, path, evaluation)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -257,10 +263,13 @@ def _decode_all(root: Path, image_size: int, progress: bool):
 
 def _decode_all_open(root: Path, image_size: int, progress: bool, stack: contextlib.ExitStack):
     entries: list[tuple[str, str, PngHandle]] = []
+    evaluation_classes: set[str] = set()
     for subset, expected in SUBSETS.items():
         location = _subset_location(root, subset)
         assert location is not None
         found = _list_pngs(location, subset, stack)
+        if subset == "images_evaluation":
+            evaluation_classes.update(class_name for class_name, _, _ in found)
         per_class: dict[str, int] = {}
         for class_name, _, _ in found:
             per_class[class_name] = per_class.get(class_name, 0) + 1
@@ -280,6 +289,7 @@ def _decode_all_open(root: Path, image_size: int, progress: bool, stack: context
     class_names = sorted({class_name for class_name, _, _ in entries})
     if len(class_names) != sum(SUBSETS.values()):
         raise DataError(f"{root}: character names repeat across subsets")
+    evaluation = np.isin(class_names, sorted(evaluation_classes))
     index = {name: i for i, name in enumerate(class_names)}
     # Class-major order, drawers sorted by file name (XXXX_01 .. XXXX_20).
     entries.sort(key=lambda entry: (index[entry[0]], entry[1]))
@@ -294,7 +304,7 @@ def _decode_all_open(root: Path, image_size: int, progress: bool, stack: context
     finally:
         bar.close()
     image_class = np.array([index[entry[0]] for entry in entries], dtype=np.int64)
-    return images, image_class, class_names
+    return images, image_class, class_names, evaluation
 
 
 # ----------------------------------------------------------------------------- splits
@@ -314,6 +324,14 @@ def load_omniglot(
     ``split="mamlpp"``: the MAML++ reference split of characters (1150/50/423, seed0 files;
     ``split_seed=985773`` gives the split the reference code actually draws), train episodes
     rotated per class. ``split="vinyals"``: 1028/172/423 characters x 4 rotations as classes.
+    ``split="lake"``: Lake et al.'s one-shot challenge: train on the 30 background alphabets
+    less :data:`LAKE_VAL_ALPHABETS` held out for validation, test on the 20 evaluation
+    alphabets (nothing rotated; :func:`lake_alphabets`).
+
+    Every split records each character's alphabet (``class_groups``) and each image's drawer
+    (``image_sources``: the position of ``XXXX_DD.png`` among the character's 20 files), for
+    within-alphabet, drawer-disjoint episodes (``EpisodeSampler(within_group=True,
+    distinct_sources=True)``).
     """
     arrays = prepare_omniglot(source, cache_dir, image_size, progress)
     images = torch.from_numpy(arrays.images).unsqueeze(1)  # uint8 [M, 1, S, S]
@@ -341,6 +359,20 @@ def load_omniglot(
             )
             for name in SPLIT_NAMES
         }
+    if split == "lake":
+        names = lake_split(arrays.class_names, arrays.evaluation)
+        return {
+            name: _make_split(
+                name,
+                images,
+                table,
+                [(index[c], 0) for c in names[name]],
+                names[name],
+                rotate=False,
+                meta={**meta, "dataset": "omniglot (Lake's one-shot challenge)"},
+            )
+            for name in SPLIT_NAMES
+        }
     if split == "vinyals":
         result = {}
         for name, entries in vinyals_split().items():
@@ -356,7 +388,44 @@ def load_omniglot(
                 name, images, table, classes, labels, rotate=False, meta=meta
             )
         return result
-    raise DataError(f"unknown Omniglot split {split!r} (choose 'mamlpp' or 'vinyals')")
+    raise DataError(f"unknown Omniglot split {split!r} (choose 'mamlpp', 'vinyals' or 'lake')")
+
+
+# Background alphabets held out of Lake-protocol training, for validation (choices of settings
+# are made on them; the 20 evaluation alphabets are only ever tested on).
+LAKE_VAL_ALPHABETS = 5
+LAKE_VAL_SEED = 0
+
+
+def alphabet_of(class_name: str) -> str:
+    """``"Alphabet/characterNN[/rotDDD]"`` -> ``"Alphabet"``."""
+    return class_name.split("/", 1)[0]
+
+
+def lake_alphabets(class_names: list[str], evaluation: np.ndarray) -> dict[str, list[str]]:
+    """Alphabets per split of the Lake protocol: the background alphabets sorted and shuffled
+    with ``RandomState(LAKE_VAL_SEED)``, the first ``LAKE_VAL_ALPHABETS`` of them val, the rest
+    train; test = the evaluation alphabets (sorted)."""
+    background = sorted(
+        {alphabet_of(c) for c, e in zip(class_names, evaluation, strict=True) if not e}
+    )
+    held_out = set(
+        np.random.RandomState(LAKE_VAL_SEED).permutation(background)[:LAKE_VAL_ALPHABETS].tolist()
+    )
+    return {
+        "train": [a for a in background if a not in held_out],
+        "val": [a for a in background if a in held_out],
+        "test": sorted({alphabet_of(c) for c, e in zip(class_names, evaluation, strict=True) if e}),
+    }
+
+
+def lake_split(class_names: list[str], evaluation: np.ndarray) -> dict[str, list[str]]:
+    """Characters per split of the Lake protocol (sorted), see :func:`lake_alphabets`."""
+    alphabets = lake_alphabets(class_names, evaluation)
+    return {
+        name: [c for c in sorted(class_names) if alphabet_of(c) in set(alphabets[name])]
+        for name in SPLIT_NAMES
+    }
 
 
 def _make_split(
@@ -380,6 +449,8 @@ def _make_split(
         if mask.any():
             out[mask] = torch.rot90(out[mask], k, dims=(-2, -1))
     n, width = rows.shape
+    alphabets = sorted({alphabet_of(c) for c in class_names})
+    group_id = {a: g for g, a in enumerate(alphabets)}
     return FewShotSplit(
         name=name,
         images=out.contiguous(),
@@ -390,4 +461,8 @@ def _make_split(
         std=OMNIGLOT_STD,
         rotate=rotate,
         meta=dict(meta),
+        class_groups=torch.tensor([group_id[alphabet_of(c)] for c in class_names]),
+        group_names=tuple(alphabets),
+        # Images are class-major with the drawers in file-name order: drawer = column.
+        image_sources=torch.arange(width, dtype=torch.int64).repeat(n),
     )

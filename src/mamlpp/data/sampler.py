@@ -11,6 +11,14 @@ Per task (N ways, K shots, T targets):
   images    = per class, the K+T images with the largest keys: first K support, last T target
               (distinct, hence disjoint)
   rotation  = per class k*90 degrees, k = key & 3, only when ``split.rotate`` (reference train)
+
+Fine-grained episodes (Lake et al.'s Omniglot one-shot protocol, any split with groups):
+  within_group     = one group is drawn first (uniformly among the groups with at least N
+                     classes), then the N classes with the largest keys inside it
+  distinct_sources = the T query images of a class are the largest-key images whose source
+                     (the drawer, for Omniglot) is none of its K support images' sources
+  augment          = every image its own random affine distortion (:mod:`mamlpp.data.augment`),
+                     drawn from the same counter-based stream
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from mamlpp.data.augment import UNIFORMS_PER_IMAGE, Augment, distort, draw_affine
 from mamlpp.data.structures import Device, FewShotSplit, TaskBatch
 from mamlpp.errors import DataError
 
@@ -30,6 +39,7 @@ _MUL_A = 0x7FEB352D
 _MUL_B = 0x5851F42D
 _WEYL = 0x61C88647  # 2**32 - golden ratio constant: spreads consecutive counters apart
 _STREAM_CLASSES, _STREAM_IMAGES, _STREAM_ROTATIONS = 0x1B873593, 0x2C1B3C6D, 0x3A8F05C5
+_STREAM_GROUPS, _STREAM_AUGMENT = 0x4E67C6A7, 0x5D588B65
 _CPU_CHUNK = 32  # tasks per internal step on CPU (see EpisodeSampler.sample)
 
 
@@ -103,6 +113,10 @@ class EpisodeSampler:
         seed: int = 0,
         device: Device = None,
         rotate: bool | None = None,
+        *,
+        within_group: bool = False,
+        distinct_sources: bool = False,
+        augment: Augment | None = None,
     ) -> None:
         for label, value in (("ways", ways), ("shots", shots), ("targets", targets)):
             if int(value) != value or value < 1:
@@ -119,8 +133,13 @@ class EpisodeSampler:
                 f"per class but class {split.class_names[smallest]!r} of the "
                 f"{split.name} split has only {int(split.class_counts[smallest])}"
             )
+        _check_fine_grained(
+            split, int(ways), int(shots), int(targets), within_group, distinct_sources
+        )
         self.split = split
         self.ways, self.shots, self.targets, self.seed = int(ways), int(shots), int(targets), seed
+        self.within_group, self.distinct_sources = within_group, distinct_sources
+        self.augment = augment if augment is not None and augment.active else None
         self.rotate = split.rotate if rotate is None else rotate
         self.device = torch.device(device) if device is not None else split.device
         on_device = split.to(self.device)
@@ -146,6 +165,13 @@ class EpisodeSampler:
         self._scale = (1.0 / (255.0 * std)).view(channels, 1).to(self.device)
         self._shift = (-mean / std).view(channels, 1).to(self.device)
         self._image_shape = (channels, height, width)
+        # Fine-grained episodes (checked by _check_fine_grained): the group of each class
+        # [classes], the groups with >= N classes (bool [G]), the source of each image [M].
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._class_groups = empty if on_device.class_groups is None else on_device.class_groups
+        sizes = torch.bincount(self._class_groups, minlength=len(split.group_names))
+        self._eligible_groups = sizes >= self.ways
+        self._image_sources = empty if on_device.image_sources is None else on_device.image_sources
         labels = torch.arange(self.ways, device=self.device)
         self._support_y = labels.repeat_interleave(self.shots)  # [N*K]
         self._query_y = labels.repeat_interleave(self.targets)  # [N*T]
@@ -154,6 +180,9 @@ class EpisodeSampler:
         return (
             f"EpisodeSampler({self.split.name}, {self.ways}-way {self.shots}-shot, "
             f"{self.targets} targets, seed={self.seed}, rotate={self.rotate}, "
+            f"{'within_group=True, ' if self.within_group else ''}"
+            f"{'distinct_sources=True, ' if self.distinct_sources else ''}"
+            f"{f'augment={self.augment}, ' if self.augment else ''}"
             f"device={self.device})"
         )
 
@@ -171,7 +200,16 @@ class EpisodeSampler:
         keys = task_keys(self.seed, ids)  # [B]
         num_classes, n, picks = self.split.num_classes, self.ways, self.shots + self.targets
         class_counter = torch.arange(num_classes, device=self.device)
-        classes = _top_positions(_random32(keys, _STREAM_CLASSES, class_counter), n)  # [B, N]
+        class_keys = _random32(keys, _STREAM_CLASSES, class_counter)  # [B, classes]
+        if self.within_group:
+            # One group per task, uniform among those with >= N classes; the others' classes
+            # never win (keys -1 < every 32-bit key).
+            groups = self._eligible_groups.numel()
+            group_keys = _random32(keys, _STREAM_GROUPS, torch.arange(groups, device=self.device))
+            group_keys = torch.where(self._eligible_groups, group_keys, -1)
+            group = _top_positions(group_keys, 1)  # [B, 1]
+            class_keys = torch.where(self._class_groups == group, class_keys, -1)
+        classes = _top_positions(class_keys, n)  # [B, N]
 
         # Keys per (class slot, image position); positions past a class's count never win.
         slot_counter = torch.arange(n * self._width, device=self.device).view(n, self._width)
@@ -181,7 +219,10 @@ class EpisodeSampler:
                 torch.arange(self._width, device=self.device) < self._class_counts[classes, None]
             )
             image_keys = torch.where(valid, image_keys, -1)
-        positions = _top_positions(image_keys, picks)  # [B, N, K+T]
+        if self.distinct_sources:
+            positions = self._source_disjoint_positions(classes, image_keys)  # [B, N, K+T]
+        else:
+            positions = _top_positions(image_keys, picks)  # [B, N, K+T]
         images = self._class_images[classes.unsqueeze(-1), positions]  # [B, N, K+T]
 
         if self.rotate:
@@ -190,6 +231,19 @@ class EpisodeSampler:
         else:
             rotations = torch.zeros_like(classes)
         return Episodes(classes, images, rotations)
+
+    def _source_disjoint_positions(
+        self, classes: torch.Tensor, image_keys: torch.Tensor
+    ) -> torch.Tensor:
+        """Support: the K largest keys; query: the T largest among the images of the class whose
+        source is none of the support's. ``image_keys [B, N, P]`` -> positions ``[B, N, K+T]``."""
+        support = _top_positions(image_keys.clone(), self.shots)  # [B, N, K]
+        rows = self._class_images[classes]  # [B, N, P] image ids (padding clamped to 0)
+        sources = self._image_sources[rows]  # [B, N, P]
+        support_sources = sources.gather(-1, support)  # [B, N, K]
+        taken = (sources.unsqueeze(-1) == support_sources.unsqueeze(-2)).any(-1)  # [B, N, P]
+        query = _top_positions(torch.where(taken, -1, image_keys), self.targets)  # [B, N, T]
+        return torch.cat([support, query], dim=-1)
 
     def sample(self, task_ids: Sequence[int] | torch.Tensor) -> TaskBatch:
         """The float32 batch for ``task_ids`` (shapes in :class:`TaskBatch`)."""
@@ -217,12 +271,31 @@ class EpisodeSampler:
                 rows = rows + episodes.rotations.unsqueeze(-1) * self._num_images  # bank offset
             self._pixels_into(rows[:, :, : self.shots], support[part])
             self._pixels_into(rows[:, :, self.shots :], query[part])
+            if self.augment is not None:
+                self._distort(task_keys(self.seed, ids[part]), support[part], query[part])
         return TaskBatch(
             support_x=support,
             support_y=self._support_y.expand(batch, -1).clone(),
             query_x=query,
             query_y=self._query_y.expand(batch, -1).clone(),
         )
+
+    def _distort(self, keys: torch.Tensor, support: torch.Tensor, query: torch.Tensor) -> None:
+        """Each image of the tasks of ``keys [b]`` its own affine distortion, in place.
+
+        Counter c of a task's stream belongs to image c // 5 (support first, then query), so a
+        task's distortions depend on (seed, task id) alone. Normalisation is per channel and
+        affine, and border padding repeats the edge, so distorting after normalising equals
+        normalising after distorting."""
+        assert self.augment is not None
+        n_support, n_query = support.shape[1], query.shape[1]
+        counters = torch.arange((n_support + n_query) * UNIFORMS_PER_IMAGE, device=self.device)
+        uniform = _random32(keys, _STREAM_AUGMENT, counters).to(torch.float64) / 2.0**32
+        theta = draw_affine(self.augment, uniform.view(-1, UNIFORMS_PER_IMAGE))  # [b*n, 2, 3]
+        theta = theta.to(support.dtype)
+        theta = theta.view(keys.numel(), n_support + n_query, 2, 3)
+        support.copy_(distort(support, theta[:, :n_support]))
+        query.copy_(distort(query, theta[:, n_support:]))
 
     def _pixels_into(self, rows: torch.Tensor, out: torch.Tensor) -> None:
         """Gather uint8 rows [b, N, k] of the bank; normalise into float32 out [b, N*k, C, H, W]."""
@@ -237,3 +310,44 @@ class EpisodeSampler:
         ids = self._ids(list(task_ids) if not isinstance(task_ids, torch.Tensor) else task_ids)
         for start in range(0, ids.numel(), batch_size):
             yield self.sample(ids[start : start + batch_size])
+
+
+def _check_fine_grained(
+    split: FewShotSplit,
+    ways: int,
+    shots: int,
+    targets: int,
+    within_group: bool,
+    distinct_sources: bool,
+) -> None:
+    """One-line errors for fine-grained episodes a split cannot give (before any sampling)."""
+    if within_group:
+        if split.class_groups is None:
+            raise DataError(
+                f"within-group tasks need class groups, and the {split.name} split has none "
+                "(Omniglot alphabets, or DIR/<group>/<class>/ folders)"
+            )
+        sizes = torch.bincount(split.class_groups.cpu(), minlength=len(split.group_names))
+        if int(sizes.max()) < ways:
+            raise DataError(
+                f"{ways}-way within-group tasks need a group of {ways} classes, and the largest "
+                f"group of the {split.name} split has {int(sizes.max())}"
+            )
+    if distinct_sources:
+        if split.image_sources is None:
+            raise DataError(
+                f"support and query from different sources need image sources, and the "
+                f"{split.name} split has none (Omniglot drawers, or a source per image)"
+            )
+        # Worst case per class: the K support images come from the K sources with the most
+        # images of that class; T images of other sources must remain.
+        sources = split.image_sources.cpu()
+        for c in range(split.num_classes):
+            ids = split.class_images[c, : int(split.class_counts[c])].cpu()
+            per_source = torch.bincount(sources[ids]).sort(descending=True).values
+            if int(per_source[shots:].sum()) < targets:
+                raise DataError(
+                    f"class {split.class_names[c]!r} of the {split.name} split has too few "
+                    f"sources for {shots} support and {targets} query images from different "
+                    f"sources ({int((per_source > 0).sum())} sources)"
+                )

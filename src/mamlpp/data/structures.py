@@ -31,6 +31,12 @@ class FewShotSplit:
     std: tuple[float, ...]
     rotate: bool = False  # per-class random k*90 degree rotation in episodes (Omniglot train)
     meta: dict[str, str] = field(default_factory=dict, compare=False)  # dataset, source, cache
+    # Fine-grained episodes (optional): the group of each class (an Omniglot alphabet, a
+    # DIR/<group>/<class>/ folder) and the source of each image (an Omniglot drawer, a
+    # sub-folder or file-name pattern). See EpisodeSampler(within_group=, distinct_sources=).
+    class_groups: torch.Tensor | None = None  # int64 [num_classes], ids into group_names
+    group_names: tuple[str, ...] = ()
+    image_sources: torch.Tensor | None = None  # int64 [num_images], any ids >= 0
 
     def __post_init__(self) -> None:
         # Shapes are checked once here so the sampler's hot path can trust them.
@@ -47,6 +53,19 @@ class FewShotSplit:
         channels = self.images.shape[1]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean/std need {channels} values (one per channel)")
+        groups, sources = self.class_groups, self.image_sources
+        if groups is not None and (
+            groups.shape != (num_classes,)
+            or (
+                groups.numel()
+                and not 0 <= int(groups.min()) <= int(groups.max()) < len(self.group_names)
+            )
+        ):
+            raise ValueError("class_groups must be [num_classes] ids into group_names")
+        if sources is not None and (
+            sources.shape != (self.images.shape[0],) or (sources.numel() and int(sources.min()) < 0)
+        ):
+            raise ValueError("image_sources must be [num_images] non-negative ids")
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +94,8 @@ class FewShotSplit:
             images=self.images.to(device),
             class_images=self.class_images.to(device),
             class_counts=self.class_counts.to(device),
+            class_groups=None if self.class_groups is None else self.class_groups.to(device),
+            image_sources=None if self.image_sources is None else self.image_sources.to(device),
         )
 
     def describe(self) -> str:
@@ -82,6 +103,7 @@ class FewShotSplit:
         return (
             f"{self.name}: {self.num_classes} classes, {self.num_images} images "
             f"({c}x{h}x{w}){', rotated per class' if self.rotate else ''}"
+            f"{f', {len(self.group_names)} groups' if self.class_groups is not None else ''}"
         )
 
 

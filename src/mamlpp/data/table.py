@@ -131,6 +131,8 @@ class Dataset:
     aliases: tuple[str, ...] = ()
     loader_options: Mapping[str, Any] = field(default_factory=dict)  # fixed loader arguments
     ablation: bool = False  # offered by `mamlpp ablate --dataset`
+    # Its val and test tasks are within-group and source-disjoint (data.eval_episodes="auto").
+    fine_grained_evaluation: bool = False
 
     @property
     def own_images(self) -> bool:
@@ -233,6 +235,16 @@ TABLE: dict[str, Dataset] = {
             _OMNIGLOT_IMAGES,
             loader_options={"split": "vinyals"},
             ablation=True,
+        ),
+        Dataset(
+            "omniglot-lake",
+            "Omniglot, Lake's one-shot challenge: train on 25 background alphabets, val on 5, "
+            "test within each of the 20 evaluation alphabets, support and query by other drawers",
+            "mamlpp.data.omniglot:load_omniglot",
+            _OMNIGLOT,
+            _OMNIGLOT_IMAGES,
+            loader_options={"split": "lake"},
+            fine_grained_evaluation=True,
         ),
         Dataset(
             "mini-imagenet",

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import tomli_w
 
 from mamlpp.core.config import MetaConfig, check_field, field_types
+from mamlpp.data.augment import Augment
 from mamlpp.data.table import TABLE, Dataset, did_you_mean
 from mamlpp.engine.precision import Precision
 from mamlpp.errors import ConfigError
@@ -57,6 +58,19 @@ class DataSection:
     val_fraction: float = 0.15  # flat DIR/<class>/ folders: classes held out for validation
     test_fraction: float = 0.15  # ... and for the test
     split_seed: int = 0  # ... shuffled with this seed
+    # Episodes (mamlpp.run.episodes). Training: "within-group" draws every class of a task from
+    # one group (an Omniglot alphabet, a DIR/<group>/<class>/ folder); evaluation: "auto" is the
+    # dataset's protocol (omniglot-lake: within-alphabet, drawer-disjoint; elsewhere random).
+    train_episodes: Literal["random", "within-group"] = "random"
+    eval_episodes: Literal["auto", "random", "within-group"] = "auto"
+    distinct_sources: bool = False  # a class's query images from sources its support has not
+    rotate: Literal["auto", "yes", "no"] = "auto"  # k*90 degree turns per class in training
+    # Per-image random affine distortions of training episodes (Koch et al. 2015): max degrees
+    # of rotation and shear, scale in [1 - s, 1 + s], shift as a fraction of the side. 0 = off.
+    augment_rotation: float = 0.0
+    augment_shear: float = 0.0
+    augment_scale: float = 0.0
+    augment_translate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -304,6 +318,10 @@ def validate(config: ExperimentConfig) -> None:
         size = spec.image_size
         raise ConfigError(f"{d.dataset} images are {size}x{size}; data.image_size={d.image_size}")
     _validate_folder_keys(d, entry)
+    try:
+        Augment(d.augment_rotation, d.augment_shear, d.augment_scale, d.augment_translate)
+    except ValueError as error:
+        raise ConfigError(str(error).replace("augment.", "data.augment_", 1)) from None
     if t.checkpoint_every and t.checkpoint_every % t.log_every:
         # Metrics windows must be closed at every checkpoint, or a resume would lose half a
         # window and the metrics file would differ from an uninterrupted run.

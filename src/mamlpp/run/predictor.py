@@ -130,7 +130,7 @@ class FewShotPredictor:
     def _members_for(self, queries: int) -> list[MAMLpp]:
         if self.batch_dependent and queries == 1:
             if self._single is None:  # the same weights, queries normalised with the support's
-                self._single = [_with_bn_mode(m, "support") for m in self.members]
+                self._single = [with_bn_mode(m, "support") for m in self.members]
             return self._single
         return self.members
 
@@ -309,7 +309,7 @@ class FewShotPredictor:
         return Prediction(names, probabilities, notes, self.batch_dependent_for(len(qx)))
 
 
-def _with_bn_mode(learner: MAMLpp, mode: str) -> MAMLpp:
+def with_bn_mode(learner: MAMLpp, mode: str) -> MAMLpp:
     """The same weights evaluated with another ``bn_mode`` (no parameter depends on it)."""
     other = copy.deepcopy(learner)
     other.config = learner.config.replace(bn_mode=mode)

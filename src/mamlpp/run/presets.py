@@ -104,9 +104,14 @@ CIFAR_FS = merge(
 FC100 = merge(CIFAR_FS, {"data": {"dataset": "fc100"}})
 TIERED_IMAGENET = merge(MINI_IMAGENET, {"data": {"dataset": "tiered-imagenet"}})
 
+# Lake et al.'s one-shot challenge (dataset omniglot-lake: within-alphabet, drawer-disjoint
+# 20-way 1-shot test tasks on the 20 evaluation alphabets), with the paper's Omniglot settings.
+OMNIGLOT_LAKE = merge(OMNIGLOT, {"data": {"dataset": "omniglot-lake"}})
+
 PAPER_SETTINGS = (
     ("omniglot", OMNIGLOT, ((5, 1), (5, 5), (20, 1), (20, 5))),
     ("mini-imagenet", MINI_IMAGENET, ((5, 1), (5, 5))),
+    ("omniglot-lake", OMNIGLOT_LAKE, ((20, 1),)),
 )
 BENCHMARK_SETTINGS = (
     ("cifar-fs", CIFAR_FS, ((5, 1), (5, 5))),
@@ -125,7 +130,7 @@ def _paper_presets(settings=PAPER_SETTINGS) -> dict[str, Preset]:
             presets[name] = Preset(name, tree)
             maml = merge(tree, {"meta": MAML_META})
             presets[f"{name}-maml"] = Preset(f"{name}-maml", maml)
-            if base_name != "omniglot":  # ResNet-12 is a backbone of the natural-image sets
+            if not base_name.startswith("omniglot"):  # ResNet-12: for the natural-image sets
                 resnet = merge(tree, {"model": RESNET12})
                 presets[f"{name}-resnet12"] = Preset(f"{name}-resnet12", resnet)
     return presets

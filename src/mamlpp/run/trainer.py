@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import torch
 
-from mamlpp.data import EpisodeSampler, FewShotSplit
+from mamlpp.data import FewShotSplit
 from mamlpp.engine.collectives import Distributed, check_divisible, sync_in_graph
 from mamlpp.engine.step_runner import MetaStepRunner, choose_execution
 from mamlpp.errors import ConfigError, MamlppError
@@ -38,6 +38,7 @@ from mamlpp.run.checkpoint import (
     top_k_epochs,
 )
 from mamlpp.run.data_record import data_record
+from mamlpp.run.episodes import episode_sampler
 from mamlpp.run.evaluate import EvalResult, evaluate, member_from_state
 from mamlpp.run.experiment import ExperimentConfig, check_resumable
 from mamlpp.run.lifecycle import kept_top_k
@@ -127,9 +128,9 @@ class Trainer:
         self.execution_timings: dict[str, float] = {}
         seed = config.train.seed
         self.samplers = {
-            "train": EpisodeSampler(splits["train"], d.ways, d.shots, d.targets, seed, device),
-            "val": EpisodeSampler(splits["val"], d.ways, d.shots, d.targets, e.val_seed, device),
-            "test": EpisodeSampler(splits["test"], d.ways, d.shots, d.targets, e.test_seed, device),
+            "train": episode_sampler(config, splits["train"], "train", seed, device),
+            "val": episode_sampler(config, splits["val"], "val", e.val_seed, device),
+            "test": episode_sampler(config, splits["test"], "test", e.test_seed, device),
         }
         # Position: the epoch in progress (0-based) and the next iteration within it.
         self.epoch = 0

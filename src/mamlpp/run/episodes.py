@@ -1,0 +1,75 @@
+"""The episode sampler of each split of a run, built from its configuration in one place.
+
+Training episodes follow ``data.train_episodes``, ``data.distinct_sources``, ``data.rotate`` and
+the ``data.augment_*`` ranges; evaluation episodes (val and test) are never augmented and follow
+``data.eval_episodes``, whose ``"auto"`` is the dataset's own protocol (``omniglot-lake``:
+within-alphabet tasks whose support and query images come from different drawers, as in Lake et
+al.'s one-shot challenge; random tasks elsewhere).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mamlpp.data import EpisodeSampler, FewShotSplit
+from mamlpp.data.augment import Augment
+from mamlpp.data.table import TABLE
+from mamlpp.run.experiment import DataSection, ExperimentConfig
+
+Role = Literal["train", "val", "test"]
+
+
+def training_augment(d: DataSection) -> Augment:
+    """The affine ranges of ``data.augment_*`` (inactive when all are 0)."""
+    return Augment(
+        rotation=d.augment_rotation,
+        shear=d.augment_shear,
+        scale=d.augment_scale,
+        translate=d.augment_translate,
+    )
+
+
+def fine_grained_evaluation(d: DataSection) -> bool:
+    """Whether val and test tasks are within-group and source-disjoint."""
+    if d.eval_episodes == "auto":
+        entry = TABLE.get(d.dataset)
+        return entry is not None and entry.fine_grained_evaluation
+    return d.eval_episodes == "within-group"
+
+
+def episode_sampler(
+    config: ExperimentConfig,
+    split: FewShotSplit,
+    role: Role,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> EpisodeSampler:
+    """The sampler of ``split`` in the run's ``role`` (a task: a function of (split, id, seed))."""
+    d = config.data
+    rotate = None if d.rotate == "auto" else d.rotate == "yes"
+    if role == "train":
+        return EpisodeSampler(
+            split,
+            d.ways,
+            d.shots,
+            d.targets,
+            seed,
+            device,
+            rotate,
+            within_group=d.train_episodes == "within-group",
+            distinct_sources=d.distinct_sources,
+            augment=training_augment(d),
+        )
+    fine = fine_grained_evaluation(d)
+    return EpisodeSampler(
+        split,
+        d.ways,
+        d.shots,
+        d.targets,
+        seed,
+        device,
+        within_group=fine,
+        distinct_sources=fine or d.distinct_sources,
+    )
