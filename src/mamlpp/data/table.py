@@ -244,6 +244,7 @@ TABLE: dict[str, Dataset] = {
             _OMNIGLOT,
             _OMNIGLOT_IMAGES,
             loader_options={"split": "lake"},
+            ablation=True,
             fine_grained_evaluation=True,
         ),
         Dataset(

@@ -107,6 +107,9 @@ def base_preset(dataset: str, ways: int, shots: int) -> str:
     """The MAML++ preset an ablation of ``dataset`` starts from (ways/shots are set anyway)."""
     if dataset == "synthetic":
         return "synthetic"
+    own = f"{dataset}-{ways}w{shots}s"  # a dataset with presets of its own (omniglot-lake)
+    if own in PRESETS:
+        return own
     family = "mini-imagenet" if dataset == "mini-imagenet" else "omniglot"
     exact = f"{family}-{ways}w{shots}s"
     return exact if exact in PRESETS else f"{family}-5w1s"
