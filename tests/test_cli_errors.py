@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mamlpp.run.datasource as datasource
+import mamlpp.data.sources as sources
 from mamlpp.cli.main import main
 from mamlpp.errors import DataError
 from mamlpp.run.presets import PRESETS
@@ -76,7 +76,7 @@ def test_offline_download_failure_names_the_ways_out(tmp_path: Path, capsys, mon
             "[Errno -3] Temporary failure in name resolution; cannot download https://..."
         )
 
-    monkeypatch.setattr(datasource, "download_omniglot", offline)
+    monkeypatch.setattr(sources, "download_omniglot", offline)
     empty = tmp_path / "data"
     assert main(["train", "--data-dir", str(empty), "--out", str(tmp_path / "run")]) == 1
     captured = capsys.readouterr()
@@ -92,7 +92,7 @@ def test_corrupt_download_is_reported_as_such(tmp_path: Path, capsys, monkeypatc
     def corrupt(root, progress=True, folder=None):
         raise DataError("checksum mismatch for https://x/images_background.zip: expected md5 a")
 
-    monkeypatch.setattr(datasource, "download_omniglot", corrupt)
+    monkeypatch.setattr(sources, "download_omniglot", corrupt)
     assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 1
     assert "checksum mismatch" in _error(capsys)
 

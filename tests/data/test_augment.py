@@ -9,6 +9,7 @@ import torch
 from mamlpp.data.augment import Augment, distort, draw_affine
 from mamlpp.data.sampler import EpisodeSampler
 from mamlpp.data.synthetic import make_synthetic
+from mamlpp.errors import ConfigError
 
 STRONG = Augment(rotation=15, shear=10, scale=0.15, translate=0.1)
 
@@ -101,5 +102,5 @@ def test_shear_slants_along_x_with_y():
     [{"rotation": -1}, {"shear": 90}, {"scale": 1.0}, {"translate": 2}, {"rotation": float("nan")}],
 )
 def test_impossible_ranges_are_refused(bad):
-    with pytest.raises(ValueError, match="augment"):
+    with pytest.raises(ConfigError, match=r"^augment\.\w+ must .*, got "):
         Augment(**bad)

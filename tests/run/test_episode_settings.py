@@ -70,7 +70,8 @@ def test_training_keys_reach_the_training_sampler_only():
 
 
 def test_impossible_augmentation_is_a_one_line_config_error():
-    with pytest.raises(ConfigError, match=r"^data\.augment_shear must be below 90 degrees"):
+    shear = r"^data\.augment_shear must lie in \[0\.0, 90\.0\), got 95\.0$"
+    with pytest.raises(ConfigError, match=shear):
         resolve_config("synthetic", None, ["data.augment_shear=95"])
     with pytest.raises(ConfigError, match="data.train_episodes"):
         resolve_config("synthetic", None, ["data.train_episodes=alphabet"])

@@ -16,33 +16,27 @@ does not touch its images at all (bitwise the same batches as without augmentati
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+from mamlpp.util.fields import check_fields
+
+if TYPE_CHECKING:  # torch is imported where it is used: the [data] section reads the ranges
+    import torch
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Ranges of the random affine distortion; each 0 turns that part off."""
+    """Ranges of the random affine distortion; each 0 turns that part off. The ranges are stated
+    here once (the ``data.augment_*`` keys take them from these fields)."""
 
-    rotation: float = 0.0  # max degrees either way
-    shear: float = 0.0  # max degrees either way
-    scale: float = 0.0  # scale in [1 - scale, 1 + scale]
-    translate: float = 0.0  # max shift, as a fraction of the image side, either way
+    rotation: float = field(default=0.0, metadata={"min": 0.0, "finite": True})  # max degrees
+    shear: float = field(default=0.0, metadata={"min": 0.0, "lt": 90.0})  # max degrees
+    scale: float = field(default=0.0, metadata={"min": 0.0, "lt": 1.0})  # in [1 - s, 1 + s]
+    translate: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # of the side
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "shear", "scale", "translate"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"augment.{name} must be a finite number >= 0, got {value!r}")
-        if self.shear >= 90:
-            raise ValueError(f"augment.shear must be below 90 degrees, got {self.shear}")
-        if self.scale >= 1:
-            raise ValueError(f"augment.scale must be below 1 (a positive scale), got {self.scale}")
-        if self.translate > 1:
-            raise ValueError(f"augment.translate must be at most 1, got {self.translate}")
+        check_fields(self, "augment.")  # a one-line ConfigError naming the range
 
     @property
     def active(self) -> bool:
@@ -58,6 +52,8 @@ def draw_affine(augment: Augment, uniform: torch.Tensor) -> torch.Tensor:
     ``grid_sample`` maps each OUTPUT pixel to the input point ``theta @ (x, y, 1)`` in
     normalised coordinates, so the matrix here is the inverse of the distortion the picture
     undergoes: content rotated by +angle, scaled by s and moved by +shift."""
+    import torch
+
     signed = 2.0 * uniform.to(torch.float64) - 1.0  # [n, 5] in [-1, 1)
     angle = torch.deg2rad(augment.rotation * signed[:, 0])
     shear = torch.tan(torch.deg2rad(augment.shear * signed[:, 1]))
@@ -86,6 +82,8 @@ def draw_affine(augment: Augment, uniform: torch.Tensor) -> torch.Tensor:
 def distort(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """``images [b, n, C, H, W]`` resampled through ``theta [b, n, 2, 3]`` (bilinear; outside
     the picture repeats its border, the background of a character on a blank page)."""
+    import torch.nn.functional as F
+
     b, n, c, h, w = images.shape
     flat = images.reshape(b * n, c, h, w)
     grid = _sampling_grid(theta.reshape(b * n, 2, 3), h, w)
@@ -96,6 +94,8 @@ def distort(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 def _sampling_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """What ``F.affine_grid(theta, [m, C, h, w], align_corners=False)`` returns, ``[m, h, w, 2]``,
     by broadcasting instead of m tiny matrix products (several times faster on a CPU)."""
+    import torch
+
     dtype, device = theta.dtype, theta.device
     xs = (torch.arange(w, dtype=dtype, device=device) * 2 + 1) / w - 1  # pixel centres [w]
     ys = (torch.arange(h, dtype=dtype, device=device) * 2 + 1) / h - 1  # [h]

@@ -29,7 +29,7 @@ import torch
 
 from mamlpp.data.files import data_dir
 from mamlpp.data.miniimagenet import _ArrayUnpickler, _resize_batch
-from mamlpp.data.omniglot_splits import SPLIT_NAMES, SPLITS_DIR
+from mamlpp.data.split_layout import SPLIT_NAMES, SPLITS_DIR
 from mamlpp.data.stats import CIFAR100_MEAN, CIFAR100_STD
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mamlpp.errors import DataError
@@ -24,6 +25,20 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DATA_DIR.expanduser()
+
+
+def find_in_usual_folders(
+    root: str | os.PathLike[str] | None,
+    folder_names: Sequence[str],
+    holds_dataset: Callable[[Path], bool],
+) -> Path | None:
+    """The first of ``root`` (default: :func:`data_dir`) and ``root/<each of folder_names>``
+    that is a folder ``holds_dataset`` accepts; None if there is none."""
+    base = data_dir(root)
+    for candidate in (base, *(base / name for name in folder_names)):
+        if candidate.is_dir() and holds_dataset(candidate):
+            return candidate
+    return None
 
 
 def make_dirs(path: Path) -> None:
@@ -51,9 +66,7 @@ def is_writable_dir(path: Path) -> bool:
     return True
 
 
-def file_digest(path: Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
-    digest = hashlib.new(algorithm)
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """The hex digest of the file's bytes (``md5``, ``sha256``, ... as hashlib names them)."""
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()

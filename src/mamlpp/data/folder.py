@@ -36,7 +36,7 @@ from mamlpp.data.image_cache import (
     fingerprint,
 )
 from mamlpp.data.images import Preprocessing, list_class_folders, list_images
-from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.split_layout import SPLIT_NAMES
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mamlpp.data.files import data_dir
+from mamlpp.data.files import find_in_usual_folders
 from mamlpp.data.image_cache import (
     CACHE_VERSION,
     cache_folder,
@@ -35,7 +35,7 @@ from mamlpp.data.image_cache import (
     file_stamp,
     fingerprint,
 )
-from mamlpp.data.omniglot_splits import SPLIT_NAMES, SPLITS_DIR
+from mamlpp.data.split_layout import SPLIT_NAMES, SPLITS_DIR
 from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError
@@ -53,11 +53,7 @@ FOLDER_NAMES = (
 
 def find_mini_imagenet(root: str | os.PathLike[str] | None = None) -> Path | None:
     """The first of ``root`` and ``root/<usual folder names>`` that holds a known layout."""
-    base = data_dir(root)
-    for candidate in (base, *(base / name for name in FOLDER_NAMES)):
-        if candidate.is_dir() and _layout(candidate) is not None:
-            return candidate
-    return None
+    return find_in_usual_folders(root, FOLDER_NAMES, lambda folder: _layout(folder) is not None)
 
 
 def _pickle_path(source: Path, split: str) -> Path | None:

@@ -30,7 +30,8 @@ from PIL import Image
 from mamlpp.data.archive import member_parts, open_zip, read_member
 from mamlpp.data.files import data_dir, make_dirs
 from mamlpp.data.image_cache import CACHE_VERSION, cache_folder, file_stamp
-from mamlpp.data.omniglot_splits import REFERENCE_SEED, SPLIT_NAMES, reference_split, vinyals_split
+from mamlpp.data.omniglot_splits import REFERENCE_SEED, reference_split, vinyals_split
+from mamlpp.data.split_layout import SPLIT_NAMES
 from mamlpp.data.stats import OMNIGLOT_MEAN, OMNIGLOT_STD
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.data.table import Partial
@@ -132,8 +133,10 @@ def source_fingerprint(source: Path) -> str:
         if location.is_file():
             digest.update(f"zip:{subset}:".encode())
             with open(location, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
+                # The zip's bytes go into the same running digest: file_digest takes a
+                # constructor, and this one hands it the digest so far (the fingerprint of an
+                # existing cache stays the same).
+                hashlib.file_digest(handle, lambda: digest)
         else:
             digest.update(f"dir:{subset}:".encode())
             for path in sorted(location.rglob("*.png")):

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mamlpp.data.split_layout import SPLIT_NAMES, SPLITS_DIR, read_lines
 from mamlpp.errors import DataError
-
-SPLITS_DIR = Path(__file__).resolve().parent / "splits"
-SPLIT_NAMES = ("train", "val", "test")
 
 # MAML++ ``train_val_test_split`` for Omniglot. int(f * 1623) truncates 1150.99999 to 1150 and
 # 1200.99999 to 1200, giving 1150 / 50 / 423 classes.
@@ -42,14 +40,6 @@ def reference_split(class_names: list[str], seed: int = REFERENCE_SEED) -> dict[
         "val": shuffled[train_end:val_end],
         "test": shuffled[val_end:],
     }
-
-
-def read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise DataError(f"cannot read split file {path}: {error.strerror or error}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def packaged_reference_split() -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.split_layout import SPLIT_NAMES
 from mamlpp.data.stats import OMNIGLOT_MEAN, OMNIGLOT_STD
 from mamlpp.data.structures import FewShotSplit
 from mamlpp.errors import DataError

@@ -13,7 +13,6 @@ module imports neither.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from mamlpp.data.stats import (
     OMNIGLOT_STD,
 )
 from mamlpp.errors import DataError
+from mamlpp.util.format import did_you_mean
 
 if TYPE_CHECKING:
     from mamlpp.data.structures import FewShotSplit
@@ -335,11 +335,10 @@ DATASETS = Names()
 ABLATION_DATASETS = Names(lambda entry: entry.ablation)
 
 
-def did_you_mean(name: str) -> str:
-    """`` (did you mean 'x'?)`` for the closest dataset name or alias, or ``""``."""
+def dataset_hint(name: str) -> str:
+    """`` (did you mean 'x'?)`` for the dataset whose name or alias is closest, or ``""``."""
     spelled = {alias: e.name for e in TABLE.values() for alias in (e.name, *e.aliases)}
-    close = difflib.get_close_matches(name.strip().lower(), list(spelled), n=1)
-    return f" (did you mean {spelled[close[0]]!r}?)" if close else ""
+    return did_you_mean(name.strip().lower(), spelled, shown=spelled)
 
 
 def dataset(name: str) -> Dataset:
@@ -349,7 +348,7 @@ def dataset(name: str) -> Dataset:
         if key == entry.name or key in entry.aliases:
             return entry
     raise DataError(
-        f"unknown dataset {name!r} (choose from {', '.join(TABLE)}){did_you_mean(name)}"
+        f"unknown dataset {name!r} (choose from {', '.join(TABLE)}){dataset_hint(name)}"
     )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamlpp.data.files import data_dir
+from mamlpp.data.files import find_in_usual_folders
 from mamlpp.data.folder import load_folder_dataset
 from mamlpp.data.image_cache import (
     CACHE_VERSION,
@@ -37,7 +37,7 @@ from mamlpp.data.image_cache import (
 )
 from mamlpp.data.images import Preprocessing
 from mamlpp.data.miniimagenet import _ArrayUnpickler, imagenet_split
-from mamlpp.data.omniglot_splits import SPLIT_NAMES
+from mamlpp.data.split_layout import SPLIT_NAMES
 from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from mamlpp.data.structures import FewShotSplit
 from mamlpp.data.table import dataset
@@ -56,11 +56,7 @@ def how_to_get(folder: Path) -> str:
 
 def find_tiered_imagenet(root: str | os.PathLike[str] | None = None) -> Path | None:
     """The first of ``root`` and ``root/<usual folder names>`` holding a known layout."""
-    base = data_dir(root)
-    for candidate in (base, *(base / name for name in FOLDER_NAMES)):
-        if candidate.is_dir() and _layout(candidate) is not None:
-            return candidate
-    return None
+    return find_in_usual_folders(root, FOLDER_NAMES, lambda folder: _layout(folder) is not None)
 
 
 def _layout(source: Path) -> str | None:

@@ -23,7 +23,6 @@ module is left as it was. Parameter names are those of the module with a ``modul
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,6 +53,7 @@ from mamlpp.nn.per_step_bn import (
     support_batch_norm,
     unbiased_variance,
 )
+from mamlpp.util.format import did_you_mean
 
 if TYPE_CHECKING:
     from torch._functorch.autograd_function import VmapInfo
@@ -327,8 +327,7 @@ def _select(candidates: list[str], adapt: Sequence[str], exclude: Sequence[str])
     """Names (module-relative) matching any ``adapt`` pattern and no ``exclude`` pattern."""
     for pattern in (*adapt, *exclude):
         if not fnmatch.filter(candidates, pattern):
-            close = difflib.get_close_matches(pattern, candidates, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(pattern, candidates)
             raise ConfigError(
                 f"pattern {pattern!r} matches no adaptable parameter{hint}; BN gamma/beta are "
                 "adapted only with MetaConfig.adapt_bn_affine, frozen tensors "

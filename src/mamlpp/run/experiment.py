@@ -23,7 +23,6 @@ loop all count the same ``train.epochs``, so they can never disagree.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,46 +30,14 @@ from typing import Any, Literal
 
 import tomli_w
 
-from mamlpp.core.config import MetaConfig, check_field, field_types
-from mamlpp.data.augment import Augment
-from mamlpp.data.table import TABLE, Dataset, did_you_mean
+from mamlpp.core.config import MetaConfig
+from mamlpp.data.section import DataSection, check_section  # [data] lives with the data
 from mamlpp.engine.precision import Precision
 from mamlpp.errors import ConfigError
+from mamlpp.util.fields import check_field, check_fields, field_types
+from mamlpp.util.format import did_you_mean
 
-# A name of the dataset table (mamlpp.data.table), checked by validate(): the table, not this
-# module, lists the datasets.
-DatasetName = str
 BackboneName = Literal["conv4", "resnet12"]
-
-
-@dataclass(frozen=True)
-class DataSection:
-    dataset: DatasetName = "omniglot"
-    ways: int = 5
-    shots: int = 1
-    # Query (target) images per class: 1 in the reference Omniglot configs, 15 on mini-ImageNet.
-    targets: int = 1
-    image_size: int = 28
-    # Own images (dataset "folder", see mamlpp.data.folder); the other datasets fix these.
-    channels: Literal["auto", "grey", "rgb"] = "auto"  # auto: grey if every image is grey
-    normalize: Literal["auto", "unit", "half", "imagenet"] = "auto"  # auto: unit ([0, 1])
-    resize: Literal["always", "never"] = "always"  # never: refuse images not image_size square
-    val_fraction: float = 0.15  # flat DIR/<class>/ folders: classes held out for validation
-    test_fraction: float = 0.15  # ... and for the test
-    split_seed: int = 0  # ... shuffled with this seed
-    # Episodes (mamlpp.run.episodes). Training: "within-group" draws every class of a task from
-    # one group (an Omniglot alphabet, a DIR/<group>/<class>/ folder); evaluation: "auto" is the
-    # dataset's protocol (omniglot-lake: within-alphabet, drawer-disjoint; elsewhere random).
-    train_episodes: Literal["random", "within-group"] = "random"
-    eval_episodes: Literal["auto", "random", "within-group"] = "auto"
-    distinct_sources: bool = False  # a class's query images from sources its support has not
-    rotate: Literal["auto", "yes", "no"] = "auto"  # k*90 degree turns per class in training
-    # Per-image random affine distortions of training episodes (Koch et al. 2015): max degrees
-    # of rotation and shear, scale in [1 - s, 1 + s], shift as a fraction of the side. 0 = off.
-    augment_rotation: float = 0.0
-    augment_shear: float = 0.0
-    augment_scale: float = 0.0
-    augment_translate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,20 +45,20 @@ class ModelSection:
     backbone: BackboneName = "conv4"
     # conv4: filters per layer (64 on Omniglot, 48 on mini-ImageNet); resnet12: the first
     # block's width, the others 2.5x, 5x and 10x of it (64 -> the standard 64-160-320-640).
-    channels: int = 64
+    channels: int = field(default=64, metadata={"min": 1})
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    epochs: int = 100
-    iterations_per_epoch: int = 500
-    tasks_per_batch: int = 8
-    seed: int = 0
+    epochs: int = field(default=100, metadata={"min": 1})
+    iterations_per_epoch: int = field(default=500, metadata={"min": 1})
+    tasks_per_batch: int = field(default=8, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"min": 0})
     # A metrics line (means over the window) every log_every iterations and at each epoch end.
-    log_every: int = 25
+    log_every: int = field(default=25, metadata={"min": 1})
     # An extra mid-epoch checkpoint every N iterations (0: only at the end of each epoch).
-    checkpoint_every: int = 0
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    checkpoint_every: int = field(default=0, metadata={"min": 0})
+    threads: int = field(default=0, metadata={"min": 0})  # torch CPU threads; 0: torch's default
     tensorboard: bool = True  # log to RUN_DIR/tensorboard when the optional extra is installed
     # On CUDA: replay each meta-iteration from a CUDA graph (engine.step_runner.MetaStepRunner).
     cuda_graph: bool = True
@@ -99,7 +66,7 @@ class TrainSection:
     # "eager" warns, trains without graphs and records that in the log and summary.json.
     graph_fallback: Literal["error", "eager"] = "error"
     # Distributed: the collectives inside the graph or eagerly between the replays of its two
-    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.collectives).
+    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.distributed).
     graph_sync: Literal["auto", "in-graph", "after-replay"] = "auto"
     # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
     # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).
@@ -111,12 +78,13 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    val_tasks: int = 600
-    test_tasks: int = 600
-    batch_size: int = 50  # tasks adapted together in one batched call
-    top_k: int = 5  # checkpoints in the test ensemble (paper-era code: 3, later: 5)
-    val_seed: int = 1
-    test_seed: int = 2
+    val_tasks: int = field(default=600, metadata={"min": 1})
+    test_tasks: int = field(default=600, metadata={"min": 1})
+    batch_size: int = field(default=50, metadata={"min": 1})  # tasks adapted in one batched call
+    # Checkpoints in the test ensemble (paper-era code: 3, later: 5).
+    top_k: int = field(default=5, metadata={"min": 1})
+    val_seed: int = field(default=1, metadata={"min": 0})
+    test_seed: int = field(default=2, metadata={"min": 0})
 
 
 # Keys of MetaConfig that the [meta] section exposes: all but total_epochs (= train.epochs).
@@ -235,8 +203,7 @@ def build_config(tree: dict[str, Any]) -> ExperimentConfig:
         key: check_field(f"meta.{key}", value, field_types(MetaConfig)[key], toml=True)
         for key, value in tree.get("meta", {}).items()
     }
-    if sections["train"].epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {sections['train'].epochs}")
+    check_fields(sections["train"], "train.")  # train.epochs before meta.total_epochs
     # MetaConfig's own validation (types, ranges, combinations) applies here; its messages
     # name bare fields, so they get their section.
     try:
@@ -254,7 +221,7 @@ def check_keys(tree: dict[str, Any], where: str) -> None:
         if name == "preset":
             continue
         if name not in SECTIONS:
-            raise ConfigError(f"unknown section [{name}] in {where}{suggest(name, SECTIONS)}")
+            raise ConfigError(f"unknown section [{name}] in {where}{did_you_mean(name, SECTIONS)}")
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] in {where} must be a table of key = value pairs")
         known = _known_keys(name)
@@ -262,7 +229,7 @@ def check_keys(tree: dict[str, Any], where: str) -> None:
             if name == "meta" and key == "total_epochs":
                 raise ConfigError("meta.total_epochs is set by train.epochs; set train.epochs")
             if key not in known:
-                raise ConfigError(f"unknown key {name}.{key} in {where}{suggest(key, known)}")
+                raise ConfigError(f"unknown key {name}.{key} in {where}{did_you_mean(key, known)}")
 
 
 def _known_keys(section: str) -> tuple[str, ...]:
@@ -271,57 +238,12 @@ def _known_keys(section: str) -> tuple[str, ...]:
     return tuple(f.name for f in fields(SECTIONS[section]))
 
 
-def suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def validate(config: ExperimentConfig) -> None:
-    """Ranges and combinations across sections (MetaConfig validates its own fields)."""
-    d, m, t, e = config.data, config.model, config.train, config.eval
-    entry = _dataset_entry(d.dataset)
-    positive = {
-        "data.ways": d.ways,
-        "data.shots": d.shots,
-        "data.targets": d.targets,
-        "data.image_size": d.image_size,
-        "model.channels": m.channels,
-        "train.epochs": t.epochs,
-        "train.iterations_per_epoch": t.iterations_per_epoch,
-        "train.tasks_per_batch": t.tasks_per_batch,
-        "train.log_every": t.log_every,
-        "eval.val_tasks": e.val_tasks,
-        "eval.test_tasks": e.test_tasks,
-        "eval.batch_size": e.batch_size,
-        "eval.top_k": e.top_k,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    for key, value in {
-        "train.seed": t.seed,
-        "train.checkpoint_every": t.checkpoint_every,
-        "train.threads": t.threads,
-        "eval.val_seed": e.val_seed,
-        "eval.test_seed": e.test_seed,
-    }.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
-    if d.ways < 2:
-        raise ConfigError(f"data.ways must be >= 2 (a task needs two classes), got {d.ways}")
-    if d.image_size < 16:
-        raise ConfigError(
-            f"data.image_size must be >= 16 (conv4 halves it four times), got {d.image_size}"
-        )
-    spec = entry.preprocessing
-    if spec is not None and spec.fixed_size and d.image_size != spec.image_size:
-        size = spec.image_size
-        raise ConfigError(f"{d.dataset} images are {size}x{size}; data.image_size={d.image_size}")
-    _validate_folder_keys(d, entry)
-    try:
-        Augment(d.augment_rotation, d.augment_shear, d.augment_scale, d.augment_translate)
-    except ValueError as error:
-        raise ConfigError(str(error).replace("augment.", "data.augment_", 1)) from None
+    """Ranges (in the fields' metadata) and combinations across sections (MetaConfig validates
+    its own fields)."""
+    check_fields(config)  # every section's fields: types and the ranges in their metadata
+    check_section(config.data)  # data.dataset and what its table entry allows
+    t = config.train
     if t.checkpoint_every and t.checkpoint_every % t.log_every:
         # Metrics windows must be closed at every checkpoint, or a resume would lose half a
         # window and the metrics file would differ from an uninterrupted run.
@@ -329,40 +251,6 @@ def validate(config: ExperimentConfig) -> None:
             f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
             f"train.log_every ({t.log_every})"
         )
-
-
-def _dataset_entry(name: str) -> Dataset:
-    """The dataset table's entry for data.dataset (its exact name: aliases are for loading)."""
-    entry = TABLE.get(name)
-    if entry is None:
-        options = ", ".join(repr(known) for known in TABLE)
-        raise ConfigError(
-            f"data.dataset must be one of {options}, got {name!r}{did_you_mean(name)}"
-        )
-    return entry
-
-
-def _validate_folder_keys(d: DataSection, entry: Dataset) -> None:
-    """The own-image keys apply to data.dataset="folder" only: elsewhere they would be ignored."""
-    defaults = DataSection()
-    if not entry.own_images:
-        own = " or ".join(repr(e.name) for e in TABLE.values() if e.own_images)
-        for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction"):
-            if getattr(d, key) != getattr(defaults, key):
-                raise ConfigError(
-                    f"data.{key} applies to data.dataset={own} only (the {d.dataset} "
-                    "dataset fixes its own preprocessing)"
-                )
-    for key in ("val_fraction", "test_fraction"):
-        if not 0.0 < getattr(d, key) < 1.0:
-            raise ConfigError(f"data.{key} must be between 0 and 1, got {getattr(d, key)}")
-    if d.val_fraction + d.test_fraction >= 1.0:
-        raise ConfigError(
-            f"data.val_fraction + data.test_fraction must be < 1 (leave classes to train on), "
-            f"got {d.val_fraction} + {d.test_fraction}"
-        )
-    if d.split_seed < 0:
-        raise ConfigError(f"data.split_seed must be >= 0, got {d.split_seed}")
 
 
 # ------------------------------------------------------------------------------ TOML and --set

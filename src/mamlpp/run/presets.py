@@ -25,7 +25,6 @@ keep everything else, so the pair differs only in the algorithm.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from mamlpp.run.experiment import (
     parse_set,
     read_toml,
 )
-from mamlpp.util.format import columns
+from mamlpp.util.format import columns, did_you_mean
 
 # MetaConfig.maml(): every MAML++ technique off.
 MAML_META = {
@@ -193,9 +192,8 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown preset {name!r} ({hint}`mamlpp presets` lists them)") from None
+        hint = did_you_mean(name, PRESETS)
+        raise ConfigError(f"unknown preset {name!r}{hint}; `mamlpp presets` lists them") from None
 
 
 def resolve_config(

@@ -32,9 +32,9 @@ import re
 import threading
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -456,8 +456,9 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
             }
         },
     )
-    async def predict(request: Request, content_type: Annotated[str, Header()]) -> dict[str, Any]:
+    async def predict(request: Request) -> dict[str, Any]:
         """Adapt to the ``support.<class name>`` images and classify the ``query`` images."""
+        # No Header() parameter: read_form answers a missing or wrong content type with a 415.
         parts = await read_form(request, service.limits)
         task = build_task(parts, service.limits)
         del parts

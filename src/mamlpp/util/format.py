@@ -5,8 +5,9 @@ One place for each rule, so every table and message of the project writes a numb
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 
 def duration(seconds: float | None) -> str:
@@ -50,3 +51,12 @@ def columns(rows: Sequence[Sequence[str]], gap: int = 2) -> list[str]:
         pad.join(cell if i == len(row) - 1 else cell.ljust(widths[i]) for i, cell in enumerate(row))
         for row in rows
     ]
+
+
+def did_you_mean(name: str, options: Iterable[str], shown: Mapping[str, str] | None = None) -> str:
+    """`` (did you mean 'x'?)`` for the option closest to ``name``, or ``""`` when none is close.
+    ``shown`` maps an option to the name to suggest (an alias to its dataset, say)."""
+    close = difflib.get_close_matches(name, list(options), n=1)
+    if not close:
+        return ""
+    return f" (did you mean {(shown or {}).get(close[0], close[0])!r}?)"

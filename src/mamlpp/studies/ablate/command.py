@@ -13,7 +13,6 @@ from mamlpp.data.files import data_dir
 from mamlpp.data.table import dataset
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.build import resolve_device
-from mamlpp.run.experiment import suggest
 from mamlpp.run.presets import MAML_META
 from mamlpp.studies.ablate.aggregate import aggregate
 from mamlpp.studies.ablate.grid import GRID, Variant, parse_variants
@@ -32,7 +31,7 @@ from mamlpp.studies.ablate.plan import (
     write_plan,
 )
 from mamlpp.studies.ablate.runner import run_ablation, threads_per_run
-from mamlpp.util.format import plural
+from mamlpp.util.format import did_you_mean, plural
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -48,7 +47,7 @@ def parse_seeds(text: str) -> list[int]:
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan of a ``mamlpp ablate`` invocation (not yet merged with OUT's)."""
     if args.dataset not in DATASETS:
-        hint = suggest(args.dataset, DATASETS)
+        hint = did_you_mean(args.dataset, DATASETS)
         raise ConfigError(
             f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}{hint}"
         )

@@ -9,8 +9,8 @@ from typing import Any
 
 from mamlpp.core.config import MetaConfig
 from mamlpp.errors import ConfigError
-from mamlpp.run.experiment import suggest
 from mamlpp.run.presets import MAML_META
+from mamlpp.util.format import did_you_mean
 
 # The [meta] key that switches each technique; "on" values come from the MAML++ preset, "off"
 # values from presets.MAML_META (MetaConfig.maml()).
@@ -98,7 +98,7 @@ def parse_variants(text: str) -> list[Variant]:
     names = [part.strip() for part in text.split(",")]
     for name in names:
         if name not in known:
-            hint = suggest(name, VARIANTS)
+            hint = did_you_mean(name, VARIANTS)
             raise ConfigError(f"unknown variant {name!r}{hint}; --list shows the grid")
     chosen = {known[name] for name in names}
     return [v for v in GRID if v in chosen]
