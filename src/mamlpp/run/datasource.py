@@ -86,6 +86,9 @@ def _load_folder(
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         split_seed=data.split_seed,
+        groups=data.groups,
+        sources=data.sources,
+        source_pattern=data.source_pattern,
         progress=progress,
     )
 

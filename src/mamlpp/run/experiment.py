@@ -9,7 +9,7 @@ Sections::
     preset = "quickstart"           # the base the run was built from (informational)
     [data]   dataset, ways, shots, targets (query images per class), image_size; for own
              image folders also channels, normalize, resize, val_fraction, test_fraction,
-             split_seed
+             split_seed, groups, sources, source_pattern
     [model]  backbone ("conv4" or "resnet12"), channels
     [meta]   exactly the MetaConfig fields except total_epochs, which is train.epochs
     [train]  epochs, iterations_per_epoch, tasks_per_batch, seed, log_every, checkpoint_every,
@@ -33,9 +33,10 @@ import tomli_w
 
 from mamlpp.core.config import MetaConfig, check_field, field_types
 from mamlpp.data.augment import Augment
+from mamlpp.data.folder import Grouping
 from mamlpp.data.table import TABLE, Dataset, did_you_mean
 from mamlpp.engine.precision import Precision
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, DataError
 
 # A name of the dataset table (mamlpp.data.table), checked by validate(): the table, not this
 # module, lists the datasets.
@@ -58,6 +59,12 @@ class DataSection:
     val_fraction: float = 0.15  # flat DIR/<class>/ folders: classes held out for validation
     test_fraction: float = 0.15  # ... and for the test
     split_seed: int = 0  # ... shuffled with this seed
+    # Folders: "folders" reads DIR/[split/]<group>/<class>/ (a flat folder is then split by group);
+    # sources "subfolders" reads <class>/<source>/*.png, "pattern" the first regex group of each
+    # file name (data.source_pattern), for data.distinct_sources and within-group evaluation.
+    groups: Literal["none", "folders"] = "none"
+    sources: Literal["none", "subfolders", "pattern"] = "none"
+    source_pattern: str = ""
     # Episodes (mamlpp.run.episodes). Training: "within-group" draws every class of a task from
     # one group (an Omniglot alphabet, a DIR/<group>/<class>/ folder); evaluation: "auto" is the
     # dataset's protocol (omniglot-lake: within-alphabet, drawer-disjoint; elsewhere random).
@@ -347,7 +354,7 @@ def _validate_folder_keys(d: DataSection, entry: Dataset) -> None:
     defaults = DataSection()
     if not entry.own_images:
         own = " or ".join(repr(e.name) for e in TABLE.values() if e.own_images)
-        for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction"):
+        for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction", *GROUPING):
             if getattr(d, key) != getattr(defaults, key):
                 raise ConfigError(
                     f"data.{key} applies to data.dataset={own} only (the {d.dataset} "
@@ -363,6 +370,19 @@ def _validate_folder_keys(d: DataSection, entry: Dataset) -> None:
         )
     if d.split_seed < 0:
         raise ConfigError(f"data.split_seed must be >= 0, got {d.split_seed}")
+    _validate_grouping(d)
+
+
+# The folder keys that say how classes are grouped and where each image comes from.
+GROUPING = ("groups", "sources", "source_pattern")
+
+
+def _validate_grouping(d: DataSection) -> None:
+    """data.groups, data.sources and data.source_pattern, checked by the folder loader's rule."""
+    try:
+        Grouping(d.groups, d.sources, d.source_pattern)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
 
 
 # ------------------------------------------------------------------------------ TOML and --set
