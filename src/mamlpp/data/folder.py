@@ -97,12 +97,15 @@ def split_classes(
 
 
 def _gather(
-    root: Path, val_fraction: float, test_fraction: float, split_seed: int
+    root: Path, val_fraction: float, test_fraction: float, split_seed: int, grouping: Grouping
 ) -> tuple[dict[str, list[str]], dict[str, list[Path]]]:
     """(split -> class keys, class key -> files). Keys are ``split/class`` for split folders
-    (a class name may appear in two splits), plain class names for a flat folder."""
+    (a class name may appear in two splits), plain class names for a flat folder; with groups
+    the class part is ``group/class``."""
     if folder_layout(root) == "flat":
-        files = class_files(root)
+        files = grouped_class_files(root, grouping)
+        if grouping.groups == "folders":
+            return _split_by_group(list(files), val_fraction, test_fraction, split_seed), files
         return split_classes(list(files), val_fraction, test_fraction, split_seed), files
     missing = [name for name in SPLIT_NAMES if not (root / name).is_dir()]
     if missing:
@@ -112,7 +115,7 @@ def _gather(
         )
     splits, files = {}, {}
     for split in SPLIT_NAMES:
-        found = class_files(root / split)
+        found = grouped_class_files(root / split, grouping)
         splits[split] = [f"{split}/{name}" for name in found]
         files.update({f"{split}/{name}": paths for name, paths in found.items()})
     return splits, files
@@ -142,10 +145,7 @@ def load_folder_dataset(
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist (pass it with --data-dir DIR)")
     grouping = Grouping(groups, sources, source_pattern)
-    if grouping.plain:
-        splits, files = _gather(base, val_fraction, test_fraction, split_seed)
-    else:
-        splits, files = _gather_grouped(base, grouping, val_fraction, test_fraction, split_seed)
+    splits, files = _gather(base, val_fraction, test_fraction, split_seed, grouping)
     keys = sorted(files)  # all classes, the cache's order
     paths = [path for key in keys for path in files[key]]
     image_class = np.repeat(np.arange(len(keys)), [len(files[k]) for k in keys])
@@ -234,10 +234,6 @@ class Grouping:
                 f"{self.source_pattern!r} has {groups}"
             )
 
-    @property
-    def plain(self) -> bool:
-        return self.groups == "none" and self.sources == "none"
-
     def describe(self) -> str:
         """``", groups: folders, sources: subfolders"`` (the parts in use; "" when plain)."""
         parts = [f"groups: {self.groups}"] if self.groups != "none" else []
@@ -283,37 +279,19 @@ class Grouping:
         return torch.tensor([ids[name] for name in names], dtype=torch.int64)
 
 
-def _gather_grouped(
-    root: Path, grouping: Grouping, val_fraction: float, test_fraction: float, split_seed: int
-) -> tuple[dict[str, list[str]], dict[str, list[Path]]]:
-    """:func:`_gather` with groups and/or source sub-folders: keys ``[split/][group/]class``.
-    A flat folder with groups is split by group: the seeded split of the group names decides
-    where all of a group's classes go."""
-    if folder_layout(root) == "flat":
-        files = grouped_class_files(root, grouping)
-        if grouping.groups == "none":
-            return split_classes(list(files), val_fraction, test_fraction, split_seed), files
-        group_of = {key: key.split("/", 1)[0] for key in files}
-        by_group = split_classes(
-            sorted(set(group_of.values())), val_fraction, test_fraction, split_seed, "groups"
-        )
-        splits = {
-            split: sorted(key for key in files if group_of[key] in set(chosen))
-            for split, chosen in by_group.items()
-        }
-        return splits, files
-    missing = [name for name in SPLIT_NAMES if not (root / name).is_dir()]
-    if missing:
-        raise DataError(
-            f"{root} has split folders but no {', '.join(m + '/' for m in missing)} "
-            "(expected train/, val/ and test/, each with <class>/ folders)"
-        )
-    splits, files = {}, {}
-    for split in SPLIT_NAMES:
-        found = grouped_class_files(root / split, grouping)
-        splits[split] = [f"{split}/{name}" for name in found]
-        files.update({f"{split}/{name}": paths for name, paths in found.items()})
-    return splits, files
+def _split_by_group(
+    keys: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """A flat folder's "group/class" keys split by whole groups: the seeded split of the group
+    names (:func:`split_classes`) sends every class of a group to the group's split."""
+    group_of = {key: key.split("/", 1)[0] for key in keys}
+    by_group = split_classes(
+        sorted(set(group_of.values())), val_fraction, test_fraction, seed, "groups"
+    )
+    return {
+        split: sorted(key for key in keys if group_of[key] in set(chosen))
+        for split, chosen in by_group.items()
+    }
 
 
 def grouped_class_files(folder: Path, grouping: Grouping) -> dict[str, list[Path]]:
