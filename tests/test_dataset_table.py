@@ -108,7 +108,13 @@ def test_every_entry_is_complete_and_its_names_resolve() -> None:
             assert spec.channels in (1, 3) and spec.resample in RESAMPLERS
             assert len(spec.mean) == len(spec.std) == spec.channels
     assert [e.name for e in TABLE.values() if e.own_images] == ["folder"]
-    assert tuple(plan.DATASETS) == ("omniglot", "omniglot-vinyals", "mini-imagenet", "synthetic")
+    assert tuple(plan.DATASETS) == (
+        "omniglot",
+        "omniglot-vinyals",
+        "omniglot-lake",
+        "mini-imagenet",
+        "synthetic",
+    )
 
 
 def test_every_downloadable_entry_has_a_downloader_or_a_hint(tmp_path: Path) -> None:
@@ -116,6 +122,7 @@ def test_every_downloadable_entry_has_a_downloader_or_a_hint(tmp_path: Path) -> 
     assert set(names) == {
         "omniglot",
         "omniglot-vinyals",
+        "omniglot-lake",
         "mini-imagenet",
         "cifar-fs",
         "fc100",
@@ -225,8 +232,9 @@ def test_an_entry_taken_out_is_refused_everywhere(monkeypatch, tmp_path: Path, c
         main(["data", "info", "fc100"])
     assert "invalid choice: 'fc100'" in capsys.readouterr().err
     assert main(["ablate", "--dataset", "synthetic", "--dry-run", "--out", str(tmp_path)]) == 2
-    assert "--dataset must be one of omniglot, omniglot-vinyals, mini-imagenet, got" in (
-        capsys.readouterr().err
+    assert (
+        "--dataset must be one of omniglot, omniglot-vinyals, omniglot-lake, mini-imagenet, got"
+        in (capsys.readouterr().err)
     )
 
 

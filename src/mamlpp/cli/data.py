@@ -9,7 +9,7 @@ import time
 
 from mamlpp.data import table
 from mamlpp.data.files import ENV_VAR
-from mamlpp.errors import DataError
+from mamlpp.errors import ConfigError, DataError
 
 DATA_DIR_HELP = f"data folder (default: ${ENV_VAR}, else ~/.cache/mamlpp)"
 
@@ -40,7 +40,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("name", choices=tuple(table.DATASETS))
     info.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    _grouping_options(info)
     info.set_defaults(handler=run_info)
+
+
+def _grouping_options(info: argparse.ArgumentParser) -> None:
+    """Dataset folder: a run's data.groups, data.sources, data.source_pattern (docs/own-data.md)."""
+    own = info.add_argument_group("own image folders (dataset folder)")
+    own.add_argument(
+        "--groups",
+        choices=("none", "folders"),
+        default="none",
+        help="folders: DIR/<group>/<class>/ (default: none)",
+    )
+    own.add_argument(
+        "--sources",
+        choices=("none", "subfolders", "pattern"),
+        default="none",
+        help="where each image comes from: <class>/<source>/ sub-folders, or "
+        "--source-pattern (default: none)",
+    )
+    own.add_argument(
+        "--source-pattern",
+        metavar="REGEX",
+        default="",
+        help="with --sources pattern: a regex whose one group is the source",
+    )
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -73,7 +98,15 @@ def run_info(args: argparse.Namespace) -> int:
         from mamlpp.run.datasource import load_splits
         from mamlpp.run.experiment import DataSection
 
-        splits = load_splits(DataSection(dataset=entry.name), args.data_dir)
+        data = DataSection(
+            dataset=entry.name,
+            groups=args.groups,
+            sources=args.sources,
+            source_pattern=args.source_pattern,
+        )
+        splits = load_splits(data, args.data_dir)
+    elif (args.groups, args.sources, args.source_pattern) != ("none", "none", ""):
+        raise ConfigError("--groups, --sources and --source-pattern apply to dataset folder only")
     else:
         splits = entry.load(args.data_dir, progress=True)
     seconds = time.perf_counter() - start

@@ -50,6 +50,9 @@ def load_splits(
             val_fraction=data.val_fraction,
             test_fraction=data.test_fraction,
             split_seed=data.split_seed,
+            groups=data.groups,
+            sources=data.sources,
+            source_pattern=data.source_pattern,
             progress=progress,
         )
     root = data_dir(data_dir_arg)

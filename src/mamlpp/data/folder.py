@@ -14,6 +14,17 @@ resizing rule), so ``mamlpp adapt`` can prepare new images exactly the same way.
 decodes all images into a uint8 ``.npz`` cache keyed by a fingerprint of the files (path, size,
 mtime) and of the preprocessing; later loads read only that file. ``channels=None`` ("auto")
 keeps one channel when every image is grey (R = G = B after decoding), else three.
+
+Groups and sources, for fine-grained episodes (see :class:`~mamlpp.data.sampler.EpisodeSampler`),
+are off by default (today's layouts, bitwise the same splits)::
+
+    groups="folders"       DIR/[train|val|test/]<group>/<class>/*.png: class names "group/class";
+                           a flat folder is split by group (the fractions count groups)
+    sources="subfolders"   <class>/<source>/*.png: an image's source is its sub-folder
+    sources="pattern"      the one group of ``source_pattern`` searched in each file name
+
+Both are read from the paths on every load; the cache holds only pixels, keyed by every file's
+path, so it needs no key of its own for them.
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,9 +74,10 @@ def class_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def split_classes(
-    names: list[str], val_fraction: float, test_fraction: float, seed: int
+    names: list[str], val_fraction: float, test_fraction: float, seed: int, what: str = "classes"
 ) -> dict[str, list[str]]:
-    """The seeded class split of a flat folder (see the module docstring); names sorted."""
+    """The seeded class split of a flat folder (see the module docstring); names sorted.
+    ``what`` names the things split in the error (``"groups"`` when whole groups are split)."""
     order = sorted(names)
     permuted = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
     n_test = round(len(order) * test_fraction)
@@ -72,9 +85,9 @@ def split_classes(
     n_train = len(order) - n_val - n_test
     if min(n_train, n_val, n_test) < 1:
         raise DataError(
-            f"{len(order)} classes cannot be split into train/val/test with "
+            f"{len(order)} {what} cannot be split into train/val/test with "
             f"val_fraction={val_fraction} and test_fraction={test_fraction} "
-            f"({n_train}/{n_val}/{n_test} classes); add classes or use split folders"
+            f"({n_train}/{n_val}/{n_test} {what}); add {what} or use split folders"
         )
     return {
         "train": sorted(permuted[:n_train]),
@@ -84,12 +97,15 @@ def split_classes(
 
 
 def _gather(
-    root: Path, val_fraction: float, test_fraction: float, split_seed: int
+    root: Path, val_fraction: float, test_fraction: float, split_seed: int, grouping: Grouping
 ) -> tuple[dict[str, list[str]], dict[str, list[Path]]]:
     """(split -> class keys, class key -> files). Keys are ``split/class`` for split folders
-    (a class name may appear in two splits), plain class names for a flat folder."""
+    (a class name may appear in two splits), plain class names for a flat folder; with groups
+    the class part is ``group/class``."""
     if folder_layout(root) == "flat":
-        files = class_files(root)
+        files = grouped_class_files(root, grouping)
+        if grouping.groups == "folders":
+            return _split_by_group(list(files), val_fraction, test_fraction, split_seed), files
         return split_classes(list(files), val_fraction, test_fraction, split_seed), files
     missing = [name for name in SPLIT_NAMES if not (root / name).is_dir()]
     if missing:
@@ -99,7 +115,7 @@ def _gather(
         )
     splits, files = {}, {}
     for split in SPLIT_NAMES:
-        found = class_files(root / split)
+        found = grouped_class_files(root / split, grouping)
         splits[split] = [f"{split}/{name}" for name in found]
         files.update({f"{split}/{name}": paths for name, paths in found.items()})
     return splits, files
@@ -113,6 +129,9 @@ def load_folder_dataset(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 0,
+    groups: str = "none",
+    sources: str = "none",
+    source_pattern: str = "",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> dict[str, FewShotSplit]:
@@ -120,11 +139,13 @@ def load_folder_dataset(
 
     ``preprocessing`` gives the size, resizing rule and normalisation; with ``auto_channels``
     its channel count is only the decoding width (use 3) and grey datasets keep one channel.
+    ``groups``, ``sources`` and ``source_pattern``: see the module docstring.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist (pass it with --data-dir DIR)")
-    splits, files = _gather(base, val_fraction, test_fraction, split_seed)
+    grouping = Grouping(groups, sources, source_pattern)
+    splits, files = _gather(base, val_fraction, test_fraction, split_seed, grouping)
     keys = sorted(files)  # all classes, the cache's order
     paths = [path for key in keys for path in files[key]]
     image_class = np.repeat(np.arange(len(keys)), [len(files[k]) for k in keys])
@@ -138,11 +159,14 @@ def load_folder_dataset(
     table, _ = build_class_index(torch.from_numpy(image_class), len(keys))
     index = {key: i for i, key in enumerate(keys)}
     meta = {
-        "dataset": f"folder ({folder_layout(base)} layout)",
+        "dataset": f"folder ({folder_layout(base)} layout{grouping.describe()})",
         "source": str(base),
         "cache": str(cache) if cache else "(not written)",
         "preprocessing": json.dumps(preprocessing.to_dict()),
     }
+    # Flat keys are the class names; split-folder keys carry "split/" in front.
+    flat = folder_layout(base) == "flat"
+    source_ids = grouping.image_sources(paths)  # int64 [M] in cache order, or None
     result = {}
     for split in SPLIT_NAMES:
         rows = [table[index[key], : len(files[key])] for key in splits[split]]
@@ -150,18 +174,169 @@ def load_folder_dataset(
         ids = torch.cat(rows)
         local = torch.repeat_interleave(torch.arange(len(rows)), counts)
         class_images, _ = build_class_index(local, len(rows))
+        names = [key if flat else key.split("/", 1)[1] for key in splits[split]]
         result[split] = FewShotSplit(
             name=split,
             images=pixels[ids].contiguous(),
             class_images=class_images,
             class_counts=counts,
-            class_names=[key.split("/", 1)[-1] for key in splits[split]],
+            class_names=names,
             mean=preprocessing.mean,
             std=preprocessing.std,
             rotate=False,
             meta=dict(meta),
+            **grouping.class_groups(names),
+            image_sources=None if source_ids is None else source_ids[ids],
         )
     return result
+
+
+# ----------------------------------------------------------------------------- groups + sources
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How a folder's classes are grouped and where each image comes from (the module docstring
+    gives the layouts); ``Grouping("none", "none", "")`` is the plain folder."""
+
+    groups: str = "none"  # "none" | "folders"
+    sources: str = "none"  # "none" | "subfolders" | "pattern"
+    source_pattern: str = ""  # sources="pattern": a regex whose one group is the source
+
+    def __post_init__(self) -> None:
+        if self.groups not in ("none", "folders"):
+            raise DataError(f'data.groups must be "none" or "folders", got {self.groups!r}')
+        if self.sources not in ("none", "subfolders", "pattern"):
+            raise DataError(
+                f'data.sources must be "none", "subfolders" or "pattern", got {self.sources!r}'
+            )
+        if self.sources != "pattern":
+            if self.source_pattern:
+                raise DataError(
+                    'data.source_pattern applies to data.sources="pattern" only, got '
+                    f"data.sources={self.sources!r}"
+                )
+            return
+        if not self.source_pattern:
+            raise DataError(
+                'data.sources="pattern" needs data.source_pattern, a regex whose one group is '
+                'the source in each file name (e.g. "^(.+?)_": the text before the first "_")'
+            )
+        try:
+            groups = re.compile(self.source_pattern).groups
+        except re.error as error:
+            raise DataError(
+                f"data.source_pattern {self.source_pattern!r} is not a regex: {error}"
+            ) from None
+        if groups != 1:
+            raise DataError(
+                "data.source_pattern needs exactly one group (the source), "
+                f"{self.source_pattern!r} has {groups}"
+            )
+
+    def describe(self) -> str:
+        """``", groups: folders, sources: subfolders"`` (the parts in use; "" when plain)."""
+        parts = [f"groups: {self.groups}"] if self.groups != "none" else []
+        if self.sources == "pattern":
+            parts.append(f"sources: pattern {self.source_pattern!r}")
+        elif self.sources != "none":
+            parts.append(f"sources: {self.sources}")
+        return "".join(f", {part}" for part in parts)
+
+    def class_groups(self, names: list[str]) -> dict[str, Any]:
+        """FewShotSplit's ``class_groups`` and ``group_names`` for classes named "group/class"
+        (the groups of this split, sorted); nothing without groups."""
+        if self.groups == "none":
+            return {}
+        group_of = [name.split("/", 1)[0] for name in names]
+        group_names = tuple(sorted(set(group_of)))
+        ids = {group: g for g, group in enumerate(group_names)}
+        return {
+            "class_groups": torch.tensor([ids[g] for g in group_of], dtype=torch.int64),
+            "group_names": group_names,
+        }
+
+    def image_sources(self, paths: list[Path]) -> torch.Tensor | None:
+        """int64 ``[len(paths)]``: the source of each image as an id into the sorted source
+        names of the whole folder (so one person has one id in every class); None without
+        sources. A file name the pattern does not match is a one-line error naming the file."""
+        if self.sources == "none":
+            return None
+        if self.sources == "subfolders":
+            names = [path.parent.name for path in paths]
+        else:
+            pattern = re.compile(self.source_pattern)
+            names = []
+            for path in paths:
+                found = pattern.search(path.name)
+                if found is None or found.group(1) is None:
+                    raise DataError(
+                        f"{path} does not match data.source_pattern {self.source_pattern!r} "
+                        "(its one group is the image's source)"
+                    )
+                names.append(found.group(1))
+        ids = {name: i for i, name in enumerate(sorted(set(names)))}
+        return torch.tensor([ids[name] for name in names], dtype=torch.int64)
+
+
+def _split_by_group(
+    keys: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """A flat folder's "group/class" keys split by whole groups: the seeded split of the group
+    names (:func:`split_classes`) sends every class of a group to the group's split."""
+    group_of = {key: key.split("/", 1)[0] for key in keys}
+    by_group = split_classes(
+        sorted(set(group_of.values())), val_fraction, test_fraction, seed, "groups"
+    )
+    return {
+        split: sorted(key for key in keys if group_of[key] in set(chosen))
+        for split, chosen in by_group.items()
+    }
+
+
+def grouped_class_files(folder: Path, grouping: Grouping) -> dict[str, list[Path]]:
+    """``{class key: image files}`` under ``folder``: ``group/class`` keys with groups, each
+    class's files from its source sub-folders with ``sources="subfolders"`` (sorted by path)."""
+    if grouping.groups == "none":
+        return _classes_with_sources(folder, grouping)
+    classes = {}
+    for group in list_class_folders(folder):
+        if list_images(group):
+            raise DataError(
+                f"group folder {group} holds images itself; with data.groups=folders the "
+                f"classes are its sub-folders: {folder}/<group>/<class>/*.png"
+            )
+        found = _classes_with_sources(group, grouping)
+        classes.update({f"{group.name}/{name}": files for name, files in found.items()})
+    if not classes:
+        raise DataError(f"{folder} has no group folders (expected {folder}/<group>/<class>/*.png)")
+    return classes
+
+
+def _classes_with_sources(folder: Path, grouping: Grouping) -> dict[str, list[Path]]:
+    """:func:`class_files`, or with ``sources="subfolders"`` the images of each class's source
+    sub-folders (``<class>/<source>/*.png``)."""
+    if grouping.sources != "subfolders":
+        return class_files(folder)
+    classes = {}
+    for class_folder in list_class_folders(folder):
+        if list_images(class_folder):
+            raise DataError(
+                f"class folder {class_folder} holds images itself; with data.sources=subfolders "
+                "they go in one sub-folder per source: <class>/<source>/*.png"
+            )
+        files = [
+            path for source in list_class_folders(class_folder) for path in list_images(source)
+        ]
+        if not files:
+            raise DataError(
+                f"class folder {class_folder} has no images in source sub-folders "
+                "(<class>/<source>/*.png)"
+            )
+        classes[class_folder.name] = files
+    if not classes:
+        raise DataError(f"{folder} has no class folders (expected {folder}/<class>/<source>/*.png)")
+    return classes
 
 
 # ----------------------------------------------------------------------------- decode + cache

@@ -14,7 +14,7 @@ from typing import Literal
 
 from mamlpp.data.augment import Augment
 from mamlpp.data.table import TABLE, Dataset, dataset_hint
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, DataError
 
 _AUGMENT = {f.name: f.metadata for f in fields(Augment)}  # the augment_* keys' ranges
 
@@ -39,6 +39,12 @@ class DataSection:
     val_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 1})
     test_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 1})
     split_seed: int = field(default=0, metadata={"min": 0})  # ... shuffled with this seed
+    # Folders: "folders" reads DIR/[split/]<group>/<class>/ (a flat folder is then split by
+    # group); sources "subfolders" reads <class>/<source>/*.png, "pattern" the one regex group of
+    # each file name (data.source_pattern), for data.distinct_sources and within-group episodes.
+    groups: Literal["none", "folders"] = "none"
+    sources: Literal["none", "subfolders", "pattern"] = "none"
+    source_pattern: str = ""
     # Episodes (mamlpp.run.episodes). Training: "within-group" draws every class of a task from
     # one group (an Omniglot alphabet); evaluation: "auto" is the dataset's protocol
     # (omniglot-lake: within-alphabet, drawer-disjoint; elsewhere random).
@@ -55,12 +61,23 @@ class DataSection:
     augment_translate: float = field(default=0.0, metadata=_AUGMENT["translate"])
 
 
+# The folder keys that say how classes are grouped and where each image comes from.
+GROUPING = ("groups", "sources", "source_pattern")
+
+
 def check_section(d: DataSection) -> None:
     """What the dataset table allows (the name, own-image keys, a fixed image size) and the
     fractions together; a one-line ConfigError naming the ``data.`` key. The single fields'
     types and ranges are their metadata's, checked by :func:`mamlpp.util.fields.check_fields`."""
     entry = _entry(d.dataset)
     _check_own_image_keys(d, entry)
+    if entry.own_images:
+        from mamlpp.data.folder import Grouping  # the folder loader's own rule (imports torch)
+
+        try:
+            Grouping(d.groups, d.sources, d.source_pattern)
+        except DataError as error:
+            raise ConfigError(str(error)) from None
     spec = entry.preprocessing
     if spec is not None and spec.fixed_size and d.image_size != spec.image_size:
         size = spec.image_size
@@ -89,7 +106,7 @@ def _check_own_image_keys(d: DataSection, entry: Dataset) -> None:
         return
     defaults = DataSection()
     own = " or ".join(repr(e.name) for e in TABLE.values() if e.own_images)
-    for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction"):
+    for key in ("channels", "normalize", "resize", "val_fraction", "test_fraction", *GROUPING):
         if getattr(d, key) != getattr(defaults, key):
             raise ConfigError(
                 f"data.{key} applies to data.dataset={own} only (the {d.dataset} "

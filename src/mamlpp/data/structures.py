@@ -104,7 +104,14 @@ class FewShotSplit:
             f"{self.name}: {self.num_classes} classes, {self.num_images} images "
             f"({c}x{h}x{w}){', rotated per class' if self.rotate else ''}"
             f"{f', {len(self.group_names)} groups' if self.class_groups is not None else ''}"
+            f"{f', {self.num_sources} sources' if self.image_sources is not None else ''}"
         )
+
+    @property
+    def num_sources(self) -> int:
+        """Distinct image sources of this split (0 without sources)."""
+        sources = self.image_sources
+        return 0 if sources is None else int(torch.unique(sources).numel())
 
 
 class TaskBatch(NamedTuple):

@@ -63,6 +63,9 @@ def episode_sampler(
             augment=training_augment(d),
         )
     fine = fine_grained_evaluation(d)
+    # Within-group evaluation is source-disjoint where the split has sources (a folder may
+    # have groups only: its within-group tasks then draw support and query freely).
+    disjoint = d.distinct_sources or (fine and split.image_sources is not None)
     return EpisodeSampler(
         split,
         d.ways,
@@ -71,5 +74,5 @@ def episode_sampler(
         seed,
         device,
         within_group=fine,
-        distinct_sources=fine or d.distinct_sources,
+        distinct_sources=disjoint,
     )

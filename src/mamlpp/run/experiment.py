@@ -9,7 +9,7 @@ Sections::
     preset = "quickstart"           # the base the run was built from (informational)
     [data]   dataset, ways, shots, targets (query images per class), image_size; for own
              image folders also channels, normalize, resize, val_fraction, test_fraction,
-             split_seed
+             split_seed, groups, sources, source_pattern
     [model]  backbone ("conv4" or "resnet12"), channels
     [meta]   exactly the MetaConfig fields except total_epochs, which is train.epochs
     [train]  epochs, iterations_per_epoch, tasks_per_batch, seed, log_every, checkpoint_every,
