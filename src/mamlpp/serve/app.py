@@ -6,6 +6,7 @@ Endpoints (docs/serve.md has curl examples)::
     GET  /health    {"status": "ok"}
     GET  /model     what the model takes: ways, shots, image_size, channels, bn_mode, ...
     POST /predict   multipart/form-data (field names below) -> classes and probabilities
+    POST /classifier  the same form -> the model adapted to it as an ONNX file (classifier.py)
     GET  /          the page (static/index.html, app.js, style.css)
 
 ``POST /predict`` fields: ``support.<class name>`` (one or more image files per class: repeat the
@@ -234,7 +235,7 @@ class _Task:
     query_labels: list[str]
 
 
-def build_task(parts: list[_Part], limits: Limits) -> _Task:
+def build_task(parts: list[_Part], limits: Limits, need_query: bool = True) -> _Task:
     """Support classes and query images from the form's parts; empty file fields (a browser's
     file input with nothing chosen) are skipped, so a class of only those is empty."""
     support: dict[str, list[bytes]] = {}
@@ -275,7 +276,7 @@ def build_task(parts: list[_Part], limits: Limits) -> _Task:
             400,
             f"no support images: send each class's images as '{SUPPORT_PREFIX}<class name>' files",
         )
-    if not query:
+    if need_query and not query:
         raise ApiError(400, f"no query images: send the images to classify as '{QUERY_FIELD}'")
     support_labels = [f"{file!r} of class {name!r}" for name in support for file in names[name]]
     query_labels = [f"{file!r} (query)" for file in query_files]
@@ -465,6 +466,16 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
             return await run_in_threadpool(service.predict, task)
         except MamlppError as error:  # not the caller's fault (InputError became ApiError)
             raise ApiError(500, f"the model failed: {error}") from None
+
+    from mamlpp.serve.classifier import REQUEST_BODY, classifier_file, classifier_response
+
+    @app.post("/classifier", response_class=Response, openapi_extra=REQUEST_BODY)
+    async def classifier(request: Request, content_type: Annotated[str, Header()]) -> Response:
+        """The model adapted to the ``support.<class name>`` images, as an ONNX file."""
+        parts = await read_form(request, service.limits)
+        task = build_task(parts, service.limits, need_query=False)
+        del parts
+        return classifier_response(await run_in_threadpool(classifier_file, service, task))
 
     def _static(name: str) -> Response:
         if name not in static:
