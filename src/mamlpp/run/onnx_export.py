@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -51,11 +51,9 @@ from mamlpp.core.learner import MAMLpp
 from mamlpp.data.images import ImageLike, Preprocessing
 from mamlpp.errors import ConfigError
 from mamlpp.nn.module_backbone import ModuleBackbone
+from mamlpp.run.experiment import ExperimentConfig
 from mamlpp.util.atomic import atomic_write
 from mamlpp.version import __version__
-
-if TYPE_CHECKING:
-    from mamlpp.run.predictor import FewShotPredictor
 
 INSTALL = 'pip install "mamlpp[onnx]"'
 INPUT_NAME = "image"
@@ -77,6 +75,22 @@ def require_onnx() -> Any:
     except ImportError:
         raise ConfigError(f"ONNX export needs the onnx package: {INSTALL}") from None
     return onnx
+
+
+class Adaptable(Protocol):
+    """What adaptation needs of a :class:`~mamlpp.run.predictor.FewShotPredictor` (which
+    imports this module for its ``adapt``)."""
+
+    config: ExperimentConfig
+    members: list[MAMLpp]
+    preprocessing: Preprocessing
+    sources: list[str]
+
+    def prepare_support(
+        self,
+        support: Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
+        class_names: Sequence[str] | None = None,
+    ) -> tuple[Tensor, Tensor, list[str], list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,7 @@ class AdaptedClassifier(nn.Module):
 
 
 def adapt_classifier(
-    predictor: FewShotPredictor,
+    predictor: Adaptable,
     support: Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
     class_names: Sequence[str] | None = None,
     *,
@@ -179,7 +193,7 @@ def adapt_classifier(
 
 @torch.no_grad()
 def classifier_from_prepared(
-    predictor: FewShotPredictor,
+    predictor: Adaptable,
     support_x: Tensor,
     support_y: Tensor,
     classes: Sequence[str],

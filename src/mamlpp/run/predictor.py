@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 
@@ -39,10 +39,8 @@ from mamlpp.run.datasource import preprocessing_for
 from mamlpp.run.evaluate import member_from_state
 from mamlpp.run.experiment import ExperimentConfig, build_config
 from mamlpp.run.model_file import ModelRecord, read_model, write_model
+from mamlpp.run.onnx_export import AdaptedClassifier, adapt_classifier
 from mamlpp.run.run_dir import RunCheckpoints, read_run_config, require_run_dir
-
-if TYPE_CHECKING:
-    from mamlpp.run.onnx_export import AdaptedClassifier
 
 # Pillow's name for an image read from bytes, e.g. " <_io.BytesIO object at 0x7f...>".
 _BUFFER = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
@@ -324,8 +322,6 @@ class FewShotPredictor:
         """Adapt once to ``support`` (as :meth:`adapt_and_predict` takes it) and return the
         result as a standalone classifier: ``.to_onnx(path)`` writes it as one ONNX file that
         equals this predictor on one image at a time (:mod:`mamlpp.run.onnx_export`)."""
-        from mamlpp.run.onnx_export import adapt_classifier
-
         return adapt_classifier(self, support, class_names, source=self.origin)
 
 

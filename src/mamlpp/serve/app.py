@@ -45,8 +45,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from mamlpp.errors import MamlppError
+from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.predictor import FewShotPredictor, InputError, colour_note
+from mamlpp.serve.classifier import REQUEST_BODY as CLASSIFIER_BODY
+from mamlpp.serve.classifier import classifier_bytes, classifier_response
 
 SUPPORT_PREFIX = "support."
 QUERY_FIELD = "query"
@@ -367,6 +369,19 @@ class _Service:
             ],
         }
 
+    def classifier(self, task: _Task) -> bytes:
+        """POST /classifier in a worker thread: /predict's checks, then adapt and export (the
+        model one request at a time)."""
+        flat = [image for images in task.support.values() for image in images]
+        _check_pixels(flat, task.support_labels, self.limits)
+        try:
+            with self.lock:
+                return classifier_bytes(self.predictor, task.support, task.support_labels)
+        except InputError as error:
+            raise ApiError(400, _clean(str(error))) from None
+        except ConfigError as error:
+            raise ApiError(501, f"this server cannot write the classifier: {error}") from None
+
 
 def _static_files() -> dict[str, bytes]:
     folder = resources.files("mamlpp.serve").joinpath("static")
@@ -467,15 +482,13 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
         except MamlppError as error:  # not the caller's fault (InputError became ApiError)
             raise ApiError(500, f"the model failed: {error}") from None
 
-    from mamlpp.serve.classifier import REQUEST_BODY, classifier_file, classifier_response
-
-    @app.post("/classifier", response_class=Response, openapi_extra=REQUEST_BODY)
+    @app.post("/classifier", response_class=Response, openapi_extra=CLASSIFIER_BODY)
     async def classifier(request: Request, content_type: Annotated[str, Header()]) -> Response:
         """The model adapted to the ``support.<class name>`` images, as an ONNX file."""
         parts = await read_form(request, service.limits)
         task = build_task(parts, service.limits, need_query=False)
         del parts
-        return classifier_response(await run_in_threadpool(classifier_file, service, task))
+        return classifier_response(await run_in_threadpool(service.classifier, task))
 
     def _static(name: str) -> Response:
         if name not in static:
