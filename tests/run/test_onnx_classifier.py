@@ -157,6 +157,7 @@ def test_the_metadata_describes_the_file(tmp_path):
     assert json.loads(meta["support_images"]) == {f"class {i}": 1 + i % 2 for i in range(WAYS)}
     assert meta["source"] == "runs/mine" and meta["mamlpp_version"] == mamlpp.__version__
     assert meta["resample"] == "bilinear" and meta["resize"] == "always"
+    assert (meta["pil_mode"], meta["pil_filter"]) == ("L", "BILINEAR")
     assert json.loads(meta["normalisation"]) == {"mean": [0.0], "std": [1.0]}
     assert meta["inner_steps"] == "2" and "predicted alone" in meta["equals"]
     assert "support set's statistics" in meta["equals"]

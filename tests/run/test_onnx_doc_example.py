@@ -35,7 +35,7 @@ def example_code() -> str:
 
 def test_the_example_is_about_ten_lines() -> None:
     code = [line for line in example_code().splitlines() if line.strip()]
-    assert len(code) <= 14, code  # imports included
+    assert len(code) <= 15, code  # 12 lines and the imports
     imported = {line.split()[1].rstrip(",") for line in code if line.startswith("import ")}
     assert imported <= {"json", "sys", "numpy", "onnxruntime"}  # and PIL below
     assert all("mamlpp" not in line and "torch" not in line for line in code)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import json
 import logging
@@ -285,6 +286,11 @@ def onnx_metadata(classifier: AdaptedClassifier) -> dict[str, str]:
         "resample": prep.resample,
         "resize": "always" if prep.resize else "never",
         "resize_rule": _resize_rule(prep),
+        # The same rule as Pillow's arguments: Image.convert(pil_mode), then
+        # resize((S, S), Image.Resampling[pil_filter]); with resample "nearest-binary" pixels
+        # above 127 become 255, the others 0, and a grey image fills every channel.
+        "pil_mode": "L" if prep.channels == 1 or prep.resample == "nearest-binary" else "RGB",
+        "pil_filter": {"nearest-binary": "NEAREST"}.get(prep.resample, prep.resample.upper()),
         "normalisation": json.dumps({"mean": list(prep.mean), "std": list(prep.std)}),
         "mamlpp_version": __version__,
         "source": prov.source,
@@ -314,6 +320,8 @@ def export_onnx(classifier: AdaptedClassifier, path: str | os.PathLike[str]) -> 
     """Write ``classifier`` as one ONNX file with :func:`onnx_metadata`, atomically; anything
     the exporter cannot handle is one :class:`ConfigError` line."""
     onnx = require_onnx()
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:  # torch < 2.5
+        raise ConfigError(f"ONNX export needs torch 2.5 or newer, this is {torch.__version__}")
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ConfigError(f"the classifier file must end in .onnx, got {path.name}")
