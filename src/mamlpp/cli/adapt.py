@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapt.add_argument(
         "--export-classifier",
         metavar="CLASSIFIER.onnx",
-        help="also write the adapted model as a standalone ONNX classifier (docs/onnx.md)",
+        help="write the model adapted to --support as one ONNX classifier (docs/onnx.md)",
     )
     adapt.set_defaults(handler=run_adapt)
 
