@@ -21,7 +21,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mamlpp"
 # Imports that may sit inside a function, and why: optional extras (tensorboard, matplotlib, the
 # serve extra), and fcntl, which Windows lacks. Command modules (mamlpp.cli.*) import the library
 # inside their handlers so that `mamlpp --help` skips torch (about 1.5 s on a 2-core CPU).
-OPTIONAL_OR_PLATFORM = ("torch.utils.tensorboard", "matplotlib", "fastapi", "uvicorn", "fcntl")
+OPTIONAL_OR_PLATFORM = (
+    "torch.utils.tensorboard",
+    "matplotlib",
+    "fastapi",
+    "uvicorn",
+    "fcntl",
+    "onnx",
+)
 
 
 def _import_graph() -> dict[str, set[str]]:

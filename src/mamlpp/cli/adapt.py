@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mamlpp.cli.classifier import classifier_path, write_classifier
 from mamlpp.errors import ConfigError, DataError, InputError
 from mamlpp.util.atomic import atomic_write
 
@@ -36,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapt.add_argument("model", metavar="RUN_DIR", help="a run folder, or a file from `export`")
     adapt.add_argument("--support", required=True, metavar="DIR", help="DIR/<class>/<images>")
     adapt.add_argument(
-        "--query", required=True, nargs="+", metavar="PATH", help="image files or folders"
+        "--query",
+        nargs="+",
+        metavar="PATH",
+        help="image files or folders (optional with --export-classifier)",
     )
     adapt.add_argument("--out", metavar="FILE.csv|FILE.json", help="write all probabilities")
     adapt.add_argument(
@@ -46,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average the top-k checkpoints by validation accuracy (run folders; default 1)",
     )
     adapt.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    adapt.add_argument(
+        "--export-classifier",
+        metavar="CLASSIFIER.onnx",
+        help="write the model adapted to --support as one ONNX classifier (docs/onnx.md)",
+    )
     adapt.set_defaults(handler=run_adapt)
 
 
@@ -174,15 +183,28 @@ def run_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .csv or .json, got {out.name}")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out folder {out.parent} does not exist")
+    classifier = classifier_path(args.export_classifier)
+    if args.query is None and (classifier is None or out is not None):
+        raise ConfigError(
+            "give --query images to classify"
+            + ("" if out is not None else ", or --export-classifier FILE.onnx")
+        )
     support = support_images(args.support)
-    files = query_images(args.query)
+    files = query_images(args.query or [])
     predictor = _load_predictor(args.model, args.top_k, args.device)
     converted: list[str] = []  # colour images made grey: one note for support and query
     sx, sy, names, notes = predictor.prepare_support(
         support, labels=[str(f) for fs in support.values() for f in fs], converted=converted
     )
-    qx = predictor.prepare_query(files, labels=[str(f) for f in files], converted=converted)
+    labels = [str(f) for f in files]
+    qx = predictor.prepare_query(files, labels, converted=converted) if files else None
     notes += colour_note(converted)
+    if classifier is not None:  # every input was read and checked first
+        write_classifier(classifier, predictor, sx, sy, names, notes, args.model)
+    if qx is None:  # only the classifier was asked for
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return 0
     notes.append(predictor.query_note(len(qx)))  # whether predictions depend on the batch
     dependent = predictor.batch_dependent_for(len(qx))
     prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes, dependent)

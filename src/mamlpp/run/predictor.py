@@ -39,6 +39,7 @@ from mamlpp.run.datasource import preprocessing_for
 from mamlpp.run.evaluate import member_from_state
 from mamlpp.run.experiment import ExperimentConfig, build_config
 from mamlpp.run.model_file import ModelRecord, read_model, write_model
+from mamlpp.run.onnx_export import AdaptedClassifier, adapt_classifier
 from mamlpp.run.run_dir import RunCheckpoints, read_run_config, require_run_dir
 
 # Pillow's name for an image read from bytes, e.g. " <_io.BytesIO object at 0x7f...>".
@@ -84,6 +85,7 @@ class FewShotPredictor:
         self.preprocessing = preprocessing
         self.sources = list(sources)  # checkpoint names, for reports
         self._single: list[MAMLpp] | None = None  # members for one transductive query image
+        self.origin = ""  # the run folder or model file it was read from (ONNX metadata)
 
     @property
     def ways(self) -> int:
@@ -161,7 +163,9 @@ class FewShotPredictor:
         template = _template(config, channels, device)
         members = [member_from_state(template, m.state["model"], m.path, device) for m in found]
         preprocessing = preprocessing_for(config.data, channels)
-        return cls(config, members, preprocessing, [m.path.name for m in found])
+        predictor = cls(config, members, preprocessing, [m.path.name for m in found])
+        predictor.origin = str(run_dir)
+        return predictor
 
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> FewShotPredictor:
@@ -172,7 +176,9 @@ class FewShotPredictor:
         preprocessing = Preprocessing.from_dict(record.preprocessing)
         template = _template(config, preprocessing.channels, device)
         members = [member_from_state(template, s, path, device) for s in record.members]
-        return cls(config, members, preprocessing, record.checkpoints)
+        predictor = cls(config, members, preprocessing, record.checkpoints)
+        predictor.origin = str(path)
+        return predictor
 
     def export(self, path: str | Path) -> None:
         """Write this predictor as one model file, atomically: ``.safetensors`` (weights as
@@ -307,6 +313,16 @@ class FewShotPredictor:
         notes += colour_note(converted)
         probabilities = self.predict_prepared(sx, sy, qx)
         return Prediction(names, probabilities, notes, self.batch_dependent_for(len(qx)))
+
+    def adapt(
+        self,
+        support: Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
+        class_names: Sequence[str] | None = None,
+    ) -> AdaptedClassifier:
+        """Adapt once to ``support`` (as :meth:`adapt_and_predict` takes it) and return the
+        result as a standalone classifier: ``.to_onnx(path)`` writes it as one ONNX file that
+        equals this predictor on one image at a time (:mod:`mamlpp.run.onnx_export`)."""
+        return adapt_classifier(self, support, class_names, source=self.origin)
 
 
 def with_bn_mode(learner: MAMLpp, mode: str) -> MAMLpp:

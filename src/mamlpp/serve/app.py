@@ -6,6 +6,7 @@ Endpoints (docs/serve.md has curl examples)::
     GET  /health    {"status": "ok"}
     GET  /model     what the model takes: ways, shots, image_size, channels, bn_mode, ...
     POST /predict   multipart/form-data (field names below) -> classes and probabilities
+    POST /classifier  the same form -> the model adapted to it as an ONNX file (classifier.py)
     GET  /          the page (static/index.html, app.js, style.css)
 
 ``POST /predict`` fields: ``support.<class name>`` (one or more image files per class: repeat the
@@ -44,8 +45,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from mamlpp.errors import MamlppError
+from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.predictor import FewShotPredictor, InputError, colour_note
+from mamlpp.serve.classifier import REQUEST_BODY as CLASSIFIER_BODY
+from mamlpp.serve.classifier import classifier_bytes, classifier_response
 
 SUPPORT_PREFIX = "support."
 QUERY_FIELD = "query"
@@ -234,7 +237,7 @@ class _Task:
     query_labels: list[str]
 
 
-def build_task(parts: list[_Part], limits: Limits) -> _Task:
+def build_task(parts: list[_Part], limits: Limits, need_query: bool = True) -> _Task:
     """Support classes and query images from the form's parts; empty file fields (a browser's
     file input with nothing chosen) are skipped, so a class of only those is empty."""
     support: dict[str, list[bytes]] = {}
@@ -275,7 +278,7 @@ def build_task(parts: list[_Part], limits: Limits) -> _Task:
             400,
             f"no support images: send each class's images as '{SUPPORT_PREFIX}<class name>' files",
         )
-    if not query:
+    if need_query and not query:
         raise ApiError(400, f"no query images: send the images to classify as '{QUERY_FIELD}'")
     support_labels = [f"{file!r} of class {name!r}" for name in support for file in names[name]]
     query_labels = [f"{file!r} (query)" for file in query_files]
@@ -365,6 +368,19 @@ class _Service:
                 for file, row in zip(task.query_files, rows, strict=True)
             ],
         }
+
+    def classifier(self, task: _Task) -> bytes:
+        """POST /classifier in a worker thread: /predict's checks, then adapt and export (the
+        model one request at a time)."""
+        flat = [image for images in task.support.values() for image in images]
+        _check_pixels(flat, task.support_labels, self.limits)
+        try:
+            with self.lock:
+                return classifier_bytes(self.predictor, task.support, task.support_labels)
+        except InputError as error:
+            raise ApiError(400, _clean(str(error))) from None
+        except ConfigError as error:
+            raise ApiError(501, f"this server cannot write the classifier: {error}") from None
 
 
 def _static_files() -> dict[str, bytes]:
@@ -466,6 +482,14 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
             return await run_in_threadpool(service.predict, task)
         except MamlppError as error:  # not the caller's fault (InputError became ApiError)
             raise ApiError(500, f"the model failed: {error}") from None
+
+    @app.post("/classifier", response_class=Response, openapi_extra=CLASSIFIER_BODY)
+    async def classifier(request: Request, content_type: Annotated[str, Header()]) -> Response:
+        """The model adapted to the ``support.<class name>`` images, as an ONNX file."""
+        parts = await read_form(request, service.limits)
+        task = build_task(parts, service.limits, need_query=False)
+        del parts
+        return classifier_response(await run_in_threadpool(service.classifier, task))
 
     def _static(name: str) -> Response:
         if name not in static:

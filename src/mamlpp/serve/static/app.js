@@ -1,5 +1,6 @@
 // The page of `mamlpp serve`: name the classes, give support and query images, POST /predict
-// (fields support.<class name> and query, see docs/serve.md), and show the probabilities.
+// (fields support.<class name> and query, see docs/serve.md), and show the probabilities; or
+// download the model adapted to the support images as an ONNX file (POST /classifier).
 "use strict";
 
 const state = {
@@ -215,16 +216,16 @@ function render() {
     render();
   });
   $("predict").disabled = false;
+  // The classifier needs a support set: at least one image in every class.
+  $("download-classifier").disabled = state.support.some((files) => files.length === 0);
 }
 
 function className(i) {
   return $(`class-name-${i}`).value.trim();
 }
 
-// What is wrong with the form, as [message, id of the element to mark], or null; the server
-// checks everything again.
-function problem() {
-  const m = state.model;
+// What is wrong with the support set, as [message, id of the element to mark], or null.
+function supportProblem() {
   const names = state.support.map((_, i) => className(i));
   const unnamed = names.findIndex((n) => n === "");
   if (unnamed >= 0) return [`class ${unnamed + 1} has no name`, `class-name-${unnamed}`];
@@ -234,6 +235,15 @@ function problem() {
   }
   const empty = state.support.findIndex((files) => files.length === 0);
   if (empty >= 0) return [`class "${names[empty]}" has no images`, `class-${empty}`];
+  return null;
+}
+
+// What is wrong with the form, as [message, id of the element to mark], or null; the server
+// checks everything again.
+function problem() {
+  const m = state.model;
+  const wrongSupport = supportProblem();
+  if (wrongSupport) return wrongSupport;
   if (state.query.length === 0) return ["there are no query images to classify", "query-box"];
   const all = state.support.flat().concat(state.query);
   if (all.length > m.limits.max_files) {
@@ -291,6 +301,50 @@ async function predict(event) {
     }
     showResults(body, queries);
     setStatus(`Predicted ${plural(body.predictions.length, "image")}.`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// -- the classifier: POST /classifier, saved as a file ----------------------------------------
+async function downloadClassifier() {
+  clearError();
+  const wrong = supportProblem();
+  markInvalid(wrong && wrong[1]);
+  if (wrong) {
+    showError(wrong[0] + ".");
+    return;
+  }
+  const data = new FormData();
+  state.support.forEach((files, i) => {
+    for (const file of files) data.append("support." + className(i), file, file.name);
+  });
+  const button = $("download-classifier");
+  button.disabled = true;
+  setStatus("Adapting to the support images and writing the classifier\u2026");
+  try {
+    let response;
+    try {
+      response = await fetch("/classifier", { method: "POST", body: data });
+    } catch (error) {
+      showError("the request did not reach the server (" + error.message + ").");
+      setStatus("");
+      return;
+    }
+    if (!response.ok) {
+      const body = await readJson(response);
+      showError(body.error || `the server answered ${response.status}`);
+      setStatus("The classifier could not be made: see the error above.");
+      return;
+    }
+    const blob = await response.blob();
+    const url = URL.createObjectURL(blob);
+    const link = el("a", { href: url, download: "classifier.onnx" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    setStatus(`Classifier downloaded (classifier.onnx, ${(blob.size / 1e6).toFixed(2)} MB).`);
   } finally {
     button.disabled = false;
   }
@@ -357,6 +411,7 @@ function showResults(body, queries) {
 // -- start ---------------------------------------------------------------------------------------
 document.addEventListener("DOMContentLoaded", () => {
   $("predict-form").addEventListener("submit", predict);
+  $("download-classifier").addEventListener("click", downloadClassifier);
   $("query-files").addEventListener("change", (event) => {
     addFiles(state.query, event.target.files);
     event.target.value = "";
