@@ -484,8 +484,9 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
             raise ApiError(500, f"the model failed: {error}") from None
 
     @app.post("/classifier", response_class=Response, openapi_extra=CLASSIFIER_BODY)
-    async def classifier(request: Request, content_type: Annotated[str, Header()]) -> Response:
+    async def classifier(request: Request) -> Response:
         """The model adapted to the ``support.<class name>`` images, as an ONNX file."""
+        # As /predict: read_form answers a missing or wrong content type with a 415.
         parts = await read_form(request, service.limits)
         task = build_task(parts, service.limits, need_query=False)
         del parts
