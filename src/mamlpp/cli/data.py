@@ -9,7 +9,7 @@ import time
 
 from mamlpp.data import table
 from mamlpp.data.files import ENV_VAR
-from mamlpp.errors import DataError
+from mamlpp.errors import ConfigError, DataError
 
 DATA_DIR_HELP = f"data folder (default: ${ENV_VAR}, else ~/.cache/mamlpp)"
 
@@ -40,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("name", choices=tuple(table.DATASETS))
     info.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    info.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="a [data] setting as `train --set` takes it, to preview its splits before training, "
+        "e.g. --set data.test_fraction=0.3 --set data.ways=20 (repeatable)",
+    )
     info.set_defaults(handler=run_info)
 
 
@@ -67,13 +75,24 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    entry = table.dataset(args.name)
-    start = time.perf_counter()
-    if entry.own_images:  # prepared as the [data] keys' defaults prepare them
-        from mamlpp.run.datasource import load_splits
-        from mamlpp.run.experiment import DataSection
+    from mamlpp.run.experiment import build_config, parse_set
 
-        splits = load_splits(DataSection(dataset=entry.name), args.data_dir)
+    entry = table.dataset(args.name)
+    settings: dict = {"dataset": entry.name}
+    spec = entry.preprocessing
+    if spec is not None and spec.fixed_size:  # the size such a dataset's images have
+        settings["image_size"] = spec.image_size
+    for assignment in args.set:
+        section, key, value = parse_set(assignment)
+        if section != "data":
+            raise ConfigError(f"data info takes [data] settings only, got --set {assignment}")
+        settings[key] = value
+    data = build_config({"data": settings}).data  # checked as `train` checks it
+    start = time.perf_counter()
+    if entry.own_images:  # prepared as the [data] keys (defaults, or --set) prepare them
+        from mamlpp.run.datasource import load_splits
+
+        splits = load_splits(data, args.data_dir)
     else:
         splits = entry.load(args.data_dir, progress=True)
     seconds = time.perf_counter() - start
@@ -84,4 +103,12 @@ def run_info(args: argparse.Namespace) -> int:
     for split in splits.values():
         print(f"  {split.describe()}")
     print(f"loaded in {seconds:.2f} s")
+    for split in splits.values():  # as training would refuse it, before anyone trains
+        if split.num_classes < data.ways:
+            print(
+                f"warning: the {split.name} split has {split.num_classes} classes, fewer than "
+                f"data.ways={data.ways}: {data.ways}-way tasks cannot be drawn from it (add "
+                "classes, change data.val_fraction/test_fraction, or lower data.ways)",
+                file=sys.stderr,
+            )
     return 0

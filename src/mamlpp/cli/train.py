@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     from mamlpp.run.build import resolve_device
     from mamlpp.run.datasource import load_splits
-    from mamlpp.run.lifecycle import check_run_folder
+    from mamlpp.run.lifecycle import check_run_folder, resume_hint
     from mamlpp.run.presets import describe_config, resolve_config
     from mamlpp.run.run_dir import RunDir, default_run_dir
     from mamlpp.run.training import run_training
@@ -104,9 +104,27 @@ def _train(args: argparse.Namespace) -> int:
             )
 
         splits = load() if dist is None else dist.local_first(load)
-        run_training(
-            config, run, splits, device, resume=args.resume, progress=not args.quiet, dist=dist
-        )
+        started: list = []  # the trainer, once training starts (for the Ctrl-C hint)
+        on_start = started.append
+        try:
+            run_training(
+                config,
+                run,
+                splits,
+                device,
+                resume=args.resume,
+                progress=not args.quiet,
+                dist=dist,
+                on_start=on_start,
+            )
+        except KeyboardInterrupt:
+            if not started or not writer:
+                raise
+            trainer = started[0]
+            hint = resume_hint(
+                run, trainer.step, trainer.saved_step, config.train.iterations_per_epoch
+            )
+            raise KeyboardInterrupt(hint) from None
     except BaseException as error:
         if dist is not None:
             dist.abandon(error)  # a peer may be gone: wait for none, but tell them why
@@ -133,6 +151,7 @@ def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
     import torch
 
     from mamlpp.engine.distributed import DistributedError, check_divisible, launched_by_torchrun
+    from mamlpp.engine.elastic_temp import removing_empty_elastic_folders
     from mamlpp.run.lifecycle import check_run_folder
     from mamlpp.run.run_dir import RunDir, default_run_dir
 
@@ -146,6 +165,13 @@ def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
         raise ConfigError(
             f"--nproc {nproc} on CUDA needs {nproc} GPUs; this machine has "
             f"{torch.cuda.device_count()} (one process per GPU)"
+        )
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and nproc > cores:
+        print(
+            f"note: --nproc {nproc} on the CPU, but this machine has {cores} CPU cores: the "
+            f"{nproc} processes share them, so this is slower than --nproc {cores}",
+            flush=True,
         )
     if run is None:
         run = RunDir(default_run_dir(config.preset))
@@ -165,7 +191,7 @@ def _launch_torchrun(args: argparse.Namespace, config, run, device) -> int:
     command = [sys.executable, "-c", agent, "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "mamlpp", "train", *forwarded]
     print(f"launching {nproc} processes: torchrun {' '.join(command[3:])}", flush=True)
-    with subprocess.Popen(command) as process:
+    with removing_empty_elastic_folders(), subprocess.Popen(command) as process:
         try:
             code = process.wait()
         except KeyboardInterrupt:  # Ctrl-C reached every process: torchrun stops the ranks

@@ -197,7 +197,10 @@ def validate_meta_config(config: MetaConfig) -> None:
     if not 0.0 < config.bn_momentum <= 1.0:
         raise ConfigError(f"bn_momentum must lie in (0, 1], got {config.bn_momentum}")
     if config.grad_clip is not None and config.grad_clip <= 0:
-        raise ConfigError(f"grad_clip must be > 0 or None, got {config.grad_clip}")
+        raise ConfigError(
+            f'grad_clip must be > 0, or "none" for no clipping (None in Python), got '
+            f"{config.grad_clip}"
+        )
     if config.adapt_bn_affine and config.per_step_bn_affine:
         raise ConfigError(
             "adapt_bn_affine=True needs per_step_bn_affine=False: inner-loop adaptation applies "

@@ -105,6 +105,22 @@ def _gather(
     return splits, files
 
 
+def split_listing(
+    root: str | os.PathLike[str], val_fraction: float, test_fraction: float, split_seed: int
+) -> dict[str, tuple[list[str], list[int]]]:
+    """``{split: (class names, images per class)}`` of the folder, as
+    :func:`load_folder_dataset` splits it, from the file listing alone: nothing is decoded or
+    cached (what a data check needs before loading)."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist (pass it with --data-dir DIR)")
+    splits, files = _gather(base, val_fraction, test_fraction, split_seed)
+    return {
+        split: ([key.split("/", 1)[-1] for key in keys], [len(files[key]) for key in keys])
+        for split, keys in splits.items()
+    }
+
+
 def load_folder_dataset(
     root: str | os.PathLike[str],
     preprocessing: Preprocessing,

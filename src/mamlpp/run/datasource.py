@@ -78,7 +78,7 @@ def _load_folder(
         raise ConfigError(
             f"data.dataset={data.dataset} needs --data-dir DIR (the folder of your images)"
         )
-    return load_dataset(
+    splits = load_dataset(
         data.dataset,
         data_dir(data_dir_arg),
         preprocessing=preprocessing_for(data),
@@ -88,6 +88,20 @@ def _load_folder(
         split_seed=data.split_seed,
         progress=progress,
     )
+    check_servable(data, splits["train"].image_shape[0])
+    return splits
+
+
+def check_servable(data: DataSection, channels: int) -> None:
+    """Refuse, before training, preprocessing that a trained model could not use later:
+    ImageNet's mean and std are per RGB channel, so a grey dataset (``channels="auto"`` found
+    every image grey) cannot be normalised with them in ``adapt``, ``export`` or ``serve``."""
+    if data.normalize == "imagenet" and channels != 3:
+        raise ConfigError(
+            "data.normalize=imagenet needs RGB images, but every image is grey (data.channels="
+            f"{data.channels} kept {channels} channel): set data.channels=rgb to train on them "
+            "as RGB, or data.normalize=unit or half"
+        )
 
 
 def _fetch(

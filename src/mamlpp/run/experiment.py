@@ -335,6 +335,8 @@ def _validate_folder_keys(d: DataSection, entry: Dataset) -> None:
                     f"data.{key} applies to data.dataset={own} only (the {d.dataset} "
                     "dataset fixes its own preprocessing)"
                 )
+    if d.channels == "grey" and d.normalize == "imagenet":  # ImageNet's statistics are RGB's
+        raise ConfigError("data.normalize=imagenet needs data.channels=rgb (or auto), not grey")
     for key in ("val_fraction", "test_fraction"):
         if not 0.0 < getattr(d, key) < 1.0:
             raise ConfigError(f"data.{key} must be between 0 and 1, got {getattr(d, key)}")
