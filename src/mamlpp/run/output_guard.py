@@ -25,6 +25,9 @@ from mamlpp.run.run_dir import RunDir
 _RECORDS = ("config.toml", "metrics.jsonl", "summary.json", "data.json", ".lock")
 _EVAL_RECORD = re.compile(r"eval-.*\.json")
 _RUN_FOLDERS = ("checkpoints", "tensorboard")
+# What mamlpp's studies (ablate, the budget study) write into a run folder before they start its
+# training there: the run's command and status, and its log. Not the user's own files.
+STUDY_FILES = frozenset({"ablate.json", "train.log"})
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -38,7 +41,7 @@ def check_new_run_folder(run: RunDir) -> None:
     """Refuse ``train --out`` into a non-empty folder that is not a run (one line, exit 2)."""
     if not run.root.is_dir() or is_run_folder(run.root):
         return
-    entries = sorted(p.name for p in run.root.iterdir())
+    entries = sorted(p.name for p in run.root.iterdir() if p.name not in STUDY_FILES)
     if not entries:
         return
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
