@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import platform
 import resource
@@ -39,6 +38,7 @@ from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import Conv4, conv4_sequential
 from mamlpp.nn.resnet12 import ResNet12, resnet12_widths
+from mamlpp.run.run_dir import json_text
 from mamlpp.studies.bench_configs import CONFIGS, PAPER_REFERENCE, BenchConfig
 from mamlpp.util.atomic import atomic_write
 
@@ -475,7 +475,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    text = json.dumps(report, indent=2)
+    text = json_text(report, indent=2, sort_keys=False)  # strict: null for a non-finite number
     if args.json:
         with atomic_write(args.json, "w", encoding="utf-8") as f:
             f.write(text + "\n")
