@@ -135,3 +135,21 @@ def test_imagenet_statistics_with_rgb_serve_everywhere(folders, tmp_path: Path, 
     args = ["--support", str(support), "--query", str(query)]
     assert main(["adapt", str(tmp_path / "m.safetensors"), *args]) == 0
     assert main(["adapt", str(run), *args]) == 0
+
+
+@pytest.mark.parametrize("content", ["{}", '{"dataset": "folder"}'])
+def test_an_emptied_data_json_does_not_turn_the_check_off(
+    trained: Path, folders, tmp_path: Path, content: str, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "data.json").write_text(content)  # what a mistaken --out could have left
+    other = tmp_path / "other"
+    shutil.copytree(folders[0], other)
+    shutil.rmtree(sorted(p for p in other.iterdir() if p.is_dir())[0])  # one class fewer
+    code = main(["evaluate", str(run), "--data-dir", str(other), "--device", "cpu"])
+    err = _error_line(capsys)
+    assert code == 2 and f"{run} was trained on folder data in {folders[0].resolve()}" in err
+    resume = _args(other, run)
+    assert main([*resume, "--resume"]) == 2
+    assert "a run continues on the data it started on" in _error_line(capsys)
