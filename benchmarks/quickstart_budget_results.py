@@ -20,7 +20,6 @@ and calls :func:`collect` and :func:`write`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.errors import MamlppError
-from mamlpp.run.run_dir import read_json, read_metrics
+from mamlpp.run.run_dir import json_text, read_json, read_metrics
 from mamlpp.studies import plots
 from mamlpp.util.format import duration, markdown_table, percent
 
@@ -483,7 +482,8 @@ def plot(results: dict[str, Any], folder: Path) -> list[Path]:
 def write(results: dict[str, Any], folder: Path) -> list[Path]:
     """results.json, results.md and the charts into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = json_text(results, indent=2, sort_keys=False)  # strict: null for a non-finite number
+    (folder / "results.json").write_text(text + "\n", encoding="utf-8")
     (folder / "results.md").write_text(render(results), encoding="utf-8")
     return [folder / "results.json", folder / "results.md", *plot(results, folder)]
 

@@ -203,7 +203,7 @@ def test_health_and_model(client, predictor) -> None:
     assert info["image_size"] == 28 and info["channels"] == 1
     assert info["bn_mode"] == "transductive" and info["batch_dependent"] is True
     assert info["dataset"] == "folder"
-    assert info["techniques"] == predictor.config.techniques and "MSL" in info["techniques"]
+    assert info["techniques"] == predictor.config.active_techniques and "MSL" in info["techniques"]
     assert info["checkpoints"] == predictor.sources and len(info["checkpoints"]) == 1
     assert info["limits"]["max_files"] == 64
 

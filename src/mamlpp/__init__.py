@@ -11,8 +11,9 @@ The public API:
   under its earlier name ``FastMetaStep``);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
 * evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles;
-* own images: :func:`load` (a model from ``mamlpp export``) -> :class:`FewShotPredictor`, whose
-  ``adapt_and_predict`` takes PIL images or tensors and class names.
+* own images: :func:`load` (a model from ``mamlpp export``, or a run folder) ->
+  :class:`FewShotPredictor`, whose ``adapt_and_predict`` takes PIL images or tensors and class
+  names.
 
 The package is layered (``docs/architecture.md``): ``core`` (MAML++ itself) on ``nn`` (networks),
 ``engine`` (running steps fast) and ``data`` beside each other, ``run`` (experiments) on those,

@@ -106,13 +106,15 @@ def test_the_keys_round_trip_and_an_older_config_is_unchanged() -> None:
 
 
 def test_data_info_shows_groups_and_sources(letters: Path, capsys) -> None:
-    args = ["data", "info", "folder", "--data-dir", str(letters), "--groups", "folders"]
-    assert main([*args, "--sources", "pattern", "--source-pattern", "^(.+?)_"]) == 0
+    args = ["data", "info", "folder", "--data-dir", str(letters), "--set", "data.groups=folders"]
+    assert (
+        main([*args, "--set", "data.sources=pattern", "--set", "data.source_pattern=^(.+?)_"]) == 0
+    )
     out = capsys.readouterr().out
     assert "groups: folders, sources: pattern '^(.+?)_'" in out
     assert "train: 8 classes, 48 images (1x28x28), 2 groups, 3 sources" in out
-    assert main(["data", "info", "synthetic", "--groups", "folders"]) == 2
-    assert "apply to dataset folder only" in capsys.readouterr().err
+    assert main(["data", "info", "synthetic", "--set", "data.groups=folders"]) == 2
+    assert "data.groups applies to data.dataset='folder' only" in capsys.readouterr().err
 
 
 def test_a_short_run_trains_and_evaluates_within_groups(letters: Path, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from mamlpp.cli.classifier import classifier_path, write_classifier
 from mamlpp.errors import ConfigError, DataError, InputError
 from mamlpp.util.atomic import atomic_write
+from mamlpp.util.format import plural
 
 if TYPE_CHECKING:  # imported by the handlers: `mamlpp --help` stays free of torch
     from mamlpp.run.predictor import FewShotPredictor, Prediction
@@ -125,13 +125,25 @@ def _table(files: list[Path], prediction: Prediction) -> str:
     return "\n".join(lines)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): such a
+# text cell (a file or class name) is written with a leading ' so that it stays text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` safe to open in a spreadsheet: prefixed with ``'`` if it starts like a
+    formula (docs/own-data.md)."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
+
+
 def _csv_text(files: list[Path], prediction: Prediction) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "predicted", "probability", *(f"p[{c}]" for c in prediction.classes)])
+    header = ["file", "predicted", "probability", *(f"p[{c}]" for c in prediction.classes)]
+    writer.writerow([csv_cell(cell) for cell in header])
     rows = zip(files, prediction.predicted, prediction.confidence, strict=True)
     for (file, name, p), probs in zip(rows, prediction.probabilities.tolist(), strict=True):
-        writer.writerow([str(file), name, repr(p), *(repr(v) for v in probs)])
+        writer.writerow([csv_cell(str(file)), csv_cell(name), repr(p), *(repr(v) for v in probs)])
     return buffer.getvalue()
 
 
@@ -174,7 +186,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    from mamlpp.run.output_guard import check_output_path
     from mamlpp.run.predictor import Prediction, colour_note
+    from mamlpp.run.run_dir import json_text
 
     if args.top_k is not None and args.top_k < 1:  # as `mamlpp export` refuses it
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
@@ -189,6 +203,9 @@ def run_adapt(args: argparse.Namespace) -> int:
             "give --query images to classify"
             + ("" if out is not None else ", or --export-classifier FILE.onnx")
         )
+    for path, option in ((out, "--out"), (classifier, "--export-classifier")):
+        if path is not None:
+            check_output_path(path, option)
     support = support_images(args.support)
     files = query_images(args.query or [])
     predictor = _load_predictor(args.model, args.top_k, args.device)
@@ -206,6 +223,9 @@ def run_adapt(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         return 0
     notes.append(predictor.query_note(len(qx)))  # whether predictions depend on the batch
+    if args.top_k is not None and len(predictor.members) < args.top_k:  # as evaluate says it
+        kept = plural(len(predictor.members), "checkpoint")
+        notes.append(f"--top-k {args.top_k}, but only {kept} kept in {args.model}/checkpoints")
     dependent = predictor.batch_dependent_for(len(qx))
     prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes, dependent)
     for note in notes:
@@ -219,6 +239,6 @@ def run_adapt(args: argparse.Namespace) -> int:
             _write_atomic(out, _csv_text(files, prediction))
         else:
             record = _json_record(files, prediction, predictor, args.model)
-            _write_atomic(out, json.dumps(record, indent=2) + "\n")
+            _write_atomic(out, json_text(record, indent=2, sort_keys=False) + "\n")
         print(f"probabilities of all {len(names)} classes in {out}")
     return 0

@@ -40,32 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("name", choices=tuple(table.DATASETS))
     info.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
-    _grouping_options(info)
+    info.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="a [data] setting as `train --set` takes it, to preview its splits before training, "
+        "e.g. --set data.test_fraction=0.3 --set data.ways=20 (repeatable)",
+    )
     info.set_defaults(handler=run_info)
-
-
-def _grouping_options(info: argparse.ArgumentParser) -> None:
-    """Dataset folder: a run's data.groups, data.sources, data.source_pattern (docs/own-data.md)."""
-    own = info.add_argument_group("own image folders (dataset folder)")
-    own.add_argument(
-        "--groups",
-        choices=("none", "folders"),
-        default="none",
-        help="folders: DIR/<group>/<class>/ (default: none)",
-    )
-    own.add_argument(
-        "--sources",
-        choices=("none", "subfolders", "pattern"),
-        default="none",
-        help="where each image comes from: <class>/<source>/ sub-folders, or "
-        "--source-pattern (default: none)",
-    )
-    own.add_argument(
-        "--source-pattern",
-        metavar="REGEX",
-        default="",
-        help="with --sources pattern: a regex whose one group is the source",
-    )
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -92,21 +75,24 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    entry = table.dataset(args.name)
-    start = time.perf_counter()
-    if entry.own_images:  # prepared as the [data] keys' defaults prepare them
-        from mamlpp.run.datasource import load_splits
-        from mamlpp.run.experiment import DataSection
+    from mamlpp.run.experiment import build_config, parse_set
 
-        data = DataSection(
-            dataset=entry.name,
-            groups=args.groups,
-            sources=args.sources,
-            source_pattern=args.source_pattern,
-        )
+    entry = table.dataset(args.name)
+    settings: dict = {"dataset": entry.name}
+    spec = entry.preprocessing
+    if spec is not None and spec.fixed_size:  # the size such a dataset's images have
+        settings["image_size"] = spec.image_size
+    for assignment in args.set:
+        section, key, value = parse_set(assignment)
+        if section != "data":
+            raise ConfigError(f"data info takes [data] settings only, got --set {assignment}")
+        settings[key] = value
+    data = build_config({"data": settings}).data  # checked as `train` checks it
+    start = time.perf_counter()
+    if entry.own_images:  # prepared as the [data] keys (defaults, or --set) prepare them
+        from mamlpp.run.datasource import load_splits
+
         splits = load_splits(data, args.data_dir)
-    elif (args.groups, args.sources, args.source_pattern) != ("none", "none", ""):
-        raise ConfigError("--groups, --sources and --source-pattern apply to dataset folder only")
     else:
         splits = entry.load(args.data_dir, progress=True)
     seconds = time.perf_counter() - start
@@ -117,4 +103,12 @@ def run_info(args: argparse.Namespace) -> int:
     for split in splits.values():
         print(f"  {split.describe()}")
     print(f"loaded in {seconds:.2f} s")
+    for split in splits.values():  # as training would refuse it, before anyone trains
+        if split.num_classes < data.ways:
+            print(
+                f"warning: the {split.name} split has {split.num_classes} classes, fewer than "
+                f"data.ways={data.ways}: {data.ways}-way tasks cannot be drawn from it (add "
+                "classes, change data.val_fraction/test_fraction, or lower data.ways)",
+                file=sys.stderr,
+            )
     return 0

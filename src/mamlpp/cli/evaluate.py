@@ -49,6 +49,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from mamlpp.run.build import build_learner, resolve_device
+    from mamlpp.run.data_place import check_before_loading, recorded_data_dir
     from mamlpp.run.data_record import check_members, data_record, evaluation_data, run_record
     from mamlpp.run.datasource import load_splits
     from mamlpp.run.episodes import episode_sampler
@@ -79,7 +80,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     newest = checkpoints.newest()
     run_data = run_record(run, newest.state if newest is not None else None)
     check_members(run, run_data, [(m.path, m.state) for m in ensemble])
-    splits = load_splits(d, args.data_dir, download=not args.no_download, progress=False)
+    where, place_note = recorded_data_dir(d, args.data_dir, run_data)
+    if place_note is not None:
+        print(f"note: {place_note}")
+    if not args.allow_other_data:  # own images: refused from their listing, nothing written
+        shape = newest.state.get("shape") if newest is not None else None
+        allow = "pass --allow-other-data to score it on this data anyway"
+        check_before_loading(run, d, where, run_data, shape, allow)
+    splits = load_splits(d, where, download=not args.no_download, progress=False)
     record = data_record(d.dataset, splits)
     split = splits[args.split]
     seed = e.test_seed if args.split == "test" else e.val_seed

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mamlpp.errors import ConfigError
+from mamlpp.util.format import file_size, plural
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,10 +32,15 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"folder {out.parent} does not exist")
     if out.suffix.lower() not in (".safetensors", ".pt"):
         raise ConfigError(f"the model file must end in .safetensors or .pt, got {out.name}")
+    from mamlpp.run.output_guard import check_output_path
     from mamlpp.run.predictor import FewShotPredictor
 
+    check_output_path(out, "the model file")
     predictor = FewShotPredictor.from_run(args.run_dir, args.top_k, "cpu")
     predictor.export(out)
-    size = out.stat().st_size / 1e6
-    print(f"exported {', '.join(predictor.sources)} of {args.run_dir} to {out} ({size:.1f} MB)")
+    if len(predictor.members) < args.top_k:  # as `mamlpp evaluate` says it
+        kept = plural(len(predictor.members), "checkpoint")
+        print(f"note: --top-k {args.top_k}, but only {kept} kept in {args.run_dir}/checkpoints")
+    size = file_size(out.stat().st_size)
+    print(f"exported {', '.join(predictor.sources)} of {args.run_dir} to {out} ({size})")
     return 0

@@ -25,6 +25,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from mamlpp.engine.collectives import check_divisible, launched_by_torchrun
+from mamlpp.engine.elastic_temp import removing_empty_elastic_folders
 from mamlpp.engine.job_errors import DistributedError
 from mamlpp.errors import ConfigError
 from mamlpp.run.experiment import ExperimentConfig
@@ -32,7 +33,7 @@ from mamlpp.run.lifecycle import check_run_folder
 from mamlpp.run.run_dir import RunDir, default_run_dir
 
 
-def resume_hint(run: RunDir) -> str:
+def checkpoint_kept_hint(run: RunDir) -> str:
     """What to add to a lost-process error: the ``--resume`` hint when the folder holds a
     checkpoint to continue from, else nothing."""
     if run.latest.is_file() or run.epoch_checkpoints():
@@ -60,6 +61,13 @@ def launch_torchrun(
             f"--nproc {nproc} on CUDA needs {nproc} GPUs; this machine has "
             f"{torch.cuda.device_count()} (one process per GPU)"
         )
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and nproc > cores:
+        print(
+            f"note: --nproc {nproc} on the CPU, but this machine has {cores} CPU cores: the "
+            f"{nproc} processes share them, so this is slower than --nproc {cores}",
+            flush=True,
+        )
     if run is None:
         run = RunDir(default_run_dir(config.preset))
     check_run_folder(run, args.resume, config)  # before any data is loaded or downloaded
@@ -68,7 +76,7 @@ def launch_torchrun(
     command = [sys.executable, "-c", agent, "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "mamlpp", "train", *_forwarded(args, run)]
     print(f"launching {nproc} processes: torchrun {' '.join(command[3:])}", flush=True)
-    with subprocess.Popen(command) as process:
+    with removing_empty_elastic_folders(), subprocess.Popen(command) as process:
         try:
             code = process.wait()
         except KeyboardInterrupt:  # Ctrl-C reached every process: torchrun stops the ranks
@@ -84,7 +92,7 @@ def launch_torchrun(
     message = f"a process of the distributed job was killed by {name}"
     if name == "SIGKILL":
         message += " (out of memory?)"
-    raise DistributedError(message + resume_hint(run))
+    raise DistributedError(message + checkpoint_kept_hint(run))
 
 
 def _forwarded(args: argparse.Namespace, run: RunDir) -> list[str]:

@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _left_to_another_process(error):
             print(f"mamlpp: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if not _peer_rank():  # Ctrl-C reaches every process of a job: rank 0 says it
-            print("mamlpp: interrupted", file=sys.stderr)
+            hint = f"; {interrupt}" if str(interrupt) else ""  # train: how to continue
+            print(f"mamlpp: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `mamlpp presets | head`: the reader went away; exit quietly like other Unix tools.

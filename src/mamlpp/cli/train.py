@@ -52,12 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mamlpp.cli.launch import launch_torchrun, resume_hint
+    from mamlpp.cli.launch import checkpoint_kept_hint, launch_torchrun
     from mamlpp.engine.collectives import check_divisible, init_from_env, launched_by_torchrun
     from mamlpp.engine.job_errors import DistributedError
     from mamlpp.run.build import resolve_device
     from mamlpp.run.datasource import load_splits
-    from mamlpp.run.lifecycle import check_run_folder
+    from mamlpp.run.lifecycle import check_run_folder, resume_hint
     from mamlpp.run.presets import describe_config, resolve_config
     from mamlpp.run.run_dir import RunDir, default_run_dir
     from mamlpp.run.training import run_training
@@ -99,14 +99,32 @@ def _train(args: argparse.Namespace) -> int:
             )
 
         splits = load() if dist is None else dist.local_first(load)
-        run_training(
-            config, run, splits, device, resume=args.resume, progress=not args.quiet, dist=dist
-        )
+        started: list = []  # the trainer, once training starts (for the Ctrl-C hint)
+        on_start = started.append
+        try:
+            run_training(
+                config,
+                run,
+                splits,
+                device,
+                resume=args.resume,
+                progress=not args.quiet,
+                dist=dist,
+                on_start=on_start,
+            )
+        except KeyboardInterrupt:
+            if not started or not writer:
+                raise
+            trainer = started[0]
+            hint = resume_hint(
+                run, trainer.step, trainer.saved_step, config.train.iterations_per_epoch
+            )
+            raise KeyboardInterrupt(hint) from None
     except BaseException as error:
         if dist is not None:
             dist.abandon(error)  # a peer may be gone: wait for none, but tell them why
             lost = isinstance(error, DistributedError) and not error.reported_elsewhere
-            hint = resume_hint(run) if lost and dist.is_writer and run is not None else ""
+            hint = checkpoint_kept_hint(run) if lost and dist.is_writer and run is not None else ""
             if hint:
                 raise DistributedError(f"{error}{hint}") from None
         raise

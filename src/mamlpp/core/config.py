@@ -67,7 +67,7 @@ class MetaConfig:
     total_epochs: int = field(default=100, metadata={"min": 1})
     # Elementwise clamp of the network's meta-gradients to [-grad_clip, grad_clip]
     # (not the LSLR table); the reference uses 10 on mini-ImageNet.
-    grad_clip: float | None = field(default=None, metadata={"gt": 0})
+    grad_clip: float | None = field(default=None, metadata={"gt": 0, "none": "no clipping"})
     task_reduction: TaskReduction = "mean"
     bn_momentum: float = field(default=0.1, metadata={"gt": 0, "max": 1})
 

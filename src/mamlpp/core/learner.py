@@ -21,7 +21,7 @@ from mamlpp.core.algorithm import InnerLoopPlan
 from mamlpp.core.config import MetaConfig
 from mamlpp.core.executions import check_execution, task_batched_forward
 from mamlpp.core.outer_step import outer_step
-from mamlpp.core.types import Backbone, PassStats
+from mamlpp.core.types import Backbone, PassStats, TaskForward
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbone import is_backbone
 from mamlpp.nn.module_backbone import ModuleBackbone
@@ -162,6 +162,32 @@ class MAMLpp(nn.Module):
                     f"got {tuple(query_y.shape)}"
                 )
 
+    def _checked(self, forward: TaskForward, support_x: Tensor, support_y: Tensor) -> TaskForward:
+        """``forward``, checked at the first batch of each example shape (tasks on the CPU): it
+        must give one logit per class of the tasks, so that a network with the wrong number of
+        outputs is a one-line error, not an IndexError from the loss (or, with too many, a
+        softmax over classes no task has). Later batches get ``forward`` itself (no cost)."""
+        key = tuple(support_x.shape[2:])
+        checked: set[tuple[int, ...]] = self.__dict__.setdefault("_outputs_checked", set())
+        if key in checked or support_y.device.type != "cpu":
+            return forward  # on an accelerator reading the labels would be a host sync
+        # Labels 0..N-1, read through numpy: no tensor operation (the graph-safety checks of
+        # mamlpp.engine watch those for host reads).
+        classes = int(support_y.detach().numpy().max()) + 1
+
+        def checking(params, x, step, *args, **kwargs):  # type: ignore[no-untyped-def]
+            logits, stats = forward(params, x, step, *args, **kwargs)
+            if logits.shape[-1] != classes:
+                raise ConfigError(
+                    f"the network gives {logits.shape[-1]} outputs per example, but the tasks "
+                    f"have {classes} classes: its last layer needs one output per class (the "
+                    "ways of the tasks, data.ways)"
+                )
+            checked.add(key)
+            return logits, stats
+
+        return checking
+
     # -- training --------------------------------------------------------------------------------
     def meta_loss(
         self,
@@ -233,7 +259,11 @@ class MAMLpp(nn.Module):
             bn_from_support=self.config.bn_mode == "support",
         )
         losses, metrics, stats = algorithm.meta_loss(
-            task_batched_forward(self.backbone, execution or self.execution),
+            self._checked(
+                task_batched_forward(self.backbone, execution or self.execution),
+                support_x,
+                support_y,
+            ),
             self._params(),
             self.inner_lrs,
             support_x,
@@ -350,6 +380,7 @@ class MAMLpp(nn.Module):
         self._check_batch(support_x, support_y, query_x)
         plan, params, lrs, running = self._eval_inputs(num_steps)
         forward = task_batched_forward(self.backbone, execution or self.execution)
+        forward = self._checked(forward, support_x, support_y)
         with torch.no_grad():
             logits = algorithm.predict(
                 forward, params, lrs, support_x, support_y, query_x, plan, running
@@ -365,7 +396,9 @@ class MAMLpp(nn.Module):
         plan, params, lrs, running = self._eval_inputs(num_steps)
         with torch.no_grad():
             fast, _, _ = algorithm.adapt(
-                task_batched_forward(self.backbone, self.execution),
+                self._checked(
+                    task_batched_forward(self.backbone, self.execution), support_x, support_y
+                ),
                 params,
                 lrs,
                 support_x,

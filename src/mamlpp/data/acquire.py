@@ -43,7 +43,7 @@ def load_splits(
             raise ConfigError(
                 f"data.dataset={data.dataset} needs --data-dir DIR (the folder of your images)"
             )
-        return entry.load(
+        splits = entry.load(
             data_dir(data_dir_arg),
             preprocessing=preprocessing_for(data),
             auto_channels=data.channels == "auto",
@@ -55,6 +55,8 @@ def load_splits(
             source_pattern=data.source_pattern,
             progress=progress,
         )
+        check_servable(data, splits["train"].image_shape[0])
+        return splits
     root = data_dir(data_dir_arg)
     if entry.files.locate(root) is None and entry.files.download is not None:
         _fetch(entry.files, root, download, say, progress)
@@ -113,3 +115,15 @@ def _fetch(
         if not files.by_hand or "mismatch" in why:  # a corrupt download: say exactly that
             raise
         raise DataError(files.download_failed(why, folder)) from None
+
+
+def check_servable(data: DataSection, channels: int) -> None:
+    """Refuse, before training, preprocessing that a trained model could not use later:
+    ImageNet's mean and std are per RGB channel, so a grey dataset (``channels="auto"`` found
+    every image grey) cannot be normalised with them in ``adapt``, ``export`` or ``serve``."""
+    if data.normalize == "imagenet" and channels != 3:
+        raise ConfigError(
+            "data.normalize=imagenet needs RGB images, but every image is grey (data.channels="
+            f"{data.channels} kept {channels} channel): set data.channels=rgb to train on them "
+            "as RGB, or data.normalize=unit or half"
+        )

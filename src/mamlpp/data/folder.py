@@ -121,6 +121,34 @@ def _gather(
     return splits, files
 
 
+def split_listing(
+    root: str | os.PathLike[str],
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    grouping: Grouping | None = None,
+) -> dict[str, tuple[list[str], list[int]]]:
+    """``{split: (class names, images per class)}`` of the folder, as
+    :func:`load_folder_dataset` splits and names it, from the file listing alone: nothing is
+    decoded or cached (what a data check needs before loading)."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist (pass it with --data-dir DIR)")
+    grouping = grouping or Grouping()
+    splits, files = _gather(base, val_fraction, test_fraction, split_seed, grouping)
+    flat = folder_layout(base) == "flat"
+    return {
+        split: ([_class_name(key, flat) for key in keys], [len(files[key]) for key in keys])
+        for split, keys in splits.items()
+    }
+
+
+def _class_name(key: str, flat: bool) -> str:
+    """A class's name from its key: flat keys are the names; split-folder keys carry
+    ``split/`` in front."""
+    return key if flat else key.split("/", 1)[1]
+
+
 def load_folder_dataset(
     root: str | os.PathLike[str],
     preprocessing: Preprocessing,
@@ -164,7 +192,6 @@ def load_folder_dataset(
         "cache": str(cache) if cache else "(not written)",
         "preprocessing": json.dumps(preprocessing.to_dict()),
     }
-    # Flat keys are the class names; split-folder keys carry "split/" in front.
     flat = folder_layout(base) == "flat"
     source_ids = grouping.image_sources(paths)  # int64 [M] in cache order, or None
     result = {}
@@ -174,7 +201,7 @@ def load_folder_dataset(
         ids = torch.cat(rows)
         local = torch.repeat_interleave(torch.arange(len(rows)), counts)
         class_images, _ = build_class_index(local, len(rows))
-        names = [key if flat else key.split("/", 1)[1] for key in splits[split]]
+        names = [_class_name(key, flat) for key in splits[split]]
         result[split] = FewShotSplit(
             name=split,
             images=pixels[ids].contiguous(),

@@ -82,6 +82,8 @@ def check_section(d: DataSection) -> None:
     if spec is not None and spec.fixed_size and d.image_size != spec.image_size:
         size = spec.image_size
         raise ConfigError(f"{d.dataset} images are {size}x{size}; data.image_size={d.image_size}")
+    if d.channels == "grey" and d.normalize == "imagenet":  # ImageNet's statistics are RGB's
+        raise ConfigError("data.normalize=imagenet needs data.channels=rgb (or auto), not grey")
     if d.val_fraction + d.test_fraction >= 1.0:
         raise ConfigError(
             f"data.val_fraction + data.test_fraction must be < 1 (leave classes to train on), "

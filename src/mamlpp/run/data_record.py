@@ -10,6 +10,8 @@ checkpoint (key ``"data"``)::
     splits        {"train": {"classes", "images", "fingerprint"}, "val": ..., "test": ...}; a
                   split's fingerprint hashes its image shape, class names and per-class image
                   counts, in order
+    preprocessing own images only: the preparation the loader applied (size, channels as
+                  found, normalisation), which ``adapt``, ``export`` and ``serve`` then apply
 
 The fingerprint names the classes and counts, not the pixels: the same data in another folder
 (moved, copied, another download) is the same data, and a decoder upgrade that changes a pixel
@@ -38,22 +40,34 @@ SPLITS = ("train", "val", "test")
 
 def data_record(dataset: str, splits: Mapping[str, FewShotSplit]) -> dict[str, Any]:
     """The record of the data ``splits`` (loaded for ``dataset``): see the module docstring."""
+    listing = {n: (splits[n].class_names, splits[n].class_counts.tolist()) for n in SPLITS}
+    record = listed_record(dataset, _where(splits["train"]), splits["train"].image_shape, listing)
+    used = splits["train"].meta.get("preprocessing")  # own images: what the loader applied
+    if used:
+        record["preprocessing"] = json.loads(used)
+    return record
+
+
+def listed_record(
+    dataset: str,
+    data_dir: str | None,
+    image_shape: Sequence[int],
+    listing: Mapping[str, tuple[Sequence[str], Sequence[int]]],
+) -> dict[str, Any]:
+    """The record of data whose splits hold ``listing[split] = (class names, images per
+    class)`` of ``image_shape`` images: the same as :func:`data_record` of those splits loaded,
+    so a folder's data can be checked from its file listing before anything is decoded."""
     per_split = {}
     for name in SPLITS:
-        split = splits[name]
-        identity = [name, list(split.image_shape), split.class_names, split.class_counts.tolist()]
+        names, counts = listing[name]
+        identity = [name, list(image_shape), list(names), [int(c) for c in counts]]
         per_split[name] = {
-            "classes": split.num_classes,
-            "images": split.num_images,
+            "classes": len(names),
+            "images": int(sum(counts)),
             "fingerprint": _hash(json.dumps(identity)),
         }
     whole = _hash(json.dumps([per_split[n]["fingerprint"] for n in SPLITS]))
-    return {
-        "dataset": dataset,
-        "data_dir": _where(splits["train"]),
-        "fingerprint": whole,
-        "splits": per_split,
-    }
+    return {"dataset": dataset, "data_dir": data_dir, "fingerprint": whole, "splits": per_split}
 
 
 def _hash(text: str) -> str:
@@ -69,12 +83,31 @@ def _where(split: FewShotSplit) -> str | None:
 
 
 def run_record(run: RunDir, state: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The run's data record: ``data.json``, else that of checkpoint ``state`` (a run whose
-    data.json was lost), else None (a run from before mamlpp recorded its data)."""
-    record = read_json(run.data)
-    if record is None and state is not None:
-        record = state.get("data")
-    return record if isinstance(record, dict) and "fingerprint" in record else None
+    """The run's data record: ``data.json`` when it holds a valid one, else that of checkpoint
+    ``state`` (a run whose data.json was lost, emptied or overwritten: every checkpoint keeps
+    the record too), else None (a run from before mamlpp recorded its data)."""
+    for record in (read_json(run.data), None if state is None else state.get("data")):
+        if isinstance(record, Mapping) and is_record(record):
+            return dict(record)
+    return None
+
+
+def is_record(record: Any) -> bool:
+    """Whether ``record`` is a data record (:func:`data_record`): a fingerprint of 16 hex digits
+    and the three splits'. ``{}`` or any other JSON is not, and never disables a data check."""
+    if not isinstance(record, Mapping) or not _is_fingerprint(record.get("fingerprint")):
+        return False
+    splits = record.get("splits")
+    return isinstance(splits, Mapping) and all(
+        isinstance(splits.get(n), Mapping) and _is_fingerprint(splits[n].get("fingerprint"))
+        for n in SPLITS
+    )
+
+
+def _is_fingerprint(value: Any) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,11 +136,50 @@ def member_from_state(
     try:
         member.load_state_dict(model_state)
     except (RuntimeError, KeyError) as error:
-        first = str(error).splitlines()[0]
-        raise MamlppError(f"checkpoint {source} does not fit this model: {first}") from None
+        why = state_dict_mismatch(str(error))
+        raise MamlppError(f"checkpoint {source} does not fit this model: {why}") from None
     if device is not None:
         member.to(device)
     return member
+
+
+def state_dict_mismatch(message: str, shown: int = 3) -> str:
+    """torch's ``load_state_dict`` error (a first line ending in a colon, then one line per
+    problem) as one line: missing and unexpected keys counted with the first few named, size
+    mismatches with their shapes, e.g. ``missing 2 keys (head.weight, head.bias); size mismatch
+    for head.weight: [5, 64] in the checkpoint, [6, 64] in the model``."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return lines[0] if lines else "its tensors do not match the model's"
+    parts, sizes = [], []
+    for line in lines[1:]:
+        keys = re.findall(r'"([^"]+)"', line)
+        kind = "missing" if line.startswith("Missing") else "unexpected"
+        if line.startswith(("Missing", "Unexpected")) and keys:
+            named = ", ".join(keys[:shown]) + (
+                f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            )
+            parts.append(f"{kind} {len(keys)} {'key' if len(keys) == 1 else 'keys'} ({named})")
+        elif line.startswith("size mismatch"):
+            sizes.append(line)
+        else:
+            parts.append(line.rstrip("."))
+    for line in sizes[:shown]:
+        found = re.match(
+            r"size mismatch for (\S+): copying a param with shape (.+) from checkpoint, "
+            r"the shape in current model is (.+?)\.?$",
+            line,
+        )
+        if found:
+            name, theirs, ours = (re.sub(r"torch\.Size\((.*)\)", r"\1", g) for g in found.groups())
+            parts.append(
+                f"size mismatch for {name}: {theirs} in the checkpoint, {ours} in the model"
+            )
+        else:
+            parts.append(line.rstrip("."))
+    if len(sizes) > shown:
+        parts.append(f"and {len(sizes) - shown} more size mismatches")
+    return "; ".join(parts)
 
 
 def ensemble_paths(run: RunDir, k: int, say: Callable[[str], None] = warn) -> list[Path]:

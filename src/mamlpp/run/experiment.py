@@ -34,7 +34,7 @@ from mamlpp.core.config import MetaConfig
 from mamlpp.data.section import DataSection, check_section  # [data] lives with the data
 from mamlpp.engine.precision import Precision
 from mamlpp.errors import ConfigError
-from mamlpp.util.fields import check_field, check_fields, field_types
+from mamlpp.util.fields import check_field, check_fields, field_bounds, field_types
 from mamlpp.util.format import did_you_mean
 
 BackboneName = Literal["conv4", "resnet12"]
@@ -183,6 +183,16 @@ SECTIONS: dict[str, type] = {
 # ------------------------------------------------------------------------------ building
 
 
+def _checked_values(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A section's TOML/--set values, each checked against its field's type and range with the
+    words of TOML (``"none"``, ``true or false``)."""
+    types_, bounds = field_types(cls), field_bounds(cls)
+    return {
+        key: check_field(f"{section}.{key}", value, types_[key], toml=True, bounds=bounds[key])
+        for key, value in values.items()
+    }
+
+
 def build_config(tree: dict[str, Any]) -> ExperimentConfig:
     """An ExperimentConfig from a (possibly partial) nested dict, fully validated."""
     check_keys(tree, where="config")
@@ -193,16 +203,8 @@ def build_config(tree: dict[str, Any]) -> ExperimentConfig:
     for name, cls in SECTIONS.items():
         if name == "meta":
             continue  # built below, once train.epochs is known
-        sections[name] = cls(
-            **{
-                key: check_field(f"{name}.{key}", value, field_types(cls)[key], toml=True)
-                for key, value in tree.get(name, {}).items()
-            }
-        )
-    meta_values = {
-        key: check_field(f"meta.{key}", value, field_types(MetaConfig)[key], toml=True)
-        for key, value in tree.get("meta", {}).items()
-    }
+        sections[name] = cls(**_checked_values(name, cls, tree.get(name, {})))
+    meta_values = _checked_values("meta", MetaConfig, tree.get("meta", {}))
     check_fields(sections["train"], "train.")  # train.epochs before meta.total_epochs
     # MetaConfig's own validation (types, ranges, combinations) applies here; its messages
     # name bare fields, so they get their section.

@@ -10,6 +10,7 @@ from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.run.checkpoint import atomic_save, remove_stale_temporaries, top_k_epochs
 from mamlpp.run.data_record import check_same_data, describe, run_record
 from mamlpp.run.experiment import ExperimentConfig, check_resumable, to_toml
+from mamlpp.run.output_guard import check_new_run_folder
 from mamlpp.run.run_dir import (
     NoIntactCheckpoint,
     RunCheckpoints,
@@ -27,6 +28,7 @@ def check_run_folder(run: RunDir, resume: bool, config: ExperimentConfig | None 
     resume whose config would change the run. Cheap: call it before loading any data."""
     if run.root.exists() and not run.root.is_dir():
         raise ConfigError(f"--out {run.root} exists and is not a folder")
+    check_new_run_folder(run)  # a folder of the user's own files is never written into
     started = run.has_training_state() or run.metrics.is_file() or bool(run.epoch_checkpoints())
     if started and not resume:
         raise ConfigError(
@@ -132,3 +134,20 @@ def _check_resume_data(
         "a run continues on the data it started on: give its folder with --data-dir, or "
         "start a new run (another --out) to train on this data",
     )
+
+
+def resume_hint(run: RunDir, step: int, saved_step: int | None, iterations_per_epoch: int) -> str:
+    """What an interrupted training session tells the user: how to continue, and how much since
+    the last checkpoint is lost (``step``: iterations done; ``saved_step``: those latest.pt
+    holds, None when no checkpoint was written yet)."""
+    command = f"continue with `mamlpp train --out {run.root} --resume`"
+    if saved_step is None:
+        return (
+            f"{command}; no checkpoint was written yet (one is written at the end of every "
+            f"epoch), so it starts again from iteration 0 ({step} done are lost)"
+        )
+    epoch, iteration = divmod(saved_step, iterations_per_epoch)
+    at = f"epoch {epoch + 1}, iteration {iteration}" if iteration else f"the end of epoch {epoch}"
+    lost = step - saved_step
+    what = "nothing is lost" if lost <= 0 else f"the {lost} iteration(s) since are run again"
+    return f"{command}; it starts from the last checkpoint ({at}): {what}"

@@ -114,8 +114,14 @@ def _from_torch(path: Path) -> ModelRecord:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MamlppError(f"cannot read model file {path}: {reason}") from None
+        # The first sentence only: a truncated file gives "[Errno 22] Invalid argument" or
+        # miniz's long advice, neither of which says what happened to the file.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        raise MamlppError(
+            f"cannot read model file {path}: a truncated or damaged torch file "
+            f"({path.stat().st_size} bytes; torch says: {reason}); write it again with "
+            "`mamlpp export`"
+        ) from None
     record = _checked(path, record)
     return ModelRecord(
         config=record["config"],

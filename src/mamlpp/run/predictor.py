@@ -103,12 +103,14 @@ class FewShotPredictor:
         statistics. One query alone is never batch-dependent (:meth:`batch_dependent_for`)."""
         return self.config.meta.bn_mode == "transductive"
 
-    def batch_dependent_for(self, queries: int) -> bool:
-        """Whether the probabilities of a call with ``queries`` query images depend on each
-        other. A single query image of a transductive model is normalised with the support
-        set's statistics instead of a batch of one, which normalises itself and predicts far
-        worse (docs/results/bn-support-b300/single-image.md), so it depends on nothing else."""
-        return self.batch_dependent and queries > 1
+    def batch_dependent_for(self, queries: int | Sequence[ImageLike] | ImageLike) -> bool:
+        """Whether the probabilities of a call with ``queries`` depend on each other:
+        ``queries`` is their count, or the queries themselves as :meth:`adapt_and_predict` takes
+        them (a tensor ``[Q, C, S, S]``, a list, one image). A single query image of a
+        transductive model is normalised with the support set's statistics instead of a batch
+        of one, which normalises itself and predicts far worse
+        (docs/results/bn-support-b300/single-image.md), so it depends on nothing else."""
+        return self.batch_dependent and _query_count(queries) > 1
 
     def query_note(self, queries: int) -> str:
         """One line for `mamlpp adapt`: how the queries of this call were normalised."""
@@ -162,7 +164,10 @@ class FewShotPredictor:
         channels = int(shape[0]) if shape else preprocessing_for(config.data).channels
         template = _template(config, channels, device)
         members = [member_from_state(template, m.state["model"], m.path, device) for m in found]
-        preprocessing = preprocessing_for(config.data, channels)
+        used = (run_data or {}).get("preprocessing")  # recorded by training (own images)
+        preprocessing = (
+            Preprocessing.from_dict(used) if used else preprocessing_for(config.data, channels)
+        )
         predictor = cls(config, members, preprocessing, [m.path.name for m in found])
         predictor.origin = str(run_dir)
         return predictor
@@ -174,6 +179,13 @@ class FewShotPredictor:
         record = read_model(path)
         config = build_config(record.config)
         preprocessing = Preprocessing.from_dict(record.preprocessing)
+        if preprocessing.image_size != config.data.image_size:  # the network is built for this
+            raise InputError(
+                f"model file {path} is inconsistent: its preprocessing makes "
+                f"{preprocessing.image_size}x{preprocessing.image_size} images, but its network "
+                f"was trained on {config.data.image_size}x{config.data.image_size} "
+                "(data.image_size); export the run again"
+            )
         template = _template(config, preprocessing.channels, device)
         members = [member_from_state(template, s, path, device) for s in record.members]
         predictor = cls(config, members, preprocessing, record.checkpoints)
@@ -353,6 +365,20 @@ def _image_list(value: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
     return list(cast(Sequence[ImageLike], value))
 
 
+def _query_count(queries: int | Sequence[ImageLike] | ImageLike) -> int:
+    """The number of query images in ``queries``: a count, or the images themselves."""
+    if isinstance(queries, bool):
+        raise TypeError("queries must be a count of query images or the images, not a bool")
+    if isinstance(queries, int):
+        return queries
+    if isinstance(queries, torch.Tensor) and queries.dim() not in (3, 4):
+        raise TypeError(
+            f"a query tensor is [Q, C, S, S] or one image [C, S, S], got shape "
+            f"{tuple(queries.shape)}"
+        )
+    return len(_image_list(queries))
+
+
 def _template(config: ExperimentConfig, channels: int, device: torch.device | str) -> MAMLpp:
     """The run's learner, built by the training code's own builder (so any backbone it knows
     works here); its seeding is kept from touching the caller's random state."""
@@ -361,6 +387,9 @@ def _template(config: ExperimentConfig, channels: int, device: torch.device | st
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> FewShotPredictor:
-    """A model exported with ``mamlpp export RUN_DIR model.pt``, ready for
+    """A model exported with ``mamlpp export RUN_DIR model.safetensors`` (or ``.pt``), or a run
+    folder itself (its best checkpoint, as ``mamlpp adapt RUN_DIR`` uses it), ready for
     :meth:`FewShotPredictor.adapt_and_predict`."""
+    if Path(path).is_dir():
+        return FewShotPredictor.from_run(path, 1, device)
     return FewShotPredictor.from_file(path, device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -260,7 +261,7 @@ class MetricsLog:
         self._handle = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self._handle.write(json_text(record) + "\n")
         self._handle.flush()
 
     def sync(self) -> None:
@@ -311,14 +312,33 @@ def truncate_metrics(path: Path, step: int) -> None:
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
     with atomic_write(path, "w", encoding="utf-8") as handle:
         for record in kept:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(json_text(record) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, in nested dicts,
+    lists and tuples: JSON has no NaN, and strict parsers reject the ``NaN`` Python writes (a
+    confidence interval over one task is undefined: null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_text(record: Any, indent: int | None = None, sort_keys: bool = True) -> str:
+    """The one way mamlpp's records become JSON: strict (``allow_nan=False``), non-finite
+    numbers written as null (:func:`finite`), keys sorted unless their order means something."""
+    return json.dumps(finite(record), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic JSON write (summary.json is read by `report` while runs may still be writing)."""
+    text = json_text(data, indent=2)
     with atomic_write(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.write(text + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

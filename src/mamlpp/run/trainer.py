@@ -135,6 +135,7 @@ class Trainer:
         # Position: the epoch in progress (0-based) and the next iteration within it.
         self.epoch = 0
         self.iteration = 0
+        self.saved_step: int | None = None  # the step latest.pt holds (None: no checkpoint yet)
         self.history: list[list[float]] = []  # [[epoch (1-based), val accuracy], ...]
         # Epoch files kept: the top-k of the largest eval.top_k this run ever had, so re-testing
         # a run with a smaller top-k never deletes checkpoints.
@@ -196,6 +197,7 @@ class Trainer:
         restore_rng(state["rng"])
         self.epoch = int(state["progress"]["epoch"])
         self.iteration = int(state["progress"]["iteration"])
+        self.saved_step = self.step
         self.history = [[int(e), float(a)] for e, a in state["history"]]
         self.keep_top_k = max(self.keep_top_k, kept_top_k(state))
         self.train_seconds = float(state["timing"]["train_seconds"])
@@ -217,6 +219,7 @@ class Trainer:
         if epoch_file and self.epoch in keep:
             atomic_save(state, self.run.epoch_checkpoint(self.epoch))
         atomic_save(state, self.run.latest)
+        self.saved_step = self.step
         self._prune(keep, upto=self.epoch)
 
     def _prune(self, keep: set[int], upto: int) -> None:

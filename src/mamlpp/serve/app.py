@@ -330,7 +330,7 @@ class _Service:
             "channels": p.preprocessing.channels,
             "bn_mode": p.config.meta.bn_mode,
             "batch_dependent": p.batch_dependent,
-            "techniques": list(p.config.techniques),
+            "techniques": list(p.config.active_techniques),  # those that took effect
             "dataset": p.config.data.dataset,
             "checkpoints": list(p.sources),
             "limits": asdict(self.limits),

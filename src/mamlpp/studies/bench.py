@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import platform
 import resource
@@ -40,6 +39,7 @@ from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import Conv4, conv4_sequential
 from mamlpp.nn.resnet12 import ResNet12, resnet12_widths
+from mamlpp.run.run_dir import json_text
 from mamlpp.studies.bench_configs import CONFIGS, PAPER_REFERENCE, BenchConfig, BenchOptions
 from mamlpp.util.atomic import atomic_write
 
@@ -496,7 +496,7 @@ def main(options: BenchOptions) -> int:
     if options.threads:
         torch.set_num_threads(options.threads)
     report = run(options)
-    text = json.dumps(report, indent=2)
+    text = json_text(report, indent=2, sort_keys=False)  # strict: null for a non-finite number
     if options.json:
         with atomic_write(options.json, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -56,9 +56,35 @@ def load_run(path: Path, name: str) -> RunData:
         run=run,
         config=read_run_config(run),
         metrics=read_metrics(run.metrics),
-        summary=read_json(run.summary),
+        summary=_summary(run),
         checkpoint=checkpoint,
     )
+
+
+# The fields of summary.json the report's table shows (mamlpp.run.training.summarise).
+SUMMARY_FIELDS = (
+    "test_accuracy",
+    "test_ci95",
+    "test_tasks",
+    "ensemble_size",
+    "wall_time_s",
+    "iterations_per_second",
+)
+
+
+def _summary(run: RunDir) -> dict[str, Any] | None:
+    """summary.json, or None before the run finished; a file there that is not a run summary
+    (another tool's, or one edited by hand) is a one-line error naming what it lacks."""
+    summary = read_json(run.summary)
+    if summary is None:
+        return None
+    missing = [k for k in SUMMARY_FIELDS if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise MamlppError(
+            f"{run.summary} is not a mamlpp run summary (no {', '.join(missing)}): move it "
+            "away, and the run is reported as unfinished"
+        )
+    return summary
 
 
 def _names(paths: list[Path]) -> list[str]:
@@ -218,7 +244,7 @@ def _row(run: RunData) -> list[str]:
     val = [r for r in run.metrics if r.get("kind") == "val"]
     best = max(val, key=lambda r: (r["accuracy"], -r["epoch"])) if val else None
     status = run_status(s, run.metrics, c.train.epochs)
-    techniques = " ".join(c.techniques) or "MAML"
+    techniques = " ".join(c.active_techniques) or "MAML"  # as summary.json lists them
     return [
         run.name,
         c.preset,

@@ -32,6 +32,11 @@ def field_types(cls: type) -> Mapping[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def field_bounds(cls: type) -> Mapping[str, Mapping[str, Any]]:
+    """The metadata (the range) of every field of the dataclass ``cls``, by field name."""
+    return {f.name: f.metadata for f in dataclasses.fields(cls)}
+
+
 # How a type reads in an error message: to a Python caller, and to someone writing TOML/--set.
 _TYPE_WORDS: dict[type, tuple[str, str]] = {
     bool: ("bool", "true or false"),
@@ -61,7 +66,7 @@ def check_field(
     """
     value = _check_type(key, value, hint, toml)
     if bounds and value is not None:
-        _check_bounds(key, value, bounds, optional=_is_optional(hint))
+        _check_bounds(key, value, bounds, optional=_is_optional(hint), toml=toml)
     return value
 
 
@@ -118,7 +123,9 @@ def _check_type(key: str, value: Any, hint: Any, toml: bool) -> Any:
     return value
 
 
-def _check_bounds(key: str, value: Any, bounds: Mapping[str, Any], optional: bool) -> None:
+def _check_bounds(
+    key: str, value: Any, bounds: Mapping[str, Any], optional: bool, toml: bool = False
+) -> None:
     low = ("min", bounds["min"]) if "min" in bounds else ("gt", bounds.get("gt"))
     high = ("max", bounds["max"]) if "max" in bounds else ("lt", bounds.get("lt"))
     # Written as "not inside" so that NaN, which compares False with everything, is outside.
@@ -139,6 +146,8 @@ def _check_bounds(key: str, value: Any, bounds: Mapping[str, Any], optional: boo
         rule = f"be {'>=' if low[0] == 'min' else '>'} {low[1]}"
     else:
         rule = f"be {'<=' if high[0] == 'max' else '<'} {high[1]}"
-    rule += " or None" if optional else ""
+    if optional:  # spelled as the caller writes it: "none" in TOML and --set, None in Python
+        rule += ', or "none"' if toml else " or None"
+        rule += f" for {bounds['none']}" if "none" in bounds else ""
     why = f" ({bounds['why']})" if "why" in bounds else ""
     raise ConfigError(f"{key} must {rule}{why}, got {value}")

@@ -28,6 +28,17 @@ def percent(fraction: float | None, digits: int = 2) -> str:
     return f"{100 * fraction:.{digits}f}"
 
 
+def file_size(size: int) -> str:
+    """Bytes as ``812 bytes``, ``43.2 KB``, ``12.5 MB`` or ``1.20 GB`` (decimal units): a small
+    file never shows as ``0.0 MB``."""
+    if size < 1000:
+        return plural(size, "byte")
+    for unit, scale, digits in (("KB", 1e3, 1), ("MB", 1e6, 1), ("GB", 1e9, 2)):
+        if size < 1000 * scale or unit == "GB":
+            return f"{size / scale:.{digits}f} {unit}"
+    raise AssertionError("unreachable")
+
+
 def plural(count: int, noun: str) -> str:
     """``1 checkpoint``, ``3 checkpoints``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
