@@ -22,11 +22,11 @@ class StepRecorder:
             setattr(backbone, method, self._wrap(getattr(backbone, method)))
 
     def _wrap(self, original):
-        def recording(params, x, step, running=None):
+        def recording(params, x, bn):
             # x: [n, C, H, W] per task or [B, n, C, H, W] batched; n tells the pass apart.
             kind = "support" if x.shape[-4] == self.support_n else "target"
-            self.calls.append((kind, step, running is not None))
-            return original(params, x, step, running)
+            self.calls.append((kind, bn.step, bn.running is not None))
+            return original(params, x, bn)
 
         return recording
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from mamlpp import MAMLpp, MetaConfig, ModuleBackbone
 from mamlpp.errors import ConfigError
+from mamlpp.nn import BatchNormContext
 from mamlpp.nn.module_backbone import _TaskBatchNorm
 
 # Six techniques on (DA: first order at epoch 0, second order from epoch 1; MSL active to 3).
@@ -152,17 +153,21 @@ def test_task_batched_forward_on_vectors_equals_one_task_at_a_time():
         for n, p in backbone.named_parameters()
     }  # a different network per task: [B=3, *shape]
     x = torch.randn(3, 4, 5, dtype=torch.float64)
-    logits, stats = backbone.task_batched_forward(params, x, step=1)
+    logits, stats = backbone.task_batched_forward(params, x, BatchNormContext(1))
     assert logits.shape == (3, 4, 3) and set(stats) == {"module.2"}
     for b in range(3):
-        one, one_stats = backbone.functional_forward({n: t[b] for n, t in params.items()}, x[b], 1)
+        one, one_stats = backbone.functional_forward(
+            {n: t[b] for n, t in params.items()}, x[b], BatchNormContext(1)
+        )
         assert torch.allclose(logits[b], one, rtol=0, atol=1e-12)
         for j in range(2):
             assert torch.allclose(stats["module.2"][j][b], one_stats["module.2"][j], atol=1e-12)
     # Stored statistics: row `step` normalises, and no statistics are returned.
     running = {n: b + 0.5 for n, b in backbone.named_buffers()}
-    logits_r, stats_r = backbone.task_batched_forward(params, x, 2, running)
-    one_r, _ = backbone.functional_forward({n: t[0] for n, t in params.items()}, x[0], 2, running)
+    logits_r, stats_r = backbone.task_batched_forward(params, x, BatchNormContext(2, running))
+    one_r, _ = backbone.functional_forward(
+        {n: t[0] for n, t in params.items()}, x[0], BatchNormContext(2, running)
+    )
     assert stats_r == {} and torch.allclose(logits_r[0], one_r, rtol=0, atol=1e-12)
     assert not torch.allclose(logits_r, logits)
 

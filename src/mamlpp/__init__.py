@@ -6,7 +6,8 @@ The public API:
   adaptation, prediction), the :class:`Conv4` backbone, and the per-epoch schedules
   :func:`msl_weights`, :func:`step_loss_weights`, :func:`second_order_at`, :func:`outer_lr`;
 * any ``nn.Module`` as a backbone: :class:`ModuleBackbone` (``MAMLpp(module, config)`` wraps a
-  plain module with it), and :class:`ResNet12`;
+  plain module with it), and :class:`ResNet12`; a backbone of your own implements
+  ``forward(params, x, bn: BatchNormContext)``;
 * training steps: :class:`MetaStepRunner` (CUDA-graph replay on GPUs, eager elsewhere; also
   under its earlier name ``FastMetaStep``);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
@@ -35,6 +36,7 @@ _EXPORTS = {
     "outer_lr": "mamlpp.core.schedules",
     "second_order_at": "mamlpp.core.schedules",
     "step_loss_weights": "mamlpp.core.schedules",
+    "BatchNormContext": "mamlpp.nn.backbone",
     "Conv4": "mamlpp.nn.conv4",
     "conv4_for": "mamlpp.nn.conv4",
     "ModuleBackbone": "mamlpp.nn.module_backbone",
@@ -56,6 +58,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BatchNormContext",
     "ConfigError",
     "Conv4",
     "DataError",
@@ -94,6 +97,7 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from mamlpp.data import EpisodeSampler, FewShotSplit, TaskBatch, load_dataset
     from mamlpp.engine.step_runner import FastMetaStep, MetaStepRunner
     from mamlpp.errors import ConfigError, DataError, MamlppError
+    from mamlpp.nn.backbone import BatchNormContext
     from mamlpp.nn.conv4 import Conv4, conv4_for
     from mamlpp.nn.module_backbone import ModuleBackbone
     from mamlpp.nn.resnet12 import ResNet12

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from mamlpp.core.types import BatchStats, TaskForward
+from mamlpp.core.types import BatchNormContext, BatchStats, TaskForward
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,10 @@ def query_forward(
     ``running``) normalise, as in the other modes.
     """
     if not plan.bn_from_support:
-        return forward(params, query_x, step, running)
+        return forward(params, query_x, BatchNormContext(step, running))
     n = support_x.shape[1]
-    logits, stats = forward(params, torch.cat([support_x, query_x], dim=1), step, running, n)
+    both = torch.cat([support_x, query_x], dim=1)
+    logits, stats = forward(params, both, BatchNormContext(step, running, stats_rows=n))
     return logits[:, n:], stats
 
 
@@ -214,7 +215,9 @@ def adapt(
                     inputs = [v.detach().requires_grad_() for v in fast_values]
                     context = {n: t.detach() for n, t in fixed.items()}
                 logits, stats = forward(
-                    {**context, **dict(zip(names, inputs, strict=True))}, support_x, step, running
+                    {**context, **dict(zip(names, inputs, strict=True))},
+                    support_x,
+                    BatchNormContext(step, running),
                 )
                 losses = per_task_cross_entropy(logits, support_y)  # [B]
                 grads = (

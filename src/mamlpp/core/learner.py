@@ -11,6 +11,7 @@ chooses how the tasks of a call are computed (:mod:`mamlpp.core.executions`: ``"
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -19,11 +20,11 @@ from torch import Tensor, nn
 from mamlpp.core import algorithm, schedules
 from mamlpp.core.algorithm import InnerLoopPlan
 from mamlpp.core.config import MetaConfig
-from mamlpp.core.executions import check_execution, task_batched_forward
+from mamlpp.core.executions import Execution, check_execution, task_batched_forward
 from mamlpp.core.outer_step import outer_step
-from mamlpp.core.types import Backbone, PassStats
+from mamlpp.core.types import Backbone, BatchNormContext, Forwards, PassStats, TaskForward
 from mamlpp.errors import ConfigError
-from mamlpp.nn.backbone import is_backbone
+from mamlpp.nn.backbone import PositionalForwards, has_positional_forwards, is_backbone
 from mamlpp.nn.module_backbone import ModuleBackbone
 from mamlpp.nn.per_step_bn import fold_running_stats
 
@@ -47,13 +48,25 @@ class MAMLpp(nn.Module):
         self,
         backbone: Backbone | nn.Module,
         config: MetaConfig | None = None,
-        execution: str = "batched",
+        execution: Execution = "batched",
         checkpoint_steps: bool = False,
     ):
         super().__init__()
         config = MetaConfig() if config is None else config
         # A plain nn.Module (standard layers) runs functionally, batched under vmap.
         self.backbone = backbone if is_backbone(backbone) else ModuleBackbone(backbone)
+        # A backbone of the earlier positional forward form runs through an adapter, for one
+        # release (docs/algorithm.md, "The network").
+        self._positional_forwards = has_positional_forwards(self.backbone)
+        if self._positional_forwards:
+            warnings.warn(
+                f"{type(self.backbone).__name__}.functional_forward/task_batched_forward take "
+                "(params, x, step, running, stats_rows), the form of earlier releases; take "
+                "(params, x, bn: mamlpp.nn.BatchNormContext) instead (bn.step, bn.running, "
+                "bn.stats_rows). The old form is run through an adapter until the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.config = config
         # The config states the step count and the per-step switches once; the backbone's batch
         # norm gets its rows from here: [S, C] under BNWB / BNRS, else shared [C].
@@ -128,6 +141,13 @@ class MAMLpp(nn.Module):
     def _bn_names(self) -> list[str]:
         return list(self.backbone.bn_layers())
 
+    def _task_forward(self, execution: Execution | None = None) -> TaskForward:
+        """The task-batched forward of the backbone for ``execution`` (default: the learner's)."""
+        forwards: Forwards = (
+            PositionalForwards(self.backbone) if self._positional_forwards else self.backbone
+        )
+        return task_batched_forward(forwards, execution or self.execution)
+
     def _running(self) -> dict[str, Tensor]:
         return {
             f"{bn}.running_{s}": getattr(layer, f"running_{s}")
@@ -171,7 +191,7 @@ class MAMLpp(nn.Module):
         query_y: Tensor,
         epoch: int = 0,
         *,
-        execution: str | None = None,
+        execution: Execution | None = None,
         update_bn_stats: bool = True,
         msl_weights: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -209,7 +229,7 @@ class MAMLpp(nn.Module):
         query_y: Tensor,
         epoch: int = 0,
         *,
-        execution: str | None = None,
+        execution: Execution | None = None,
         msl_weights: Tensor | None = None,
         total_tasks: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], PassStats]:
@@ -233,7 +253,7 @@ class MAMLpp(nn.Module):
             bn_from_support=self.config.bn_mode == "support",
         )
         losses, metrics, stats = algorithm.meta_loss(
-            task_batched_forward(self.backbone, execution or self.execution),
+            self._task_forward(execution),
             self._params(),
             self.inner_lrs,
             support_x,
@@ -332,7 +352,7 @@ class MAMLpp(nn.Module):
         support_y: Tensor,
         query_x: Tensor,
         num_steps: int | None = None,
-        execution: str | None = None,
+        execution: Execution | None = None,
     ) -> Tensor:
         """Evaluation: adapt to each task's support set (first order), then logits of its
         query set from theta_S at BN step S-1.
@@ -349,7 +369,7 @@ class MAMLpp(nn.Module):
             support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
         self._check_batch(support_x, support_y, query_x)
         plan, params, lrs, running = self._eval_inputs(num_steps)
-        forward = task_batched_forward(self.backbone, execution or self.execution)
+        forward = self._task_forward(execution)
         with torch.no_grad():
             logits = algorithm.predict(
                 forward, params, lrs, support_x, support_y, query_x, plan, running
@@ -365,7 +385,7 @@ class MAMLpp(nn.Module):
         plan, params, lrs, running = self._eval_inputs(num_steps)
         with torch.no_grad():
             fast, _, _ = algorithm.adapt(
-                task_batched_forward(self.backbone, self.execution),
+                self._task_forward(),
                 params,
                 lrs,
                 support_x,
@@ -394,11 +414,11 @@ class MAMLpp(nn.Module):
         num_tasks = query_x.shape[0]
         shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
         with torch.no_grad():
-            forward = task_batched_forward(self.backbone, self.execution)
+            forward = self._task_forward()
             fast = {**shared, **fast_weights}
             step = plan.num_steps - 1
             if support_x is None:
-                logits, _ = forward(fast, query_x, step, running)
+                logits, _ = forward(fast, query_x, BatchNormContext(step, running))
             else:
                 logits, _ = algorithm.query_forward(
                     forward, plan, fast, support_x, query_x, step, running

@@ -18,9 +18,18 @@ from typing import Protocol
 
 from torch import Tensor, nn
 
-from mamlpp.nn.backbone import Backbone, BatchStats
+from mamlpp.nn.backbone import Backbone, BatchNormContext, BatchStats, Forwards
 
-__all__ = ["Backbone", "BatchStats", "MetaBatch", "MetaLearner", "PassStats", "TaskForward"]
+__all__ = [
+    "Backbone",
+    "BatchNormContext",
+    "BatchStats",
+    "Forwards",
+    "MetaBatch",
+    "MetaLearner",
+    "PassStats",
+    "TaskForward",
+]
 
 # A meta-batch of B tasks, N ways, K shots, T targets per class:
 # (support_x [B, N*K, C, H, W], support_y [B, N*K], query_x [B, N*T, C, H, W], query_y [B, N*T]).
@@ -28,22 +37,17 @@ MetaBatch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class TaskForward(Protocol):
-    """``forward(params, x, step, running, stats_rows) -> (logits, stats)``.
+    """``forward(params, x, bn) -> (logits, stats)``.
 
     Task-batched: ``params {name: [B, ...]}``, ``x [B, n, ...]`` -> logits ``[B, n, N]`` and
-    ``{bn: ([B, C], [B, C])}``. Per task: the same without the leading ``B``. ``step`` picks the
-    per-step BN row; ``running`` (stored statistics) normalises instead of batch statistics;
-    ``stats_rows`` (``bn_mode="support"``, passed only then): the first ``stats_rows`` examples
-    of each task alone define the batch statistics that normalise all of its examples.
+    ``{bn: ([B, C], [B, C])}``. Per task: the same without the leading ``B``. ``bn``
+    (:class:`~mamlpp.nn.backbone.BatchNormContext`) says how batch norm normalises: the
+    per-step row, stored statistics instead of batch statistics, or the support rows'
+    statistics (``bn_mode="support"``).
     """
 
     def __call__(
-        self,
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        self, params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]: ...
 
 

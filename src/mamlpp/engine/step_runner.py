@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mamlpp.core.executions import EXECUTIONS
+from mamlpp.core.executions import EXECUTIONS, Execution
 from mamlpp.core.learner import MAMLpp
 from mamlpp.core.outer_step import StepSync, outer_backward, outer_update, synchronise
 from mamlpp.core.types import MetaBatch, PassStats
@@ -296,10 +296,10 @@ def choose_execution(
     batch: MetaBatch,
     *,
     precision: Precision = "fp32",
-    candidates: Sequence[str] = EXECUTIONS,
+    candidates: Sequence[Execution] = EXECUTIONS,
     iterations: int = 5,
     timer: Callable[[Callable[[], Any]], float] | None = None,
-) -> tuple[str, dict[str, float]]:
+) -> tuple[Execution, dict[str, float]]:
     """The fastest way to run the meta-batch, and each candidate's seconds per iteration.
 
     On CUDA every candidate execution is captured on a *copy* of the learner and its replays are
@@ -311,7 +311,7 @@ def choose_execution(
     if device.type != "cuda" and timer is None:
         return "batched", {}
     timer = _cuda_timer if timer is None else timer
-    seconds: dict[str, float] = {}
+    seconds: dict[Execution, float] = {}
     for execution in candidates:
         trial = _copy_learner(learner)
         trial.execution = execution
@@ -326,7 +326,8 @@ def choose_execution(
         seconds[execution] = sorted(times)[len(times) // 2]
     if not seconds:
         raise CaptureError("no execution candidate could be captured as a CUDA graph")
-    return min(seconds, key=seconds.__getitem__), seconds
+    fastest = min(seconds, key=seconds.__getitem__)
+    return fastest, {str(name): secs for name, secs in seconds.items()}
 
 
 def _copy_learner(learner: MAMLpp) -> MAMLpp:

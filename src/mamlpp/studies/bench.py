@@ -32,6 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamlpp.core.config import MetaConfig
+from mamlpp.core.executions import Execution, check_execution
 from mamlpp.core.learner import MAMLpp
 from mamlpp.core.types import MetaBatch
 from mamlpp.engine.precision import PRECISIONS, Precision, autocast_dtype_of, precision_context
@@ -314,10 +315,10 @@ def evaluation_time(
 PATHS = ("batched", "batched-ckpt", "vmap", "loop", "graph", "graph-loop", "graph-vmap")
 
 
-def _execution_of(path: str) -> str:
+def _execution_of(path: str) -> Execution:
     """The learner execution a bench path runs: "graph" and "batched-ckpt" are batched."""
     name = path.removeprefix("graph").removeprefix("-") or "batched"
-    return "batched" if name.startswith("batched") else name
+    return check_execution("batched" if name.startswith("batched") else name)
 
 
 MODES = PRECISIONS  # bench modes are the step runner's precisions
