@@ -8,7 +8,7 @@ import torch
 from core_helpers import central_differences, grads_of, tiny_learner, tiny_tasks
 from torch import nn
 
-from mamlpp import MAMLpp, MetaConfig, ModuleBackbone
+from mamlpp import MAMLpp, MetaConfig, ModuleBackbone, TaskBatch
 from mamlpp.errors import ConfigError
 from mamlpp.nn import BatchNormContext
 from mamlpp.nn.module_backbone import _TaskBatchNorm
@@ -55,7 +55,7 @@ def generic_twin(config: MetaConfig, execution: str = "batched") -> tuple[MAMLpp
 
 def _meta(learner: MAMLpp, batch, epoch: int, execution: str | None = None):
     learner.zero_grad(set_to_none=True)
-    loss, metrics = learner.meta_loss(*batch, epoch, execution=execution)
+    loss, metrics = learner.meta_loss(batch, epoch, execution=execution)
     loss.backward()
     return loss.detach(), metrics, grads_of(learner)
 
@@ -125,7 +125,7 @@ def test_bn1d_mlp_second_order_meta_gradient_matches_central_finite_differences(
     batch = (sx, sy, qx, qy)
     assert learner.second_order_at(0) and learner.msl_weights(0) is not None
     learner.zero_grad(set_to_none=True)
-    learner.meta_loss(*batch, 0, update_bn_stats=False)[0].backward()
+    learner.meta_loss(batch, 0, update_bn_stats=False)[0].backward()
     named = dict(learner.backbone.named_parameters())
     named["inner_lrs"] = learner.inner_lrs
     assert set(named) == {
@@ -190,8 +190,8 @@ def test_learner_takes_examples_of_any_shape_not_only_images():
     one_task = learner.adapt_and_predict(vectors[0][0], vectors[1][0], vectors[2][0])
     assert torch.allclose(one_task, logits_v[0], rtol=0, atol=1e-12)
     sx, sy, qx, qy = vectors
-    with pytest.raises(ValueError, match=r"query_x must be \[B=2, N\*T, 16\]"):
-        learner.meta_loss(sx, sy, qx[..., :8], qy)
+    with pytest.raises(ValueError, match=r"query_x must be \[B=2, N\*Q, 16\]"):
+        learner.meta_loss(TaskBatch(sx, sy, qx[..., :8], qy))
 
 
 def test_bn_tables_follow_the_config_and_the_module_is_left_alone():
@@ -285,7 +285,7 @@ def test_a_layer_that_mutates_a_buffer_is_a_one_line_error_naming_it():
     learner = MAMLpp(module, MetaConfig(num_inner_steps=1))
     sx, sy, qx, qy = tiny_tasks(image_size=2)
     with pytest.raises(ConfigError) as error:
-        learner.meta_loss(sx.float(), sy, qx.float(), qy)
+        learner.meta_loss(TaskBatch(sx.float(), sy, qx.float(), qy))
     message = str(error.value)
     assert "layer 2 (_CountsCalls) changed its buffer calls in place" in message
     assert "\n" not in message

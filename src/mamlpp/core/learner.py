@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,15 @@ from mamlpp.core.algorithm import InnerLoopPlan
 from mamlpp.core.config import MetaConfig
 from mamlpp.core.executions import Execution, check_execution, task_batched_forward
 from mamlpp.core.outer_step import outer_step
-from mamlpp.core.types import Backbone, BatchNormContext, Forwards, PassStats, TaskForward
+from mamlpp.core.types import (
+    Backbone,
+    BatchNormContext,
+    Forwards,
+    PassStats,
+    TaskBatch,
+    TaskForward,
+    batch_and_epoch,
+)
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbone import PositionalForwards, has_positional_forwards, is_backbone
 from mamlpp.nn.module_backbone import ModuleBackbone
@@ -172,50 +181,45 @@ class MAMLpp(nn.Module):
         if query_x is not None:
             if query_x.shape[0] != support_x.shape[0] or query_x.shape[2:] != support_x.shape[2:]:
                 raise ValueError(
-                    f"query_x must be [B={support_x.shape[0]}, N*T, "
+                    f"query_x must be [B={support_x.shape[0]}, N*Q, "
                     f"{', '.join(map(str, support_x.shape[2:]))}], "
                     f"got shape {tuple(query_x.shape)}"
                 )
             if query_y is not None and query_y.shape != query_x.shape[:2]:
                 raise ValueError(
-                    f"query_y must be [B, N*T] = {tuple(query_x.shape[:2])}, "
+                    f"query_y must be [B, N*Q] = {tuple(query_x.shape[:2])}, "
                     f"got {tuple(query_y.shape)}"
                 )
 
     # -- training --------------------------------------------------------------------------------
     def meta_loss(
         self,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
+        *args: Any,
         epoch: int = 0,
-        *,
         execution: Execution | None = None,
         update_bn_stats: bool = True,
         msl_weights: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Outer loss of a meta-batch at ``epoch`` (MSL weights and derivative order from the
-        schedules), ready for ``.backward()``.
+        schedules), ready for ``.backward()``: ``meta_loss(batch, epoch)``.
 
-        Shapes: ``support_x [B, N*K, C, H, W]``, ``support_y [B, N*K]``, ``query_x
-        [B, N*T, C, H, W]``, ``query_y [B, N*T]``. With ``update_bn_stats`` the running statistics
-        are updated from the batch statistics of every pass (per-step rows under BNRS), exactly
-        as a task-by-task loop would update them.
+        ``batch``: a :class:`~mamlpp.core.types.TaskBatch`, ``support_x [B, N*K, C, H, W]``,
+        ``support_y [B, N*K]``, ``query_x [B, N*Q, C, H, W]``, ``query_y [B, N*Q]``. (The form
+        of earlier releases, ``meta_loss(support_x, support_y, query_x, query_y, epoch)``, still
+        works, with a DeprecationWarning.) With ``update_bn_stats`` the running statistics are
+        updated from the batch statistics of every pass (per-step rows under BNRS), exactly as a
+        task-by-task loop would update them.
 
         Metrics (detached tensors): ``accuracy`` (final-step query accuracy), ``step_losses`` and
-        ``step_accuracies`` ``[T]`` (T = S under MSL, else 1), ``support_losses [S]``, each the
-        mean over tasks. ``msl_weights`` (a ``[S]`` tensor) replaces the schedule's values while
-        MSL is active, so a captured CUDA graph reads new weights each epoch.
+        ``step_accuracies`` ``[L]`` for the L query passes (L = S under MSL, else 1),
+        ``support_losses [S]``, each the mean over tasks. ``msl_weights`` (a ``[S]`` tensor)
+        replaces the schedule's values while MSL is active, so a captured CUDA graph reads new
+        weights each epoch.
         """
+        batch, epoch = batch_and_epoch("meta_loss", batch, args, epoch)
         loss, metrics, stats = self.meta_loss_and_stats(
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            epoch,
-            execution=execution,
-            msl_weights=msl_weights,
+            batch, epoch, execution=execution, msl_weights=msl_weights
         )
         if update_bn_stats:
             self.fold_batch_stats(stats)
@@ -223,12 +227,9 @@ class MAMLpp(nn.Module):
 
     def meta_loss_and_stats(
         self,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
+        *args: Any,
         epoch: int = 0,
-        *,
         execution: Execution | None = None,
         msl_weights: Tensor | None = None,
         total_tasks: int | None = None,
@@ -240,7 +241,8 @@ class MAMLpp(nn.Module):
         of a data-parallel run holds B of ``total_tasks`` tasks, so its losses still sum to the
         whole meta-batch's loss.
         """
-        self._check_batch(support_x, support_y, query_x, query_y)
+        batch, epoch = batch_and_epoch("meta_loss_and_stats", batch, args, epoch)
+        self._check_batch(*batch)
         weights: list[float] | Tensor | None = self.msl_weights(epoch)
         if weights is not None and msl_weights is not None:
             weights = msl_weights
@@ -256,15 +258,12 @@ class MAMLpp(nn.Module):
             self._task_forward(execution),
             self._params(),
             self.inner_lrs,
-            support_x,
-            support_y,
-            query_x,
-            query_y,
+            batch,
             plan,
             self._bn_names(),
             checkpoint_steps=self.checkpoint_steps,
         )
-        # losses [B]; metrics[k] [B, ...]; stats[bn] = (mean [B, P, C], var [B, P, C])
+        # losses [B]; metrics[k] [B, ...]; stats.values[bn] = (mean [B, P, C], var [B, P, C])
         if self.config.task_reduction == "sum":
             loss = losses.sum()
         elif total_tasks is None:
@@ -274,7 +273,7 @@ class MAMLpp(nn.Module):
         summary = {k: v.mean(0) for k, v in metrics.items()}
         summary["accuracy"] = summary["step_accuracies"][-1]
         summary["loss"] = loss.detach()
-        return loss, summary, PassStats(stats, tuple(plan.stat_rows()))
+        return loss, summary, stats
 
     @torch.no_grad()
     def fold_batch_stats(self, stats: PassStats) -> None:
@@ -293,15 +292,16 @@ class MAMLpp(nn.Module):
     def meta_step(
         self,
         optimizer: torch.optim.Optimizer,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
+        *args: Any,
         epoch: int = 0,
     ) -> dict[str, Tensor]:
         """One outer update (:func:`mamlpp.core.outer_step.outer_step`): meta-loss, backward,
-        optional clamp, optimiser step, running statistics."""
-        return outer_step(self, optimizer, (support_x, support_y, query_x, query_y), epoch)
+        optional clamp, optimiser step, running statistics: ``meta_step(optimizer, batch,
+        epoch)`` (the earlier ``meta_step(optimizer, support_x, support_y, query_x, query_y,
+        epoch)`` still works, with a DeprecationWarning)."""
+        batch, epoch = batch_and_epoch("meta_step", batch, args, epoch)
+        return outer_step(self, optimizer, batch, epoch)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_plan(self, num_steps: int | None) -> InnerLoopPlan:
@@ -357,8 +357,8 @@ class MAMLpp(nn.Module):
         """Evaluation: adapt to each task's support set (first order), then logits of its
         query set from theta_S at BN step S-1.
 
-        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*T, ways]``) or one task
-        (``[N*K, C, H, W]`` -> ``[N*T, ways]``); any example shape in place of ``C, H, W``.
+        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*Q, ways]``) or one task
+        (``[N*K, C, H, W]`` -> ``[N*Q, ways]``); any example shape in place of ``C, H, W``.
         Nothing stored in the model changes: in ``bn_mode="per_step"`` the running statistics
         are read, never written. No outer graph is built (inner gradients are taken on detached
         copies). In ``bn_mode="support"`` batch norm normalises the queries with the support
@@ -384,16 +384,10 @@ class MAMLpp(nn.Module):
         self._check_batch(support_x, support_y)
         plan, params, lrs, running = self._eval_inputs(num_steps)
         with torch.no_grad():
-            fast, _, _ = algorithm.adapt(
-                self._task_forward(),
-                params,
-                lrs,
-                support_x,
-                support_y,
-                plan,
-                running,
+            theta = algorithm.adapt(
+                self._task_forward(), params, lrs, support_x, support_y, plan, running
             )
-        return fast
+        return {n: theta[n] for n in self.adapted_names}
 
     def predict(
         self,
@@ -401,7 +395,7 @@ class MAMLpp(nn.Module):
         query_x: Tensor,
         support_x: Tensor | None = None,
     ) -> Tensor:
-        """Logits ``[B, N*T, ways]`` of ``query_x [B, N*T, C, H, W]`` with per-task fast
+        """Logits ``[B, N*Q, ways]`` of ``query_x [B, N*Q, C, H, W]`` with per-task fast
         weights from :meth:`adapt`, at BN step S-1. ``bn_mode="support"`` needs the support
         images ``support_x [B, N*K, C, H, W]`` the weights were adapted to (their statistics
         normalise the queries); the other modes ignore it."""
@@ -416,11 +410,9 @@ class MAMLpp(nn.Module):
         with torch.no_grad():
             forward = self._task_forward()
             fast = {**shared, **fast_weights}
-            step = plan.num_steps - 1
+            bn = BatchNormContext(plan.num_steps - 1, running)
             if support_x is None:
-                logits, _ = forward(fast, query_x, BatchNormContext(step, running))
+                logits, _ = forward(fast, query_x, bn)
             else:
-                logits, _ = algorithm.query_forward(
-                    forward, plan, fast, support_x, query_x, step, running
-                )
+                logits, _ = algorithm.query_forward(forward, plan, fast, support_x, query_x, bn)
         return logits

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from mamlpp.data.structures import Device, FewShotSplit, TaskBatch
+from mamlpp.core.types import TaskBatch
+from mamlpp.data.structures import Device, FewShotSplit
 from mamlpp.errors import DataError
 
 _MASK32 = 0xFFFFFFFF
