@@ -36,7 +36,7 @@ def main() -> None:
         learner, batch = build_problem(CONFIGS[args.config], torch.device("cpu"))
         learner.config = learner.config.replace(bn_mode=mode)
         optimizer = learner.make_optimizer()
-        learner.meta_step(optimizer, *batch)  # warm-up
+        learner.meta_step(optimizer, batch)  # warm-up
         learner.adapt_and_predict(*batch[:3])
         problems[mode] = (learner, optimizer, batch)
     train: dict[str, list[float]] = {m: [] for m in modes}
@@ -44,7 +44,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode, (learner, optimizer, batch) in problems.items():
             start = time.perf_counter()
-            learner.meta_step(optimizer, *batch)
+            learner.meta_step(optimizer, batch)
             train[mode].append(time.perf_counter() - start)
             start = time.perf_counter()
             learner.adapt_and_predict(*batch[:3])

@@ -1,10 +1,9 @@
 """Data-parallel scaling: seconds per meta-iteration with 1..G processes (engine.collectives).
 
-Each process runs the trainer's outer step (:class:`mamlpp.engine.step_runner.FastMetaStep` with the
-:class:`~mamlpp.engine.collectives.Distributed` sync: its B/G tasks, one all-reduce of the
-gradients,
-a gather of the BN statistics, the same Adam step) on fixed random episodes of a preset's
-shapes; the sampler is not timed. Rank 0 reports the median over timed iterations of the
+Each process runs the trainer's outer step (:class:`mamlpp.engine.step_runner.MetaStepRunner`
+with the :class:`~mamlpp.engine.collectives.Distributed` sync: its B/G tasks, one all-reduce of
+the gradients, a gather of the BN statistics, the same Adam step) on fixed random episodes of a
+preset's shapes; the sampler is not timed. Rank 0 reports the median over timed iterations of the
 slowest rank (a barrier closes every iteration).
 
     # CPU: 1 and 2 processes, one thread each (torchrun is started for G > 1)
@@ -33,8 +32,9 @@ def worker(args: argparse.Namespace) -> None:
     """One process of the job (or the only one when G = 1)."""
     import torch
 
+    from mamlpp.core.types import TaskBatch
     from mamlpp.engine.collectives import init_from_env, sync_in_graph
-    from mamlpp.engine.step_runner import FastMetaStep
+    from mamlpp.engine.step_runner import MetaStepRunner
     from mamlpp.run.build import build_learner
     from mamlpp.run.presets import resolve_config
 
@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
     d, t = config.data, config.train
     channels = 3 if d.dataset == "mini-imagenet" else 1
     learner = build_learner(config, channels, device)
-    step = FastMetaStep(
+    step = MetaStepRunner(
         learner,
         precision=t.precision if device.type == "cuda" else "fp32",
         sync=dist,
@@ -70,12 +70,12 @@ def worker(args: argparse.Namespace) -> None:
             dist.barrier()
 
     for _ in range(args.warmup):  # includes CUDA-graph capture on a GPU
-        step(sx, sy.contiguous(), qx, qy.contiguous(), epoch)
+        step(TaskBatch(sx, sy.contiguous(), qx, qy.contiguous()), epoch)
     sync_all()
     times = []
     for _ in range(args.iters):
         start = time.perf_counter()
-        step(sx, sy.contiguous(), qx, qy.contiguous(), epoch)
+        step(TaskBatch(sx, sy.contiguous(), qx, qy.contiguous()), epoch)
         sync_all()
         times.append(time.perf_counter() - start)
     if rank == 0:

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from mamlpp.engine.step_runner import FastMetaStep
+from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.studies.bench import CONFIGS, _status_kib, build_problem
 
 
@@ -22,10 +22,10 @@ def main() -> None:
     config = dataclasses.replace(CONFIGS[name], tasks=1)
     learner, batch = build_problem(config, torch.device("cpu"))
     learner.checkpoint_steps = path == "batched-ckpt"
-    step = FastMetaStep(learner)
+    step = MetaStepRunner(learner)
     base = _status_kib("VmRSS")
     start = time.perf_counter()
-    step(*batch, 0)
+    step(batch, 0)
     seconds = time.perf_counter() - start
     extra_gb = (_status_kib("VmHWM") - base) / 1e6
     print(f"{name} {path} 1 task: {seconds:.1f} s, peak extra memory {extra_gb:.2f} GB")

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from mamlpp import Conv4, MAMLpp, MetaConfig
+from mamlpp import Conv4, MAMLpp, MetaConfig, TaskBatch
 
 
 def tiny_learner(
@@ -40,7 +40,8 @@ def tiny_tasks(
     image_size: int = 16,
     seed: int = 1,
 ):
-    """A float64 meta-batch: (support_x [B, N*K, 1, H, W], support_y, query_x, query_y)."""
+    """A float64 meta-batch: TaskBatch(support_x [B, N*K, 1, H, W], support_y, query_x,
+    query_y)."""
     g = torch.Generator().manual_seed(seed)
     sx = torch.randn(
         tasks, ways * shots, 1, image_size, image_size, generator=g, dtype=torch.float64
@@ -50,7 +51,7 @@ def tiny_tasks(
     )
     sy = torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1)
     qy = torch.arange(ways).repeat_interleave(targets).repeat(tasks, 1)
-    return sx, sy, qx, qy
+    return TaskBatch(sx, sy, qx, qy)
 
 
 def naive_inputs(learner: MAMLpp):
@@ -92,9 +93,9 @@ def central_differences(
             original = flat[idx].item()
             with torch.no_grad():
                 flat[idx] = original + eps
-                plus = learner.meta_loss(*batch, 0, update_bn_stats=False)[0].item()
+                plus = learner.meta_loss(batch, 0, update_bn_stats=False)[0].item()
                 flat[idx] = original - eps
-                minus = learner.meta_loss(*batch, 0, update_bn_stats=False)[0].item()
+                minus = learner.meta_loss(batch, 0, update_bn_stats=False)[0].item()
                 flat[idx] = original
             fd_values.append((plus - minus) / (2 * eps))
             an_values.append(analytic[name].view(-1)[idx].item())

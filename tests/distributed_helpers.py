@@ -135,9 +135,9 @@ def train_tiny(
     ``dist`` this rank takes its block of them, exactly as the trainer does. ``sync_in_graph``:
     the fused step, or its two phases with the collectives between them (after the replay).
     """
-    from mamlpp import MAMLpp, MetaConfig
+    from mamlpp import MAMLpp, MetaConfig, TaskBatch
     from mamlpp.data import EpisodeSampler, load_dataset
-    from mamlpp.engine.step_runner import FastMetaStep
+    from mamlpp.engine.step_runner import MetaStepRunner
     from mamlpp.nn.conv4 import conv4_for
 
     splits = load_dataset("synthetic", classes=(20, 5, 5), samples_per_class=4, image_size=16)
@@ -152,14 +152,14 @@ def train_tiny(
     )
     torch.manual_seed(0)
     learner = MAMLpp(conv4_for(3, 1, 16, channels=4), config).to(dtype)
-    step = FastMetaStep(learner, sync=dist, sync_in_graph=sync_in_graph)
+    step = MetaStepRunner(learner, sync=dist, sync_in_graph=sync_in_graph)
     history = []
     for g in range(EPOCHS * ITERATIONS):
         ids = torch.arange(g * TASKS, (g + 1) * TASKS)
         if dist is not None:
             ids = dist.shard(ids)
         sx, sy, qx, qy = sampler.sample(ids)
-        metrics = step(sx.to(dtype), sy, qx.to(dtype), qy, g // ITERATIONS)
+        metrics = step(TaskBatch(sx.to(dtype), sy, qx.to(dtype), qy), g // ITERATIONS)
         history.append({k: v.tolist() for k, v in metrics.items()})
     return learner.state_dict(), history
 

@@ -354,9 +354,9 @@ def test_warm_up_covers_the_cuda_graph_capture() -> None:
 
     from mamlpp.studies.ablate.calibration import warmup_calls
 
-    eager = SimpleNamespace(fast_step=SimpleNamespace(warmup_steps=3, use_cuda_graph=False))
+    eager = SimpleNamespace(step_runner=SimpleNamespace(warmup_steps=3, use_cuda_graph=False))
     assert warmup_calls(eager) == 1
-    fast = SimpleNamespace(fast_step=SimpleNamespace(warmup_steps=3, use_cuda_graph=True))
+    fast = SimpleNamespace(step_runner=SimpleNamespace(warmup_steps=3, use_cuda_graph=True))
     assert warmup_calls(fast) == 5  # 3 eager warm-ups, the capture, one replay
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from core_helpers import central_differences, clone_learner, grads_of, tiny_learner, tiny_tasks
 from torch import nn
 
-from mamlpp import MAMLpp, MetaConfig
+from mamlpp import MAMLpp, MetaConfig, TaskBatch
 from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import conv4_sequential
 from mamlpp.nn.per_step_bn import per_step_batch_norm, support_batch_norm
@@ -107,10 +107,12 @@ def test_evaluation_in_support_mode_leaves_every_stored_value_unchanged():
     sx, sy, qx, qy = tiny_tasks()
     learner.adapt_and_predict(sx, sy, qx)
     learner.predict(learner.adapt(sx, sy), qx, sx)
-    learner.meta_loss(sx, sy, qx, qy, update_bn_stats=False)
+    learner.meta_loss(TaskBatch(sx, sy, qx, qy), update_bn_stats=False)
     for key, value in learner.state_dict().items():
         assert torch.equal(value, state[key]), key
-    learner.meta_loss(sx, sy, qx, qy)  # training folds the statistics in (never read here)
+    learner.meta_loss(
+        TaskBatch(sx, sy, qx, qy)
+    )  # training folds the statistics in (never read here)
     assert not torch.equal(learner.backbone.bn0.running_mean, state["backbone.bn0.running_mean"])
 
 
@@ -119,7 +121,7 @@ def test_evaluation_in_support_mode_leaves_every_stored_value_unchanged():
 
 def _loss_and_grads(learner: MAMLpp, batch, epoch: int, execution: str | None = None):
     learner.zero_grad(set_to_none=True)
-    loss, metrics = learner.meta_loss(*batch, epoch, execution=execution)
+    loss, metrics = learner.meta_loss(batch, epoch, execution=execution)
     loss.backward()
     return loss.detach(), metrics, grads_of(learner)
 
@@ -266,7 +268,7 @@ def test_predictions_and_the_training_target_pass_equal_a_hand_written_reference
     params = {n: p.detach() for n, p in learner.backbone.named_parameters()}
     names = learner.adapted_names
     logits = learner.adapt_and_predict(sx, sy, qx)
-    loss, _, stats = learner.meta_loss_and_stats(sx, sy, qx, qy, epoch=1)
+    loss, _, stats = learner.meta_loss_and_stats(TaskBatch(sx, sy, qx, qy), epoch=1)
     assert stats.rows == (0, 1, 1)  # support 0, support 1, the final target pass (row S-1)
     losses = []
     for b in range(2):
@@ -319,7 +321,7 @@ def test_a_module_whose_batch_norm_mixes_examples_is_a_one_line_error():
         learner.adapt_and_predict(sx, sy, qx)
     assert "\n" not in str(info.value)
     MAMLpp(_RowsPerPosition(), SUPPORT.replace(bn_mode="transductive")).meta_loss(
-        sx.float(), sy, qx.float(), qy
+        TaskBatch(sx.float(), sy, qx.float(), qy)
     )  # the other modes do not care
 
 

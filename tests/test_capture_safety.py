@@ -20,7 +20,7 @@ from core_helpers import tiny_learner, tiny_tasks
 
 from mamlpp import MetaConfig
 from mamlpp.engine.capture import CaptureError, CaptureHazardMode, find_capture_hazards
-from mamlpp.engine.step_runner import FastMetaStep
+from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.nn.per_step_bn import fold_running_stats
 
 
@@ -39,11 +39,11 @@ def capturable_adam_on_cpu(monkeypatch):
     monkeypatch.setattr(adam, "_get_capturable_supported_devices", with_cpu)
 
 
-def _capturable_step(config: MetaConfig) -> FastMetaStep:
+def _capturable_step(config: MetaConfig) -> MetaStepRunner:
     learner = tiny_learner(config)
     lr = torch.tensor(learner.outer_lr(0), dtype=torch.float64)
     optimizer = torch.optim.Adam(learner.meta_parameters(), lr=lr, capturable=True)
-    return FastMetaStep(learner, optimizer)
+    return MetaStepRunner(learner, optimizer)
 
 
 REGIMES = {
@@ -79,10 +79,10 @@ def test_whole_iteration_has_no_capture_hazard(regime, capturable_adam_on_cpu):
     config, epoch = REGIMES[regime]
     step = _capturable_step(config)
     batch = tiny_tasks()
-    step(*batch, epoch)  # warm-up: optimiser state exists, as before a real capture
+    step(batch, epoch)  # warm-up: optimiser state exists, as before a real capture
     step._set_epoch(epoch)  # host work that happens before a replay, outside the graph
     before = copy.deepcopy(step.learner.state_dict())
-    hazards = find_capture_hazards(lambda: step._body(*batch, epoch))
+    hazards = find_capture_hazards(lambda: step._body(batch, epoch))
     assert hazards == [], "\n".join(h.describe() for h in hazards)
     # The checked iteration really trained: parameters and running statistics moved.
     after = step.learner.state_dict()
@@ -127,7 +127,7 @@ def test_mode_detects_each_kind_of_hazard(make):
 
 def test_hazard_in_the_step_is_a_one_line_error_naming_op_and_line(monkeypatch):
     """The warm-up check raises CaptureError (default) naming the operation and source line."""
-    step = FastMetaStep(tiny_learner(MetaConfig(num_inner_steps=2)))
+    step = MetaStepRunner(tiny_learner(MetaConfig(num_inner_steps=2)))
     original = step.learner.meta_loss_and_stats
 
     def with_a_host_read(*args, **kwargs):
@@ -136,7 +136,7 @@ def test_hazard_in_the_step_is_a_one_line_error_naming_op_and_line(monkeypatch):
         return loss, metrics, stats
 
     monkeypatch.setattr(step.learner, "meta_loss_and_stats", with_a_host_read)
-    hazards = find_capture_hazards(lambda: step._body(*tiny_tasks(), 0))
+    hazards = find_capture_hazards(lambda: step._body(tiny_tasks(), 0))
     assert hazards and hazards[0].op == "aten._local_scalar_dense.default"
     assert "test_capture_safety.py" in hazards[0].where
     assert "\n" not in hazards[0].describe()
@@ -155,14 +155,14 @@ def test_real_capture_equals_eager_on_cuda():
     config = MetaConfig(num_inner_steps=2, msl_epochs=2, first_order_epochs=1, total_epochs=4)
     eager_learner = tiny_learner(config).float().cuda()
     graph_learner = copy.deepcopy(eager_learner)
-    eager = FastMetaStep(eager_learner, use_cuda_graph=False)
-    graph = FastMetaStep(graph_learner, use_cuda_graph=True, warmup_steps=1)
+    eager = MetaStepRunner(eager_learner, use_cuda_graph=False)
+    graph = MetaStepRunner(graph_learner, use_cuda_graph=True, warmup_steps=1)
     for epoch in range(4):
         for i in range(3):
             batch = [t.cuda() for t in tiny_tasks(seed=10 * epoch + i)]
             batch = [t.float() if t.is_floating_point() else t for t in batch]
-            a = eager(*batch, epoch)
-            b = graph(*batch, epoch)
+            a = eager(batch, epoch)
+            b = graph(batch, epoch)
             torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-4, atol=1e-5)
     assert graph.captures >= 3 and graph.path == "cuda-graph"
     expected, got = eager_learner.state_dict(), graph_learner.state_dict()

@@ -22,7 +22,7 @@ ALL_ON_2_STEPS = MetaConfig(num_inner_steps=2, first_order_epochs=0)  # six tech
 def _loss_and_grads(learner, batch, epoch=0, execution=None, update_bn_stats=False):
     learner.zero_grad(set_to_none=True)
     loss, metrics = learner.meta_loss(
-        *batch, epoch, execution=execution, update_bn_stats=update_bn_stats
+        batch, epoch, execution=execution, update_bn_stats=update_bn_stats
     )
     loss.backward()
     return loss.detach(), grads_of(learner), metrics

@@ -28,8 +28,8 @@ def test_msl_switches_off_abruptly_at_msl_epochs():
     # The learner follows: five target losses at epoch 9, only the final one at epoch 10.
     learner = tiny_learner(MetaConfig(num_inner_steps=5, msl_epochs=10, first_order_epochs=0))
     batch = tiny_tasks()
-    assert learner.meta_loss(*batch, 9)[1]["step_losses"].shape == (5,)
-    assert learner.meta_loss(*batch, 10)[1]["step_losses"].shape == (1,)
+    assert learner.meta_loss(batch, 9)[1]["step_losses"].shape == (5,)
+    assert learner.meta_loss(batch, 10)[1]["step_losses"].shape == (1,)
 
 
 def test_derivative_order_switches_at_the_exact_epoch():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from core_helpers import tiny_learner, tiny_tasks
 
-from mamlpp import MAMLpp, MetaConfig
+from mamlpp import MAMLpp, MetaConfig, TaskBatch
 from mamlpp.errors import ConfigError
 from mamlpp.nn import Conv4, fold_running_stats, per_step_batch_norm
 
@@ -22,11 +22,11 @@ class StepRecorder:
             setattr(backbone, method, self._wrap(getattr(backbone, method)))
 
     def _wrap(self, original):
-        def recording(params, x, step, running=None):
+        def recording(params, x, bn):
             # x: [n, C, H, W] per task or [B, n, C, H, W] batched; n tells the pass apart.
             kind = "support" if x.shape[-4] == self.support_n else "target"
-            self.calls.append((kind, step, running is not None))
-            return original(params, x, step, running)
+            self.calls.append((kind, bn.step, bn.running is not None))
+            return original(params, x, bn)
 
         return recording
 
@@ -38,7 +38,9 @@ def test_bn_rows_used_by_each_pass(execution):
     sx, sy, qx, qy = tiny_tasks(tasks=1, shots=1, targets=2)  # support 3 images, target 6
     recorder = StepRecorder(learner, support_n=3)
 
-    learner.meta_loss(sx, sy, qx, qy, epoch=0)  # MSL on: target pass after step i uses row i
+    learner.meta_loss(
+        TaskBatch(sx, sy, qx, qy), epoch=0
+    )  # MSL on: target pass after step i uses row i
     assert recorder.calls == [
         ("support", 0, False),
         ("target", 0, False),
@@ -48,7 +50,7 @@ def test_bn_rows_used_by_each_pass(execution):
         ("target", 2, False),
     ]
     recorder.calls.clear()
-    learner.meta_loss(sx, sy, qx, qy, epoch=10)  # MSL off: one target pass with row S-1
+    learner.meta_loss(TaskBatch(sx, sy, qx, qy), epoch=10)  # MSL off: one target pass with row S-1
     assert recorder.calls == [
         ("support", 0, False),
         ("support", 1, False),
@@ -126,12 +128,12 @@ def test_evaluation_leaves_every_stored_value_unchanged(bn_mode):
     learner.adapt_and_predict(sx[0], sy[0], qx[0])  # single task
     fast = learner.adapt(sx, sy)
     learner.predict(fast, qx)
-    learner.meta_loss(sx, sy, qx, qy, update_bn_stats=False)
+    learner.meta_loss(TaskBatch(sx, sy, qx, qy), update_bn_stats=False)
     for key, value in learner.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert all(p.grad is None for p in learner.parameters())
     # Training does change the statistics (so the check above could fail).
-    learner.meta_loss(sx, sy, qx, qy)
+    learner.meta_loss(TaskBatch(sx, sy, qx, qy))
     assert not torch.equal(learner.backbone.bn0.running_mean, state["backbone.bn0.running_mean"])
 
 
@@ -152,7 +154,7 @@ def test_learned_inner_learning_rates_may_go_negative():
     batch = tiny_tasks()
     with torch.no_grad():
         learner.inner_lrs.fill_(1e-4)
-    loss, _ = learner.meta_loss(*batch, update_bn_stats=False)
+    loss, _ = learner.meta_loss(batch, update_bn_stats=False)
     loss.backward()
     grad = learner.inner_lrs.grad
     assert (grad > 0).any()
@@ -161,12 +163,12 @@ def test_learned_inner_learning_rates_may_go_negative():
         learner.inner_lrs -= 2e-4 * grad.sign()  # rates with a positive gradient cross zero
     assert (learner.inner_lrs < 0).any()
     negative = learner.inner_lrs.detach().clone()
-    learner.meta_loss(*batch, update_bn_stats=False)
+    learner.meta_loss(batch, update_bn_stats=False)
     assert torch.equal(learner.inner_lrs.detach(), negative)
     # And a negative rate really reverses the step: the support loss rises instead of falling.
     with torch.no_grad():
         learner.inner_lrs.fill_(-0.05)
-    _, metrics = learner.meta_loss(*batch, update_bn_stats=False)
+    _, metrics = learner.meta_loss(batch, update_bn_stats=False)
     assert metrics["support_losses"][1] > metrics["support_losses"][0]
 
 
@@ -211,14 +213,14 @@ def test_bad_batch_shapes_are_clear_errors():
     learner = tiny_learner(MetaConfig(num_inner_steps=2))
     sx, sy, qx, qy = tiny_tasks()
     with pytest.raises(ValueError, match="support_x must be"):
-        learner.meta_loss(sx[0], sy, qx, qy)
+        learner.meta_loss(TaskBatch(sx[0], sy, qx, qy))
     with pytest.raises(ValueError, match="query_y must be"):
-        learner.meta_loss(sx, sy, qx, qy[:, :2])
+        learner.meta_loss(TaskBatch(sx, sy, qx, qy[:, :2]))
 
 
 def test_grad_clip_clamps_network_gradients_only():
     learner = tiny_learner(MetaConfig(num_inner_steps=2, grad_clip=1e-3, first_order_epochs=0))
-    loss, _ = learner.meta_loss(*tiny_tasks())
+    loss, _ = learner.meta_loss(tiny_tasks())
     loss.backward()
     assert learner.inner_lrs.grad.abs().max() > 1e-3
     learner.clip_gradients_()
@@ -235,7 +237,7 @@ def test_meta_step_trains_a_separable_problem():
     )
     sx, sy, qx, qy = (t.float() if t.is_floating_point() else t for t in tiny_tasks())
     optimizer = learner.make_optimizer()
-    first = learner.meta_step(optimizer, sx, sy, qx, qy)["loss"].item()
+    first = learner.meta_step(optimizer, TaskBatch(sx, sy, qx, qy))["loss"].item()
     for _ in range(15):
-        last = learner.meta_step(optimizer, sx, sy, qx, qy)["loss"].item()
+        last = learner.meta_step(optimizer, TaskBatch(sx, sy, qx, qy))["loss"].item()
     assert last < first * 0.8

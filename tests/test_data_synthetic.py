@@ -95,7 +95,7 @@ def test_meta_learning_beats_chance_on_synthetic_tasks():
     before = accuracy()
     for iteration in range(30):
         batch = train.sample(range(iteration * 8, iteration * 8 + 8))
-        loss, _ = learner.meta_loss(*batch, epoch=0)
+        loss, _ = learner.meta_loss(batch, epoch=0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mamlpp import MAMLpp, MetaConfig
+from mamlpp import MAMLpp, MetaConfig, TaskBatch
 
 
 class GRUNet(nn.Module):
@@ -38,7 +38,7 @@ def test_an_op_without_a_batching_rule_is_a_one_line_config_error(execution):
     learner = MAMLpp(GRUNet(), MetaConfig(num_inner_steps=1), execution=execution)
     sx, sy, qx, qy = _batch()
     with pytest.raises(ConfigError) as caught:
-        learner.meta_loss(sx, sy, qx, qy)
+        learner.meta_loss(TaskBatch(sx, sy, qx, qy))
     message = str(caught.value)
     assert "\n" not in message
     assert "aten::gru.input" in message
@@ -53,7 +53,7 @@ def test_the_same_module_trains_with_execution_loop():
     before = {n: p.detach().clone() for n, p in learner.named_parameters()}
     optimizer = learner.make_optimizer()
     for seed in range(3):
-        metrics = learner.meta_step(optimizer, *_batch(seed))
+        metrics = learner.meta_step(optimizer, _batch(seed))
         assert torch.isfinite(metrics["loss"])
     after = dict(learner.named_parameters())
     assert all(not torch.equal(after[n], before[n]) for n in before)

@@ -14,7 +14,7 @@ from mamlpp import MetaConfig
 from mamlpp.core.types import PassStats
 from mamlpp.engine.capture import CaptureError
 from mamlpp.engine.collectives import sync_in_graph
-from mamlpp.engine.step_runner import FastMetaStep, choose_execution
+from mamlpp.engine.step_runner import MetaStepRunner, choose_execution
 from mamlpp.errors import ConfigError
 
 
@@ -26,15 +26,15 @@ def test_fast_step_matches_loop_path_updates():
     reference = tiny_learner(config, execution="loop")
     fast_learner = clone_learner(reference)
     fast_learner.execution = "batched"
-    runner = FastMetaStep(fast_learner)
+    runner = MetaStepRunner(fast_learner)
     assert not runner.use_cuda_graph  # CPU: eager, the body a GPU captures (tested below)
     optimizer = reference.make_optimizer()
     for epoch in range(4):
         for group in optimizer.param_groups:
             group["lr"] = reference.outer_lr(epoch)
         batch = tiny_tasks(seed=epoch)
-        expected = reference.meta_step(optimizer, *batch, epoch)
-        got = runner(*batch, epoch)
+        expected = reference.meta_step(optimizer, batch, epoch)
+        got = runner(batch, epoch)
         torch.testing.assert_close(got["loss"], expected["loss"], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(
             got["step_losses"], expected["step_losses"], rtol=1e-10, atol=1e-12
@@ -62,15 +62,15 @@ def test_captured_graph_replays_match_the_loop_path():
     reference = tiny_learner(config, execution="loop").to(device)
     fast_learner = clone_learner(reference)
     fast_learner.execution = "batched"
-    runner = FastMetaStep(fast_learner, warmup_steps=1)
+    runner = MetaStepRunner(fast_learner, warmup_steps=1)
     assert runner.use_cuda_graph
     optimizer = reference.make_optimizer()
     for iteration, epoch in enumerate([1, 1, 1, 1, 2, 2, 2]):  # warm-up, capture, replays
         for group in optimizer.param_groups:
             group["lr"] = reference.outer_lr(epoch)
         batch = [t.to(device) for t in tiny_tasks(seed=iteration)]
-        expected = reference.meta_step(optimizer, *batch, epoch)
-        got = runner(*batch, epoch)
+        expected = reference.meta_step(optimizer, batch, epoch)
+        got = runner(batch, epoch)
         torch.testing.assert_close(got["loss"], expected["loss"], rtol=1e-9, atol=1e-12)
         for a, b in zip(reference.parameters(), fast_learner.parameters(), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
@@ -80,11 +80,11 @@ def test_captured_graph_replays_match_the_loop_path():
 def test_msl_weights_tensor_equals_schedule_floats():
     learner = tiny_learner(MetaConfig(num_inner_steps=3, first_order_epochs=0))
     batch = tiny_tasks()
-    floats, _ = learner.meta_loss(*batch, 1, update_bn_stats=False)
+    floats, _ = learner.meta_loss(batch, 1, update_bn_stats=False)
     as_tensor = torch.tensor(learner.msl_weights(1), dtype=torch.float64)
-    tensor, _ = learner.meta_loss(*batch, 1, update_bn_stats=False, msl_weights=as_tensor)
+    tensor, _ = learner.meta_loss(batch, 1, update_bn_stats=False, msl_weights=as_tensor)
     torch.testing.assert_close(tensor, floats, rtol=1e-14, atol=0)
-    doubled, _ = learner.meta_loss(*batch, 1, update_bn_stats=False, msl_weights=2 * as_tensor)
+    doubled, _ = learner.meta_loss(batch, 1, update_bn_stats=False, msl_weights=2 * as_tensor)
     torch.testing.assert_close(doubled, 2 * floats)
 
 
@@ -102,17 +102,17 @@ def test_choose_execution_measures_every_candidate_on_a_copy():
         return fake_seconds[current["execution"]]
 
     current = {}
-    original = FastMetaStep.__call__
+    original = MetaStepRunner.__call__
 
     def tracking_call(self, *args, **kwargs):
         current["execution"] = self.learner.execution
         return original(self, *args, **kwargs)
 
-    FastMetaStep.__call__ = tracking_call
+    MetaStepRunner.__call__ = tracking_call
     try:
         choice, seconds = choose_execution(learner, tiny_tasks(), iterations=2, timer=timer)
     finally:
-        FastMetaStep.__call__ = original
+        MetaStepRunner.__call__ = original
     assert choice == "loop" and seconds == {"batched": 3.0, "loop": 1.0, "vmap": 2.0}
     assert sorted(set(seen)) == ["batched", "loop", "vmap"]
     for name, value in learner.state_dict().items():
@@ -180,12 +180,12 @@ MOVING = MetaConfig(
 )
 
 
-def _train(step: FastMetaStep, repeat: int = 1, iterations=((0, 0), (0, 1), (1, 2), (3, 3))):
+def _train(step: MetaStepRunner, repeat: int = 1, iterations=((0, 0), (0, 1), (1, 2), (3, 3))):
     """(epoch, batch seed) iterations; each batch's tasks repeated ``repeat`` times."""
     history = []
     for epoch, seed in iterations:
         batch = [t.repeat(repeat, *([1] * (t.dim() - 1))) for t in tiny_tasks(seed=seed)]
-        history.append(step(*batch, epoch))
+        history.append(step(batch, epoch))
     return history
 
 
@@ -196,7 +196,7 @@ def test_split_step_equals_fused_step_bitwise():
     reference = tiny_learner(MOVING)
     for sync in (None, MirroredRank()):
         steps = [
-            FastMetaStep(clone_learner(reference), sync=sync, sync_in_graph=inside)
+            MetaStepRunner(clone_learner(reference), sync=sync, sync_in_graph=inside)
             for inside in (True, False)
         ]
         fused, split = (_train(step) for step in steps)
@@ -208,7 +208,7 @@ def test_split_step_equals_fused_step_bitwise():
         assert all(torch.equal(adam[0][i][k], adam[1][i][k]) for i in adam[0] for k in adam[0][i])
         assert steps[1].describe()["graph_sync"] == "after-replay"
     assert not torch.equal(states[0]["backbone.head.weight"], reference.backbone.head.weight)
-    one_process = FastMetaStep(clone_learner(reference))
+    one_process = MetaStepRunner(clone_learner(reference))
     whole = _train(one_process, repeat=2)
     for a, b in zip(whole, split, strict=True):
         for key in a:
@@ -225,14 +225,14 @@ def test_each_phase_has_no_capture_hazard(regime):
     between them are not; test_capture_safety checks the fused step in every regime)."""
     config, epoch = REGIMES[regime]
     capturable = _capturable_step(config)  # Adam(capturable=True), as on a GPU
-    step = FastMetaStep(
+    step = MetaStepRunner(
         capturable.learner, capturable.optimizer, sync=MirroredRank(), sync_in_graph=False
     )
     batch = tiny_tasks()
-    step(*batch, epoch)  # warm-up: optimiser state exists, as before a real capture
+    step(batch, epoch)  # warm-up: optimiser state exists, as before a real capture
     step._set_epoch(epoch)  # host work that happens before a replay, outside the graphs
     before = copy.deepcopy(step.learner.state_dict())
-    assert step.find_hazards(*batch, epoch) == []
+    assert step.find_hazards(batch, epoch) == []
     after = step.learner.state_dict()  # the checked step really trained
     assert any(not torch.equal(before[k], after[k]) for k in after if "running" in k)
     assert not torch.equal(before["backbone.head.weight"], after["backbone.head.weight"])
@@ -249,7 +249,7 @@ def test_hazard_check_watches_both_phases_but_not_the_collectives(monkeypatch):
             return super().reduce_metrics(metrics)
 
     capturable = _capturable_step(MOVING)  # Adam(capturable=True): no host read of its own
-    step = FastMetaStep(capturable.learner, capturable.optimizer, sync=ReadingSync())
+    step = MetaStepRunner(capturable.learner, capturable.optimizer, sync=ReadingSync())
     meta_loss, fold = step.learner.meta_loss_and_stats, step.learner.fold_batch_stats
 
     def phase1_read(*args, **kwargs):
@@ -266,7 +266,7 @@ def test_hazard_check_watches_both_phases_but_not_the_collectives(monkeypatch):
     found = {}
     for inside in (True, False):
         step.sync_in_graph = inside
-        hazards = step.find_hazards(*tiny_tasks(), 0)
+        hazards = step.find_hazards(tiny_tasks(), 0)
         assert {h.op for h in hazards} == {"aten._local_scalar_dense.default"}
         found[inside] = [h.where.rsplit(" in ", 1)[1] for h in hazards]
     assert found[True] == ["phase1_read", "reduce_metrics", "phase2_read"]
@@ -307,14 +307,14 @@ def test_split_graphs_replay_like_eager_steps():
     eager_learner = tiny_learner(MOVING).to(device)
     graph_learner = clone_learner(eager_learner)
     eager, graph = (
-        FastMetaStep(
+        MetaStepRunner(
             learner, use_cuda_graph=cuda, warmup_steps=1, sync=MirroredRank(), sync_in_graph=False
         )
         for learner, cuda in ((eager_learner, False), (graph_learner, True))
     )
     for iteration, epoch in enumerate([1, 1, 1, 1, 2, 2, 2]):  # warm-up, capture, replays
         batch = [t.to(device) for t in tiny_tasks(seed=iteration)]
-        want, got = eager(*batch, epoch), graph(*batch, epoch)
+        want, got = eager(batch, epoch), graph(batch, epoch)
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-12, msg=key)
     assert graph.captures == 2 and graph.path == "cuda-graph"

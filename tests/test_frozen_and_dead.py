@@ -17,7 +17,7 @@ import torch
 from core_helpers import tiny_tasks
 from torch import nn
 
-from mamlpp import Conv4, MAMLpp, MetaConfig, ModuleBackbone
+from mamlpp import Conv4, MAMLpp, MetaConfig, ModuleBackbone, TaskBatch
 from mamlpp.errors import ConfigError
 from mamlpp.nn.conv4 import conv4_sequential
 
@@ -33,7 +33,7 @@ def _batch(seed: int) -> list[torch.Tensor]:
 def _train(learner: MAMLpp, epochs=EPOCHS) -> None:
     optimizer = learner.make_optimizer()
     for seed, epoch in enumerate(epochs):
-        learner.meta_step(optimizer, *_batch(seed), epoch)
+        learner.meta_step(optimizer, _batch(seed), epoch)
 
 
 def _frozen_features_model() -> nn.Sequential:
@@ -192,7 +192,7 @@ def test_a_linear_bias_before_batch_norm_on_sequences_is_not_taken_as_dead():
     with pytest.raises(
         ConfigError, match=r"BN layer module\.1 .* module\.0 \(Linear\), whose bias"
     ):
-        learner.meta_loss(x, y, x, y)
+        learner.meta_loss(TaskBatch(x, y, x, y))
 
 
 def test_a_dead_bias_is_adapted_in_per_step_evaluation():

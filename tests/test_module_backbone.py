@@ -8,8 +8,9 @@ import torch
 from core_helpers import central_differences, grads_of, tiny_learner, tiny_tasks
 from torch import nn
 
-from mamlpp import MAMLpp, MetaConfig, ModuleBackbone
+from mamlpp import MAMLpp, MetaConfig, ModuleBackbone, TaskBatch
 from mamlpp.errors import ConfigError
+from mamlpp.nn import BatchNormContext
 from mamlpp.nn.module_backbone import _TaskBatchNorm
 
 # Six techniques on (DA: first order at epoch 0, second order from epoch 1; MSL active to 3).
@@ -54,7 +55,7 @@ def generic_twin(config: MetaConfig, execution: str = "batched") -> tuple[MAMLpp
 
 def _meta(learner: MAMLpp, batch, epoch: int, execution: str | None = None):
     learner.zero_grad(set_to_none=True)
-    loss, metrics = learner.meta_loss(*batch, epoch, execution=execution)
+    loss, metrics = learner.meta_loss(batch, epoch, execution=execution)
     loss.backward()
     return loss.detach(), metrics, grads_of(learner)
 
@@ -124,7 +125,7 @@ def test_bn1d_mlp_second_order_meta_gradient_matches_central_finite_differences(
     batch = (sx, sy, qx, qy)
     assert learner.second_order_at(0) and learner.msl_weights(0) is not None
     learner.zero_grad(set_to_none=True)
-    learner.meta_loss(*batch, 0, update_bn_stats=False)[0].backward()
+    learner.meta_loss(batch, 0, update_bn_stats=False)[0].backward()
     named = dict(learner.backbone.named_parameters())
     named["inner_lrs"] = learner.inner_lrs
     assert set(named) == {
@@ -152,17 +153,21 @@ def test_task_batched_forward_on_vectors_equals_one_task_at_a_time():
         for n, p in backbone.named_parameters()
     }  # a different network per task: [B=3, *shape]
     x = torch.randn(3, 4, 5, dtype=torch.float64)
-    logits, stats = backbone.task_batched_forward(params, x, step=1)
+    logits, stats = backbone.task_batched_forward(params, x, BatchNormContext(1))
     assert logits.shape == (3, 4, 3) and set(stats) == {"module.2"}
     for b in range(3):
-        one, one_stats = backbone.functional_forward({n: t[b] for n, t in params.items()}, x[b], 1)
+        one, one_stats = backbone.functional_forward(
+            {n: t[b] for n, t in params.items()}, x[b], BatchNormContext(1)
+        )
         assert torch.allclose(logits[b], one, rtol=0, atol=1e-12)
         for j in range(2):
             assert torch.allclose(stats["module.2"][j][b], one_stats["module.2"][j], atol=1e-12)
     # Stored statistics: row `step` normalises, and no statistics are returned.
     running = {n: b + 0.5 for n, b in backbone.named_buffers()}
-    logits_r, stats_r = backbone.task_batched_forward(params, x, 2, running)
-    one_r, _ = backbone.functional_forward({n: t[0] for n, t in params.items()}, x[0], 2, running)
+    logits_r, stats_r = backbone.task_batched_forward(params, x, BatchNormContext(2, running))
+    one_r, _ = backbone.functional_forward(
+        {n: t[0] for n, t in params.items()}, x[0], BatchNormContext(2, running)
+    )
     assert stats_r == {} and torch.allclose(logits_r[0], one_r, rtol=0, atol=1e-12)
     assert not torch.allclose(logits_r, logits)
 
@@ -185,8 +190,8 @@ def test_learner_takes_examples_of_any_shape_not_only_images():
     one_task = learner.adapt_and_predict(vectors[0][0], vectors[1][0], vectors[2][0])
     assert torch.allclose(one_task, logits_v[0], rtol=0, atol=1e-12)
     sx, sy, qx, qy = vectors
-    with pytest.raises(ValueError, match=r"query_x must be \[B=2, N\*T, 16\]"):
-        learner.meta_loss(sx, sy, qx[..., :8], qy)
+    with pytest.raises(ValueError, match=r"query_x must be \[B=2, N\*Q, 16\]"):
+        learner.meta_loss(TaskBatch(sx, sy, qx[..., :8], qy))
 
 
 def test_bn_tables_follow_the_config_and_the_module_is_left_alone():
@@ -280,7 +285,7 @@ def test_a_layer_that_mutates_a_buffer_is_a_one_line_error_naming_it():
     learner = MAMLpp(module, MetaConfig(num_inner_steps=1))
     sx, sy, qx, qy = tiny_tasks(image_size=2)
     with pytest.raises(ConfigError) as error:
-        learner.meta_loss(sx.float(), sy, qx.float(), qy)
+        learner.meta_loss(TaskBatch(sx.float(), sy, qx.float(), qy))
     message = str(error.value)
     assert "layer 2 (_CountsCalls) changed its buffer calls in place" in message
     assert "\n" not in message

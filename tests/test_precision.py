@@ -6,7 +6,9 @@ import copy
 
 import pytest
 import torch
+from core_helpers import tiny_learner, tiny_tasks
 
+from mamlpp import MetaConfig, TaskBatch
 from mamlpp.studies.bench import (
     CONFIGS,
     build_problem,
@@ -30,17 +32,31 @@ def test_parameter_groups():
     assert parameter_group("inner_lrs") == "inner lrs"
 
 
-def test_conv_bias_meta_gradients_are_zero_in_exact_arithmetic():
-    """Why a whole-vector error can mislead: a conv bias followed by batch-statistics BN has a
-    zero gradient (the normalisation removes any per-channel shift), inner and outer. In float64
-    its meta-gradient is rounding noise, orders of magnitude below the weights'."""
-    learner, batch = _float64_problem()
-    grads = meta_gradients(learner, batch, "batched", "fp32")
-    bias = torch.cat([g.flatten() for n, g in grads.items() if parameter_group(n) == "conv biases"])
-    weight = torch.cat(
-        [g.flatten() for n, g in grads.items() if parameter_group(n) == "conv weights"]
-    )
-    assert float(bias.norm()) < 1e-9 * float(weight.norm())
+def _conv_biases_after_training(silenced: bool) -> tuple[dict, dict]:
+    """The conv biases (exact gradient 0: batch norm with batch statistics removes any
+    per-channel shift) before and after three Adam meta-steps, with the learner's silencing of
+    dead tensors on or (to show what it prevents) off."""
+    learner = tiny_learner(MetaConfig(num_inner_steps=2, first_order_epochs=0))
+    if not silenced:
+        learner.dead_names = ()
+    biases = {n: p for n, p in learner.named_parameters() if parameter_group(n) == "conv biases"}
+    before = {n: p.detach().clone() for n, p in biases.items()}
+    optimizer = learner.make_optimizer()
+    for seed in range(3):
+        learner.meta_step(optimizer, TaskBatch(*tiny_tasks(seed=seed)), 0)
+    return before, {n: p.detach().clone() for n, p in biases.items()}
+
+
+def test_dead_conv_biases_stay_bitwise_still_while_training():
+    """Their meta-gradient in floating point is rounding noise, which Adam would turn into
+    full-size steps; the learner keeps them exactly where they started. Without the silencing
+    the same training moves them (so this test fails if the biases ever move)."""
+    before, after = _conv_biases_after_training(silenced=True)
+    assert len(before) == 4
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    before, after = _conv_biases_after_training(silenced=False)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
 def test_gradient_errors_per_group_and_cosine():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mamlpp import MAMLpp, MetaConfig, ModuleBackbone, ResNet12
+from mamlpp import MAMLpp, MetaConfig, ModuleBackbone, ResNet12, TaskBatch
 from mamlpp.nn.resnet12 import resnet12_widths
 from mamlpp.run.build import build_learner
 from mamlpp.run.experiment import build_config, config_differences
@@ -46,7 +46,7 @@ def test_tiny_resnet12_meta_loss_backward_and_per_step_bn_rows():
     qx = torch.randn(2, 6, 3, 16, 16, generator=g, dtype=torch.float64)
     sy = qy = torch.arange(3).repeat_interleave(2).repeat(2, 1)
     before = {n: b.clone() for n, b in backbone.named_buffers()}
-    loss, metrics = learner.meta_loss(sx, sy, qx, qy, 0)
+    loss, metrics = learner.meta_loss(TaskBatch(sx, sy, qx, qy), 0)
     loss.backward()
     assert torch.isfinite(loss) and metrics["step_losses"].shape == (2,)
     for name, p in learner.named_parameters():

@@ -41,7 +41,7 @@ def _trained(config, splits, steps: int = 3, seed: int = 0):
     sampler = EpisodeSampler(splits["train"], 5, 1, 1, seed=seed)
     optimizer = learner.make_optimizer()
     for it in range(steps):
-        learner.meta_step(optimizer, *sampler.sample(range(it * 2, it * 2 + 2)), epoch=0)
+        learner.meta_step(optimizer, sampler.sample(range(it * 2, it * 2 + 2)), epoch=0)
     return learner
 
 

@@ -6,9 +6,11 @@ The public API:
   adaptation, prediction), the :class:`Conv4` backbone, and the per-epoch schedules
   :func:`msl_weights`, :func:`step_loss_weights`, :func:`second_order_at`, :func:`outer_lr`;
 * any ``nn.Module`` as a backbone: :class:`ModuleBackbone` (``MAMLpp(module, config)`` wraps a
-  plain module with it), and :class:`ResNet12`;
-* training steps: :class:`MetaStepRunner` (CUDA-graph replay on GPUs, eager elsewhere; also
-  under its earlier name ``FastMetaStep``);
+  plain module with it), and :class:`ResNet12`; a backbone of your own implements
+  ``forward(params, x, bn: BatchNormContext)``;
+* training steps: :class:`MetaStepRunner` (CUDA-graph replay on GPUs, eager elsewhere; its
+  earlier name ``FastMetaStep`` still resolves, with a DeprecationWarning, until the next
+  release);
 * data: :func:`load_dataset`, :class:`EpisodeSampler`, :class:`TaskBatch`, :class:`FewShotSplit`;
 * evaluation: :func:`evaluate` with 95% confidence intervals and checkpoint ensembles;
 * own images: :func:`load` (a model from ``mamlpp export``, or a run folder) ->
@@ -36,6 +38,7 @@ _EXPORTS = {
     "outer_lr": "mamlpp.core.schedules",
     "second_order_at": "mamlpp.core.schedules",
     "step_loss_weights": "mamlpp.core.schedules",
+    "BatchNormContext": "mamlpp.nn.backbone",
     "Conv4": "mamlpp.nn.conv4",
     "conv4_for": "mamlpp.nn.conv4",
     "ModuleBackbone": "mamlpp.nn.module_backbone",
@@ -44,7 +47,7 @@ _EXPORTS = {
     "FastMetaStep": "mamlpp.engine.step_runner",
     "EpisodeSampler": "mamlpp.data",
     "FewShotSplit": "mamlpp.data",
-    "TaskBatch": "mamlpp.data",
+    "TaskBatch": "mamlpp.core.types",
     "load_dataset": "mamlpp.data",
     "EvalResult": "mamlpp.run.evaluate",
     "evaluate": "mamlpp.run.evaluate",
@@ -57,12 +60,12 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BatchNormContext",
     "ConfigError",
     "Conv4",
     "DataError",
     "EpisodeSampler",
     "EvalResult",
-    "FastMetaStep",
     "FewShotPredictor",
     "FewShotSplit",
     "MAMLpp",
@@ -92,9 +95,11 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from mamlpp.core.config import MetaConfig
     from mamlpp.core.learner import MAMLpp
     from mamlpp.core.schedules import msl_weights, outer_lr, second_order_at, step_loss_weights
-    from mamlpp.data import EpisodeSampler, FewShotSplit, TaskBatch, load_dataset
-    from mamlpp.engine.step_runner import FastMetaStep, MetaStepRunner
+    from mamlpp.core.types import TaskBatch
+    from mamlpp.data import EpisodeSampler, FewShotSplit, load_dataset
+    from mamlpp.engine.step_runner import MetaStepRunner
     from mamlpp.errors import ConfigError, DataError, MamlppError
+    from mamlpp.nn.backbone import BatchNormContext
     from mamlpp.nn.conv4 import Conv4, conv4_for
     from mamlpp.nn.module_backbone import ModuleBackbone
     from mamlpp.nn.resnet12 import ResNet12

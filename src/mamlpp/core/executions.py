@@ -2,7 +2,7 @@
 
 The algorithm (:mod:`mamlpp.core.algorithm`) is written once against::
 
-    forward(params {name: [B, ...]}, x [B, n, ...], step, running, stats_rows)
+    forward(params {name: [B, ...]}, x [B, n, ...], bn: BatchNormContext)
         -> (logits [B, n, N], stats)
 
 and an *execution* only decides how the B tasks of that call are computed:
@@ -22,53 +22,38 @@ one-line ``ConfigError`` naming it and ``execution="loop"``, which runs it.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from mamlpp.core.types import Backbone, BatchStats, TaskForward
+from mamlpp.core.types import BatchNormContext, BatchStats, Forwards, TaskForward
 from mamlpp.errors import ConfigError
 
-EXECUTIONS = ("batched", "loop", "vmap")
-
-
-def _call(
-    per_task: TaskForward,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    step: int,
-    running: Mapping[str, Tensor] | None,
-    stats_rows: int | None,
-) -> tuple[Tensor, BatchStats]:
-    """``per_task`` with ``stats_rows`` passed only when given (``bn_mode="support"``), so a
-    backbone written without that argument still runs the other modes."""
-    if stats_rows is None:
-        return per_task(params, x, step, running)
-    return per_task(params, x, step, running, stats_rows)
+# The ways to run the tasks of a call, named once here (the config, the learner, the step
+# runner's execution choice and ``mamlpp bench`` read them).
+Execution = Literal["batched", "loop", "vmap"]
+EXECUTIONS: tuple[Execution, ...] = typing.get_args(Execution)
 
 
 def looped(per_task: TaskForward) -> TaskForward:
     """A task-batched forward that runs ``per_task`` once per task and stacks the results."""
 
     def forward(
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
         results = [
-            _call(per_task, {n: t[b] for n, t in params.items()}, x[b], step, running, stats_rows)
-            for b in range(x.shape[0])
+            per_task({n: t[b] for n, t in params.items()}, x[b], bn) for b in range(x.shape[0])
         ]
         logits = torch.stack([r[0] for r in results])  # [B, n, N]
         stats = {
-            bn: (
-                torch.stack([r[1][bn][0] for r in results]),  # [B, C]
-                torch.stack([r[1][bn][1] for r in results]),
+            layer: (
+                torch.stack([r[1][layer][0] for r in results]),  # [B, C]
+                torch.stack([r[1][layer][1] for r in results]),
             )
-            for bn in results[0][1]
+            for layer in results[0][1]
         }
         return logits, stats
 
@@ -77,17 +62,13 @@ def looped(per_task: TaskForward) -> TaskForward:
 
 def vmapped(per_task: TaskForward) -> TaskForward:
     """A task-batched forward that maps ``per_task`` over the task dimension with vmap (the
-    stored statistics, shared by all tasks, are not mapped)."""
+    batch-norm context, with the stored statistics shared by all tasks, is not mapped)."""
 
     def forward(
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
         def one(p: dict[str, Tensor], xb: Tensor) -> tuple[Tensor, BatchStats]:
-            return _call(per_task, p, xb, step, running, stats_rows)
+            return per_task(p, xb, bn)
 
         return torch.func.vmap(one)(dict(params), x)
 
@@ -104,16 +85,10 @@ def explained(forward: TaskForward, execution: str) -> TaskForward:
     into a one-line :class:`~mamlpp.errors.ConfigError` that names the operation and the fix."""
 
     def run(
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
         try:
-            if stats_rows is None:  # backbones that predate stats_rows keep working
-                return forward(params, x, step, running)
-            return forward(params, x, step, running, stats_rows)
+            return forward(params, x, bn)
         except RuntimeError as error:
             found = _NO_BATCHING_RULE.search(str(error))
             if found is None:
@@ -128,13 +103,13 @@ def explained(forward: TaskForward, execution: str) -> TaskForward:
     return run
 
 
-def check_execution(execution: str) -> str:
+def check_execution(execution: str) -> Execution:
     if execution not in EXECUTIONS:
         raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-    return execution
+    return typing.cast(Execution, execution)
 
 
-def task_batched_forward(backbone: Backbone, execution: str) -> TaskForward:
+def task_batched_forward(backbone: Forwards, execution: str) -> TaskForward:
     """The forward of ``backbone`` for ``execution`` (see the module docstring)."""
     check_execution(execution)
     if execution == "batched":  # a ModuleBackbone's runs under vmap

@@ -11,7 +11,9 @@ chooses how the tasks of a call are computed (:mod:`mamlpp.core.executions`: ``"
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,11 +21,20 @@ from torch import Tensor, nn
 from mamlpp.core import algorithm, schedules
 from mamlpp.core.algorithm import InnerLoopPlan
 from mamlpp.core.config import MetaConfig
-from mamlpp.core.executions import check_execution, task_batched_forward
+from mamlpp.core.executions import Execution, check_execution, task_batched_forward
 from mamlpp.core.outer_step import outer_step
-from mamlpp.core.types import Backbone, PassStats, TaskForward
+from mamlpp.core.types import (
+    Backbone,
+    BatchNormContext,
+    BatchStats,
+    Forwards,
+    PassStats,
+    TaskBatch,
+    TaskForward,
+    batch_and_epoch,
+)
 from mamlpp.errors import ConfigError
-from mamlpp.nn.backbone import is_backbone
+from mamlpp.nn.backbone import PositionalForwards, has_positional_forwards, is_backbone
 from mamlpp.nn.module_backbone import ModuleBackbone
 from mamlpp.nn.per_step_bn import fold_running_stats
 
@@ -47,13 +58,25 @@ class MAMLpp(nn.Module):
         self,
         backbone: Backbone | nn.Module,
         config: MetaConfig | None = None,
-        execution: str = "batched",
+        execution: Execution = "batched",
         checkpoint_steps: bool = False,
     ):
         super().__init__()
         config = MetaConfig() if config is None else config
         # A plain nn.Module (standard layers) runs functionally, batched under vmap.
         self.backbone = backbone if is_backbone(backbone) else ModuleBackbone(backbone)
+        # A backbone of the earlier positional forward form runs through an adapter, for one
+        # release (docs/algorithm.md, "The network").
+        self._positional_forwards = has_positional_forwards(self.backbone)
+        if self._positional_forwards:
+            warnings.warn(
+                f"{type(self.backbone).__name__}.functional_forward/task_batched_forward take "
+                "(params, x, step, running, stats_rows), the form of earlier releases; take "
+                "(params, x, bn: mamlpp.nn.BatchNormContext) instead (bn.step, bn.running, "
+                "bn.stats_rows). The old form is run through an adapter until the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.config = config
         # The config states the step count and the per-step switches once; the backbone's batch
         # norm gets its rows from here: [S, C] under BNWB / BNRS, else shared [C].
@@ -65,6 +88,8 @@ class MAMLpp(nn.Module):
         # Recompute each inner step's activations in the outer backward instead of storing them
         # (trades compute for memory).
         self.checkpoint_steps = checkpoint_steps
+        # Example shapes whose logits were checked against the tasks' classes (see _checked).
+        self._outputs_checked: set[tuple[int, ...]] = set()
         params = self._params()
         names = list(self.backbone.adaptable_names())
         if config.adapt_bn_affine:
@@ -128,6 +153,13 @@ class MAMLpp(nn.Module):
     def _bn_names(self) -> list[str]:
         return list(self.backbone.bn_layers())
 
+    def _task_forward(self, execution: Execution | None = None) -> TaskForward:
+        """The task-batched forward of the backbone for ``execution`` (default: the learner's)."""
+        forwards: Forwards = (
+            PositionalForwards(self.backbone) if self._positional_forwards else self.backbone
+        )
+        return task_batched_forward(forwards, execution or self.execution)
+
     def _running(self) -> dict[str, Tensor]:
         return {
             f"{bn}.running_{s}": getattr(layer, f"running_{s}")
@@ -152,13 +184,13 @@ class MAMLpp(nn.Module):
         if query_x is not None:
             if query_x.shape[0] != support_x.shape[0] or query_x.shape[2:] != support_x.shape[2:]:
                 raise ValueError(
-                    f"query_x must be [B={support_x.shape[0]}, N*T, "
+                    f"query_x must be [B={support_x.shape[0]}, N*Q, "
                     f"{', '.join(map(str, support_x.shape[2:]))}], "
                     f"got shape {tuple(query_x.shape)}"
                 )
             if query_y is not None and query_y.shape != query_x.shape[:2]:
                 raise ValueError(
-                    f"query_y must be [B, N*T] = {tuple(query_x.shape[:2])}, "
+                    f"query_y must be [B, N*Q] = {tuple(query_x.shape[:2])}, "
                     f"got {tuple(query_y.shape)}"
                 )
 
@@ -168,15 +200,17 @@ class MAMLpp(nn.Module):
         outputs is a one-line error, not an IndexError from the loss (or, with too many, a
         softmax over classes no task has). Later batches get ``forward`` itself (no cost)."""
         key = tuple(support_x.shape[2:])
-        checked: set[tuple[int, ...]] = self.__dict__.setdefault("_outputs_checked", set())
+        checked = self._outputs_checked
         if key in checked or support_y.device.type != "cpu":
             return forward  # on an accelerator reading the labels would be a host sync
         # Labels 0..N-1, read through numpy: no tensor operation (the graph-safety checks of
         # mamlpp.engine watch those for host reads).
         classes = int(support_y.detach().numpy().max()) + 1
 
-        def checking(params, x, step, *args, **kwargs):  # type: ignore[no-untyped-def]
-            logits, stats = forward(params, x, step, *args, **kwargs)
+        def checking(
+            params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
+        ) -> tuple[Tensor, BatchStats]:
+            logits, stats = forward(params, x, bn)
             if logits.shape[-1] != classes:
                 raise ConfigError(
                     f"the network gives {logits.shape[-1]} outputs per example, but the tasks "
@@ -191,37 +225,32 @@ class MAMLpp(nn.Module):
     # -- training --------------------------------------------------------------------------------
     def meta_loss(
         self,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
+        *args: Any,
         epoch: int = 0,
-        *,
-        execution: str | None = None,
+        execution: Execution | None = None,
         update_bn_stats: bool = True,
         msl_weights: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Outer loss of a meta-batch at ``epoch`` (MSL weights and derivative order from the
-        schedules), ready for ``.backward()``.
+        schedules), ready for ``.backward()``: ``meta_loss(batch, epoch)``.
 
-        Shapes: ``support_x [B, N*K, C, H, W]``, ``support_y [B, N*K]``, ``query_x
-        [B, N*T, C, H, W]``, ``query_y [B, N*T]``. With ``update_bn_stats`` the running statistics
-        are updated from the batch statistics of every pass (per-step rows under BNRS), exactly
-        as a task-by-task loop would update them.
+        ``batch``: a :class:`~mamlpp.core.types.TaskBatch`, ``support_x [B, N*K, C, H, W]``,
+        ``support_y [B, N*K]``, ``query_x [B, N*Q, C, H, W]``, ``query_y [B, N*Q]``. (The form
+        of earlier releases, ``meta_loss(support_x, support_y, query_x, query_y, epoch)``, still
+        works, with a DeprecationWarning.) With ``update_bn_stats`` the running statistics are
+        updated from the batch statistics of every pass (per-step rows under BNRS), exactly as a
+        task-by-task loop would update them.
 
         Metrics (detached tensors): ``accuracy`` (final-step query accuracy), ``step_losses`` and
-        ``step_accuracies`` ``[T]`` (T = S under MSL, else 1), ``support_losses [S]``, each the
-        mean over tasks. ``msl_weights`` (a ``[S]`` tensor) replaces the schedule's values while
-        MSL is active, so a captured CUDA graph reads new weights each epoch.
+        ``step_accuracies`` ``[L]`` for the L query passes (L = S under MSL, else 1),
+        ``support_losses [S]``, each the mean over tasks. ``msl_weights`` (a ``[S]`` tensor)
+        replaces the schedule's values while MSL is active, so a captured CUDA graph reads new
+        weights each epoch.
         """
+        batch, epoch = batch_and_epoch("meta_loss", batch, args, epoch)
         loss, metrics, stats = self.meta_loss_and_stats(
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            epoch,
-            execution=execution,
-            msl_weights=msl_weights,
+            batch, epoch, execution=execution, msl_weights=msl_weights
         )
         if update_bn_stats:
             self.fold_batch_stats(stats)
@@ -229,13 +258,10 @@ class MAMLpp(nn.Module):
 
     def meta_loss_and_stats(
         self,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
+        *args: Any,
         epoch: int = 0,
-        *,
-        execution: str | None = None,
+        execution: Execution | None = None,
         msl_weights: Tensor | None = None,
         total_tasks: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], PassStats]:
@@ -246,7 +272,8 @@ class MAMLpp(nn.Module):
         of a data-parallel run holds B of ``total_tasks`` tasks, so its losses still sum to the
         whole meta-batch's loss.
         """
-        self._check_batch(support_x, support_y, query_x, query_y)
+        batch, epoch = batch_and_epoch("meta_loss_and_stats", batch, args, epoch)
+        self._check_batch(*batch)
         weights: list[float] | Tensor | None = self.msl_weights(epoch)
         if weights is not None and msl_weights is not None:
             weights = msl_weights
@@ -259,22 +286,15 @@ class MAMLpp(nn.Module):
             bn_from_support=self.config.bn_mode == "support",
         )
         losses, metrics, stats = algorithm.meta_loss(
-            self._checked(
-                task_batched_forward(self.backbone, execution or self.execution),
-                support_x,
-                support_y,
-            ),
+            self._checked(self._task_forward(execution), batch.support_x, batch.support_y),
             self._params(),
             self.inner_lrs,
-            support_x,
-            support_y,
-            query_x,
-            query_y,
+            batch,
             plan,
             self._bn_names(),
             checkpoint_steps=self.checkpoint_steps,
         )
-        # losses [B]; metrics[k] [B, ...]; stats[bn] = (mean [B, P, C], var [B, P, C])
+        # losses [B]; metrics[k] [B, ...]; stats.values[bn] = (mean [B, P, C], var [B, P, C])
         if self.config.task_reduction == "sum":
             loss = losses.sum()
         elif total_tasks is None:
@@ -284,7 +304,7 @@ class MAMLpp(nn.Module):
         summary = {k: v.mean(0) for k, v in metrics.items()}
         summary["accuracy"] = summary["step_accuracies"][-1]
         summary["loss"] = loss.detach()
-        return loss, summary, PassStats(stats, tuple(plan.stat_rows()))
+        return loss, summary, stats
 
     @torch.no_grad()
     def fold_batch_stats(self, stats: PassStats) -> None:
@@ -303,15 +323,16 @@ class MAMLpp(nn.Module):
     def meta_step(
         self,
         optimizer: torch.optim.Optimizer,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
+        *args: Any,
         epoch: int = 0,
     ) -> dict[str, Tensor]:
         """One outer update (:func:`mamlpp.core.outer_step.outer_step`): meta-loss, backward,
-        optional clamp, optimiser step, running statistics."""
-        return outer_step(self, optimizer, (support_x, support_y, query_x, query_y), epoch)
+        optional clamp, optimiser step, running statistics: ``meta_step(optimizer, batch,
+        epoch)`` (the earlier ``meta_step(optimizer, support_x, support_y, query_x, query_y,
+        epoch)`` still works, with a DeprecationWarning)."""
+        batch, epoch = batch_and_epoch("meta_step", batch, args, epoch)
+        return outer_step(self, optimizer, batch, epoch)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_plan(self, num_steps: int | None) -> InnerLoopPlan:
@@ -362,13 +383,13 @@ class MAMLpp(nn.Module):
         support_y: Tensor,
         query_x: Tensor,
         num_steps: int | None = None,
-        execution: str | None = None,
+        execution: Execution | None = None,
     ) -> Tensor:
         """Evaluation: adapt to each task's support set (first order), then logits of its
         query set from theta_S at BN step S-1.
 
-        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*T, ways]``) or one task
-        (``[N*K, C, H, W]`` -> ``[N*T, ways]``); any example shape in place of ``C, H, W``.
+        Accepts a meta-batch (``[B, N*K, C, H, W]`` -> logits ``[B, N*Q, ways]``) or one task
+        (``[N*K, C, H, W]`` -> ``[N*Q, ways]``); any example shape in place of ``C, H, W``.
         Nothing stored in the model changes: in ``bn_mode="per_step"`` the running statistics
         are read, never written. No outer graph is built (inner gradients are taken on detached
         copies). In ``bn_mode="support"`` batch norm normalises the queries with the support
@@ -379,8 +400,7 @@ class MAMLpp(nn.Module):
             support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
         self._check_batch(support_x, support_y, query_x)
         plan, params, lrs, running = self._eval_inputs(num_steps)
-        forward = task_batched_forward(self.backbone, execution or self.execution)
-        forward = self._checked(forward, support_x, support_y)
+        forward = self._checked(self._task_forward(execution), support_x, support_y)
         with torch.no_grad():
             logits = algorithm.predict(
                 forward, params, lrs, support_x, support_y, query_x, plan, running
@@ -395,10 +415,8 @@ class MAMLpp(nn.Module):
         self._check_batch(support_x, support_y)
         plan, params, lrs, running = self._eval_inputs(num_steps)
         with torch.no_grad():
-            fast, _, _ = algorithm.adapt(
-                self._checked(
-                    task_batched_forward(self.backbone, self.execution), support_x, support_y
-                ),
+            theta = algorithm.adapt(
+                self._checked(self._task_forward(), support_x, support_y),
                 params,
                 lrs,
                 support_x,
@@ -406,7 +424,7 @@ class MAMLpp(nn.Module):
                 plan,
                 running,
             )
-        return fast
+        return {n: theta[n] for n in self.adapted_names}
 
     def predict(
         self,
@@ -414,7 +432,7 @@ class MAMLpp(nn.Module):
         query_x: Tensor,
         support_x: Tensor | None = None,
     ) -> Tensor:
-        """Logits ``[B, N*T, ways]`` of ``query_x [B, N*T, C, H, W]`` with per-task fast
+        """Logits ``[B, N*Q, ways]`` of ``query_x [B, N*Q, C, H, W]`` with per-task fast
         weights from :meth:`adapt`, at BN step S-1. ``bn_mode="support"`` needs the support
         images ``support_x [B, N*K, C, H, W]`` the weights were adapted to (their statistics
         normalise the queries); the other modes ignore it."""
@@ -427,13 +445,11 @@ class MAMLpp(nn.Module):
         num_tasks = query_x.shape[0]
         shared = {n: t.expand(num_tasks, *t.shape) for n, t in params.items()}
         with torch.no_grad():
-            forward = task_batched_forward(self.backbone, self.execution)
+            forward = self._task_forward()
             fast = {**shared, **fast_weights}
-            step = plan.num_steps - 1
+            bn = BatchNormContext(plan.num_steps - 1, running)
             if support_x is None:
-                logits, _ = forward(fast, query_x, step, running)
+                logits, _ = forward(fast, query_x, bn)
             else:
-                logits, _ = algorithm.query_forward(
-                    forward, plan, fast, support_x, query_x, step, running
-                )
+                logits, _ = algorithm.query_forward(forward, plan, fast, support_x, query_x, bn)
         return logits

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from mamlpp.core.types import MetaLearner, PassStats
+from mamlpp.core.types import MetaLearner, PassStats, TaskBatch
 
 
 class StepSync(Protocol):
@@ -57,7 +57,7 @@ class StepSync(Protocol):
 def outer_backward(
     learner: MetaLearner,
     optimizer: torch.optim.Optimizer,
-    batch: tuple[Tensor, Tensor, Tensor, Tensor],
+    batch: TaskBatch,
     epoch: int,
     *,
     msl_weights: Tensor | None = None,
@@ -65,7 +65,7 @@ def outer_backward(
     set_grads_to_none: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, Tensor], PassStats]:
-    """Phase 1 on ``batch = (support_x, support_y, query_x, query_y)``, this process's ``B`` of
+    """Phase 1 on ``batch``, this process's ``B`` of
     ``world_size * B`` tasks: leaves the meta-gradients in ``.grad``, returns the detached
     metrics (means over its tasks; see :meth:`MAMLpp.meta_loss`) and the batch statistics.
 
@@ -75,10 +75,11 @@ def outer_backward(
     ``torch.bfloat16``) runs the forward passes under autocast; the backward pass follows the
     forward's dtypes and the optimiser works in float32, as PyTorch recommends.
     """
-    device_type = batch[0].device.type
+    device_type = batch.support_x.device.type
+    total_tasks = batch.support_x.shape[0] * world_size
     with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         loss, metrics, stats = learner.meta_loss_and_stats(
-            *batch, epoch, msl_weights=msl_weights, total_tasks=batch[0].shape[0] * world_size
+            batch, epoch, msl_weights=msl_weights, total_tasks=total_tasks
         )
     optimizer.zero_grad(set_to_none=set_grads_to_none)
     loss.backward()
@@ -107,7 +108,7 @@ def outer_update(learner: MetaLearner, optimizer: torch.optim.Optimizer, stats: 
 def outer_step(
     learner: MetaLearner,
     optimizer: torch.optim.Optimizer,
-    batch: tuple[Tensor, Tensor, Tensor, Tensor],
+    batch: TaskBatch,
     epoch: int,
     *,
     sync: StepSync | None = None,

@@ -24,12 +24,12 @@ def msl_weights(epoch: int, num_steps: int, msl_epochs: int) -> list[float]:
 
 
 def msl_active(epoch: int, config: MetaConfig) -> bool:
-    """MSL counts every step's target loss before ``msl_epochs``; afterwards only the last."""
+    """MSL counts every step's query loss before ``msl_epochs``; afterwards only the last."""
     return config.msl and epoch < config.msl_epochs
 
 
 def step_loss_weights(epoch: int, config: MetaConfig) -> list[float] | None:
-    """The MSL weights in force at ``epoch``, or None when only the final target loss counts."""
+    """The MSL weights in force at ``epoch``, or None when only the final query loss counts."""
     if not msl_active(epoch, config):
         return None
     return msl_weights(epoch, config.num_inner_steps, config.msl_epochs)

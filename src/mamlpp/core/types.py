@@ -3,6 +3,7 @@
 * :data:`BatchStats` (declared with the networks that produce it, :mod:`mamlpp.nn.backbone`,
   since ``nn`` sits below ``core``): ``{bn layer: (batch mean, unbiased batch variance)}`` of one
   forward pass;
+* :class:`TaskBatch`: a meta-batch of tasks (support and query examples and labels);
 * :class:`TaskForward`: the forward contract of the algorithm, for all tasks at once
   (``params [B, ...]``, ``x [B, n, ...]``) or for one task (no leading ``B``);
 * :class:`PassStats`: every pass's batch statistics of one meta-batch, not yet folded in;
@@ -12,38 +13,79 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
+import torch
 from torch import Tensor, nn
 
-from mamlpp.nn.backbone import Backbone, BatchStats
+from mamlpp.nn.backbone import Backbone, BatchNormContext, BatchStats, Forwards
 
-__all__ = ["Backbone", "BatchStats", "MetaBatch", "MetaLearner", "PassStats", "TaskForward"]
+__all__ = [
+    "Backbone",
+    "BatchNormContext",
+    "BatchStats",
+    "Forwards",
+    "MetaLearner",
+    "PassStats",
+    "TaskBatch",
+    "TaskForward",
+    "batch_and_epoch",
+]
 
-# A meta-batch of B tasks, N ways, K shots, T targets per class:
-# (support_x [B, N*K, C, H, W], support_y [B, N*K], query_x [B, N*T, C, H, W], query_y [B, N*T]).
-MetaBatch = tuple[Tensor, Tensor, Tensor, Tensor]
+
+class TaskBatch(NamedTuple):
+    """A meta-batch: B episodes of N-way, K-shot tasks with Q query examples per class (labels
+    0..N-1, class-major order; Q is ``data.targets`` in configs and ``targets=`` of the
+    sampler). Built by :class:`~mamlpp.data.EpisodeSampler`, taken by the learner, the outer
+    step and the step runner. A tuple, so ``support_x, support_y, query_x, query_y = batch``."""
+
+    support_x: Tensor  # float [B, N*K, C, H, W] (any example shape in place of C, H, W)
+    support_y: Tensor  # int64 [B, N*K]
+    query_x: Tensor  # float [B, N*Q, C, H, W]
+    query_y: Tensor  # int64 [B, N*Q]
+
+    def to(self, device: torch.device | str | None, non_blocking: bool = False) -> TaskBatch:
+        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def batch_and_epoch(
+    method: str, batch: TaskBatch | Tensor, args: tuple[Any, ...], epoch: int
+) -> tuple[TaskBatch, int]:
+    """The meta-batch and epoch of a call ``method(batch, epoch)`` (``args``: what followed
+    ``batch`` positionally), or of the form of earlier releases, ``method(support_x, support_y,
+    query_x, query_y[, epoch])``, which still works with a DeprecationWarning until the next
+    release."""
+    if isinstance(batch, Tensor):
+        if len(args) not in (3, 4):
+            raise TypeError(f"{method}() takes a TaskBatch and the epoch")
+        warnings.warn(
+            f"{method}(support_x, support_y, query_x, query_y, ...) is deprecated: pass one "
+            f"mamlpp.TaskBatch, {method}(TaskBatch(support_x, support_y, query_x, query_y), "
+            "epoch)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        batch, args = TaskBatch(batch, *args[:3]), args[3:]
+    if len(args) > 1:
+        raise TypeError(f"{method}() takes a TaskBatch and the epoch, got {1 + len(args)} values")
+    return TaskBatch(*batch), (args[0] if args else epoch)
 
 
 class TaskForward(Protocol):
-    """``forward(params, x, step, running, stats_rows) -> (logits, stats)``.
+    """``forward(params, x, bn) -> (logits, stats)``.
 
     Task-batched: ``params {name: [B, ...]}``, ``x [B, n, ...]`` -> logits ``[B, n, N]`` and
-    ``{bn: ([B, C], [B, C])}``. Per task: the same without the leading ``B``. ``step`` picks the
-    per-step BN row; ``running`` (stored statistics) normalises instead of batch statistics;
-    ``stats_rows`` (``bn_mode="support"``, passed only then): the first ``stats_rows`` examples
-    of each task alone define the batch statistics that normalise all of its examples.
+    ``{bn: ([B, C], [B, C])}``. Per task: the same without the leading ``B``. ``bn``
+    (:class:`~mamlpp.nn.backbone.BatchNormContext`) says how batch norm normalises: the
+    per-step row, stored statistics instead of batch statistics, or the support rows'
+    statistics (``bn_mode="support"``).
     """
 
     def __call__(
-        self,
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        self, params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]: ...
 
 
@@ -52,7 +94,7 @@ class PassStats:
     """Batch statistics of every forward pass of a meta-batch, not yet folded in.
 
     ``values[bn] = (mean [B, P, C], unbiased var [B, P, C])`` for B tasks and P passes; pass p
-    belongs to BN row ``rows[p]`` (support_0, target_0 under MSL, support_1, ...).
+    belongs to BN row ``rows[p]`` (support_0, query_0 under MSL, support_1, ...).
     """
 
     values: dict[str, tuple[Tensor, Tensor]]
@@ -66,10 +108,7 @@ class MetaLearner(Protocol):
 
     def meta_loss_and_stats(
         self,
-        support_x: Tensor,
-        support_y: Tensor,
-        query_x: Tensor,
-        query_y: Tensor,
+        batch: TaskBatch,
         epoch: int,
         *,
         msl_weights: Tensor | None = None,

@@ -43,7 +43,7 @@ _EXPORTS = {
     "IMAGENET_MEAN": "mamlpp.data.stats",
     "IMAGENET_STD": "mamlpp.data.stats",
     "FewShotSplit": "mamlpp.data.structures",
-    "TaskBatch": "mamlpp.data.structures",
+    "TaskBatch": "mamlpp.core.types",
     "make_synthetic": "mamlpp.data.synthetic",
     "DATASETS": "mamlpp.data.table",
     "load_dataset": "mamlpp.data.table",
@@ -88,6 +88,7 @@ __getattr__, __dir__ = lazy_attributes("mamlpp.data", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
+    from mamlpp.core.types import TaskBatch
     from mamlpp.data.archive import extract_zip
     from mamlpp.data.cifar import find_cifar100, load_cifar_fewshot
     from mamlpp.data.download import ChecksumError, download_file
@@ -100,7 +101,7 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from mamlpp.data.sampler import Episodes, EpisodeSampler
     from mamlpp.data.sources import download_mini_imagenet, download_omniglot
     from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
-    from mamlpp.data.structures import FewShotSplit, TaskBatch
+    from mamlpp.data.structures import FewShotSplit
     from mamlpp.data.synthetic import make_synthetic
     from mamlpp.data.table import DATASETS, load_dataset
     from mamlpp.data.tiered import find_tiered_imagenet, load_tiered_imagenet

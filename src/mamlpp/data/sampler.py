@@ -28,8 +28,9 @@ from typing import NamedTuple
 
 import torch
 
+from mamlpp.core.types import TaskBatch
 from mamlpp.data.augment import UNIFORMS_PER_IMAGE, Augment, distort, draw_affine
-from mamlpp.data.structures import Device, FewShotSplit, TaskBatch
+from mamlpp.data.structures import Device, FewShotSplit
 from mamlpp.errors import DataError
 
 _MASK32 = 0xFFFFFFFF

@@ -1,17 +1,21 @@
 """The two containers the data layer hands to the rest of the project.
 
 ``FewShotSplit`` is one split (train/val/test) of a dataset held entirely in memory as uint8, and
-``TaskBatch`` is a batch of episodes already in the float32 layout ``MAMLpp.meta_loss`` takes.
+``TaskBatch`` (defined in :mod:`mamlpp.core.types`, the layer that computes with it) is a batch
+of episodes already in the float32 layout ``MAMLpp.meta_loss`` takes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 import torch
 
+from mamlpp.core.types import TaskBatch
+
 Device = torch.device | str | None
+
+__all__ = ["Device", "FewShotSplit", "TaskBatch", "build_class_index"]
 
 
 @dataclass(frozen=True)
@@ -112,18 +116,6 @@ class FewShotSplit:
         """Distinct image sources of this split (0 without sources)."""
         sources = self.image_sources
         return 0 if sources is None else int(torch.unique(sources).numel())
-
-
-class TaskBatch(NamedTuple):
-    """B episodes of N-way, K-shot, T-target tasks (labels 0..N-1, class-major order)."""
-
-    support_x: torch.Tensor  # float32 [B, N*K, C, H, W]
-    support_y: torch.Tensor  # int64 [B, N*K]
-    query_x: torch.Tensor  # float32 [B, N*T, C, H, W]
-    query_y: torch.Tensor  # int64 [B, N*T]
-
-    def to(self, device: Device, non_blocking: bool = False) -> TaskBatch:
-        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
 def build_class_index(

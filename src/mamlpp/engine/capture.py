@@ -19,7 +19,7 @@ names the culprit when a real capture fails.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def _source_line() -> str:
     return "<unknown>"
 
 
-def _boolean_index(func: Any, args: tuple) -> bool:
+def _boolean_index(func: Any, args: tuple[Any, ...]) -> bool:
     """Indexing with a boolean mask: the result's size depends on the mask's values."""
     if func is not _aten.index.Tensor or len(args) < 2:
         return False
@@ -90,7 +90,13 @@ class CaptureHazardMode(TorchDispatchMode):
         super().__init__()
         self.hazards: list[CaptureHazard] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         reason = HAZARDS.get(func)
         if reason is None and _boolean_index(func, args):
             reason = "data-dependent shape (boolean mask index)"

@@ -15,13 +15,19 @@ Precision = Literal["fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)  # the names, stated once above
 
 
+def check_precision(precision: str) -> Precision:
+    """``precision`` if it is one of :data:`PRECISIONS` (no flag is touched), else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return typing.cast(Precision, precision)
+
+
 @contextlib.contextmanager
 def precision_context(precision: str, device: torch.device) -> Iterator[None]:
     """Float arithmetic of one step: TF32 flags for ``"tf32"``, bfloat16 autocast (forward
     passes only, see :func:`outer_step`) for ``"bf16"``, cuDNN autotuning on CUDA; restores
     PyTorch's flags afterwards."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")
     saved = [getattr(owner, name) for owner, name in flags]
     saved_benchmark = torch.backends.cudnn.benchmark

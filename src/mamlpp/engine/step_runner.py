@@ -39,12 +39,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mamlpp.core.executions import EXECUTIONS
+from mamlpp.core.executions import EXECUTIONS, Execution
 from mamlpp.core.learner import MAMLpp
 from mamlpp.core.outer_step import StepSync, outer_backward, outer_update, synchronise
-from mamlpp.core.types import MetaBatch, PassStats
+from mamlpp.core.types import PassStats, TaskBatch, batch_and_epoch
 from mamlpp.engine.capture import CaptureError, CaptureHazard, CaptureHazardMode
-from mamlpp.engine.precision import Precision, autocast_dtype_of, precision_context
+from mamlpp.engine.precision import (
+    Precision,
+    autocast_dtype_of,
+    check_precision,
+    precision_context,
+)
+
+# A captured graph's shape: MSL on, second order, support and query shapes, input dtype.
+GraphKey = tuple[bool, bool, tuple[int, ...], tuple[int, ...], torch.dtype]
 
 
 def make_capturable_optimizer(learner: MAMLpp) -> torch.optim.Adam:
@@ -57,7 +65,9 @@ def make_capturable_optimizer(learner: MAMLpp) -> torch.optim.Adam:
 
 
 class MetaStepRunner:
-    """Callable outer update: ``metrics = step(support_x, support_y, query_x, query_y, epoch)``.
+    """Callable outer update: ``metrics = step(batch, epoch)`` for a
+    :class:`~mamlpp.core.types.TaskBatch` (the earlier ``step(support_x, support_y, query_x,
+    query_y, epoch)`` still works, with a DeprecationWarning).
 
     Sets the outer learning rate of ``epoch`` (cosine annealing), then runs one
     :func:`~mamlpp.core.outer_step.outer_step`, replayed from a CUDA graph when ``use_cuda_graph``
@@ -86,8 +96,7 @@ class MetaStepRunner:
     ) -> None:
         if fallback not in ("error", "eager"):
             raise ValueError(f"fallback must be 'error' or 'eager', got {fallback!r}")
-        with precision_context(precision, torch.device("cpu")):
-            pass  # validates the name
+        check_precision(precision)
         self.learner = learner
         self.device = next(learner.parameters()).device
         self.optimizer = optimizer if optimizer is not None else make_capturable_optimizer(learner)
@@ -102,8 +111,8 @@ class MetaStepRunner:
         self.world_size = 1 if sync is None else sync.world_size
         steps = learner.config.num_inner_steps
         self._msl_weights = torch.zeros(steps, device=self.device)  # static [S]
-        self._graphs: dict[tuple, dict[str, Any]] = {}
-        self._eager_counts: dict[tuple, int] = {}
+        self._graphs: dict[GraphKey, dict[str, Any]] = {}
+        self._eager_counts: dict[GraphKey, int] = {}
         self._pool: Any = None  # the CUDA graph memory pool, shared by this runner's graphs
         self.captures = 0  # how many graphs were captured (for tests and benchmarks)
 
@@ -127,10 +136,7 @@ class MetaStepRunner:
     # -- the step itself (eager, or recorded into graphs) -------------------------------------
     def _body(
         self,
-        sx: Tensor,
-        sy: Tensor,
-        qx: Tensor,
-        qy: Tensor,
+        batch: TaskBatch,
         epoch: int,
         segment: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         between: Callable[..., Any] | None = None,
@@ -146,7 +152,7 @@ class MetaStepRunner:
                 local = outer_backward(
                     self.learner,
                     self.optimizer,
-                    (sx, sy, qx, qy),
+                    batch,
                     epoch,
                     msl_weights=self._msl_weights,
                     world_size=self.world_size,
@@ -158,12 +164,13 @@ class MetaStepRunner:
                 outer_update(self.learner, self.optimizer, stats)
         return metrics
 
-    def find_hazards(self, sx, sy, qx, qy, epoch: int) -> list[CaptureHazard]:
+    def find_hazards(self, batch: TaskBatch, *args: Any, epoch: int = 0) -> list[CaptureHazard]:
         """Run one real step with every part that a graph records under
         :class:`~mamlpp.engine.capture.CaptureHazardMode` (eager collectives excluded); its
         hazards."""
+        batch, epoch = batch_and_epoch("MetaStepRunner.find_hazards", batch, args, epoch)
         mode = CaptureHazardMode()
-        self._body(sx, sy, qx, qy, epoch, segment=lambda: mode)
+        self._body(batch, epoch, segment=lambda: mode)
         return mode.hazards
 
     def _set_epoch(self, epoch: int) -> None:
@@ -177,17 +184,18 @@ class MetaStepRunner:
         if weights is not None:
             self._msl_weights.copy_(torch.tensor(weights, dtype=self._msl_weights.dtype))
 
-    def __call__(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, epoch: int):
+    def __call__(self, batch: TaskBatch, *args: Any, epoch: int = 0) -> dict[str, Tensor]:
+        batch, epoch = batch_and_epoch("MetaStepRunner.__call__", batch, args, epoch)
         self._set_epoch(epoch)
         if not self.use_cuda_graph:
-            return {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
+            return {k: v.clone() for k, v in self._body(batch, epoch).items()}
         # The graph's shape: MSL on/off, first/second order, and the input shapes.
-        key = (
+        key: GraphKey = (
             self.learner.msl_weights(epoch) is not None,
             self.learner.second_order_at(epoch),
-            tuple(sx.shape),
-            tuple(qx.shape),
-            sx.dtype,
+            tuple(batch.support_x.shape),
+            tuple(batch.query_x.shape),
+            batch.support_x.dtype,
         )
         graph = self._graphs.get(key)
         if graph is None:
@@ -195,15 +203,15 @@ class MetaStepRunner:
             if done < self.warmup_steps:
                 self._eager_counts[key] = done + 1
                 last = done + 1 == self.warmup_steps
-                return self._side_stream_step(sx, sy, qx, qy, epoch, check=last)
+                return self._side_stream_step(batch, epoch, check=last)
             try:
-                graph = self._capture(key, sx, sy, qx, qy, epoch)
+                graph = self._capture(key, batch, epoch)
             except CaptureError:
                 raise
             except Exception as error:  # noqa: BLE001 - reported with its type and text
                 reason = f"{type(error).__name__}: {error}"
-                return self._capture_failed(reason, sx, sy, qx, qy, epoch)
-        for static, value in zip(graph["inputs"], (sx, sy, qx, qy), strict=True):
+                return self._capture_failed(reason, batch, epoch)
+        for static, value in zip(graph["inputs"], batch, strict=True):
             static.copy_(value, non_blocking=True)
         graph["graphs"][0].replay()
         metrics = graph["metrics"]
@@ -215,11 +223,11 @@ class MetaStepRunner:
             graph["graphs"][1].replay()
         return {k: v.clone() for k, v in metrics.items()}
 
-    def _capture_failed(self, reason: str, sx, sy, qx, qy, epoch):
+    def _capture_failed(self, reason: str, batch: TaskBatch, epoch: int) -> dict[str, Tensor]:
         """A capture raised: stop (default) or, opted out, redo this step eagerly."""
         self._give_up_graphs(f"CUDA graph capture failed: {reason}", reason)
         torch.cuda.synchronize(self.device)
-        return {k: v.clone() for k, v in self._body(sx, sy, qx, qy, epoch).items()}
+        return {k: v.clone() for k, v in self._body(batch, epoch).items()}
 
     def _give_up_graphs(self, what: str, reason: str) -> None:
         """Raise CaptureError (``fallback="error"``), or warn and train eagerly from now on,
@@ -235,13 +243,17 @@ class MetaStepRunner:
         self.fallback_reason = reason
         self.use_cuda_graph = False
 
-    def _side_stream_step(self, sx, sy, qx, qy, epoch, check: bool = False):
+    def _side_stream_step(
+        self, batch: TaskBatch, epoch: int, check: bool = False
+    ) -> dict[str, Tensor]:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         mode = CaptureHazardMode()
         with torch.cuda.stream(stream):
-            segment = (lambda: mode) if check else contextlib.nullcontext
-            metrics = self._body(sx, sy, qx, qy, epoch, segment=segment)
+            segment: Callable[[], contextlib.AbstractContextManager[Any]] = (
+                (lambda: mode) if check else contextlib.nullcontext
+            )
+            metrics = self._body(batch, epoch, segment=segment)
             metrics = {k: v.clone() for k, v in metrics.items()}
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if mode.hazards:
@@ -257,18 +269,20 @@ class MetaStepRunner:
         )
         return metrics
 
-    def _capture(self, key, sx, sy, qx, qy, epoch) -> dict[str, Any]:
+    def _capture(self, key: GraphKey, batch: TaskBatch, epoch: int) -> dict[str, Any]:
         """Record the step: one graph, or phase 1 and phase 2 (which reads the gathered batch
         statistics from static buffers ``[world * B, P, C]`` that the replay fills)."""
-        static: dict[str, Any] = {"inputs": [t.clone() for t in (sx, sy, qx, qy)], "graphs": []}
+        static: dict[str, Any] = {"inputs": TaskBatch(*(t.clone() for t in batch)), "graphs": []}
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
 
-        def recorded():
+        def recorded() -> contextlib.AbstractContextManager[Any]:
             static["graphs"].append(torch.cuda.CUDAGraph())
             return torch.cuda.graph(static["graphs"][-1], pool=self._pool)
 
-        def hold(metrics: dict[str, Tensor], stats: PassStats):
+        def hold(
+            metrics: dict[str, Tensor], stats: PassStats
+        ) -> tuple[dict[str, Tensor], PassStats]:
             static["local"] = metrics, stats
             world = self.world_size  # phase 2 folds the whole meta-batch's [world * B, P, C]
             values = {
@@ -284,8 +298,7 @@ class MetaStepRunner:
         torch.cuda.synchronize(self.device)
         # Gradients must be static buffers: allocated by the warm-up steps, zeroed in place.
         between = None if self.sync_in_graph else hold  # in the graph: the collectives
-        sx, sy, qx, qy = static["inputs"]
-        static["metrics"] = self._body(sx, sy, qx, qy, epoch, recorded, between)
+        static["metrics"] = self._body(static["inputs"], epoch, recorded, between)
         self._graphs[key] = static
         self.captures += 1
         return static
@@ -293,13 +306,13 @@ class MetaStepRunner:
 
 def choose_execution(
     learner: MAMLpp,
-    batch: MetaBatch,
+    batch: TaskBatch,
     *,
     precision: Precision = "fp32",
-    candidates: Sequence[str] = EXECUTIONS,
+    candidates: Sequence[Execution] = EXECUTIONS,
     iterations: int = 5,
     timer: Callable[[Callable[[], Any]], float] | None = None,
-) -> tuple[str, dict[str, float]]:
+) -> tuple[Execution, dict[str, float]]:
     """The fastest way to run the meta-batch, and each candidate's seconds per iteration.
 
     On CUDA every candidate execution is captured on a *copy* of the learner and its replays are
@@ -311,22 +324,23 @@ def choose_execution(
     if device.type != "cuda" and timer is None:
         return "batched", {}
     timer = _cuda_timer if timer is None else timer
-    seconds: dict[str, float] = {}
+    seconds: dict[Execution, float] = {}
     for execution in candidates:
         trial = _copy_learner(learner)
         trial.execution = execution
         step = MetaStepRunner(trial, precision=precision, fallback="error")
         try:
             for _ in range(step.warmup_steps + 1):  # warm-up and capture, untimed
-                step(*batch, 0)
-            one_step = partial(step, *batch, 0)
+                step(batch, 0)
+            one_step = partial(step, batch, 0)
             times = [timer(one_step) for _ in range(iterations)]
         except Exception:  # noqa: BLE001 - a candidate that cannot run is not chosen
             continue
         seconds[execution] = sorted(times)[len(times) // 2]
     if not seconds:
         raise CaptureError("no execution candidate could be captured as a CUDA graph")
-    return min(seconds, key=seconds.__getitem__), seconds
+    fastest = min(seconds, key=seconds.__getitem__)
+    return fastest, {str(name): secs for name, secs in seconds.items()}
 
 
 def _copy_learner(learner: MAMLpp) -> MAMLpp:
@@ -341,5 +355,14 @@ def _cuda_timer(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-# The name of earlier releases (the runner also runs eager CPU steps, hence the new name).
-FastMetaStep = MetaStepRunner
+def __getattr__(name: str) -> Any:
+    """``FastMetaStep``, the name of earlier releases (the runner also runs eager CPU steps,
+    hence the new name): still importable, with a DeprecationWarning, until the next release."""
+    if name == "FastMetaStep":
+        warnings.warn(
+            "FastMetaStep is deprecated: it is MetaStepRunner",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return MetaStepRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """Backbones as plain modules with a pure functional forward.
 
 A backbone owns its parameters and BN statistics but never sees the experiment configuration.
-The learner calls :meth:`functional_forward` with a dict of (possibly adapted) tensors, the inner
-step index for per-step batch norm, and optionally the running statistics to normalise with.
+The learner calls :meth:`functional_forward` with a dict of (possibly adapted) tensors and a
+:class:`~mamlpp.nn.backbone.BatchNormContext` (the inner step's batch-norm row, and optionally
+the running statistics to normalise with).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mamlpp.nn.backbone import BatchStats
+from mamlpp.nn.backbone import BatchNormContext, BatchStats
 from mamlpp.nn.batch_norm_fn import batch_norm_train
 from mamlpp.nn.per_step_bn import (
     PerStepBatchNorm,
@@ -79,57 +80,48 @@ class Conv4(nn.Module):
         return [f"conv{b}.bias" for b in range(self.num_blocks)]
 
     def functional_forward(
-        self,
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        self, params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
-        """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``step``.
+        """Logits ``[n, ways]`` for images ``x [n, C, H, W]`` at inner step ``bn.step``.
 
-        ``params`` maps every parameter name to a tensor (adapted or not). ``running`` (buffer
+        ``params`` maps every parameter name to a tensor (adapted or not). ``bn.running`` (buffer
         name -> tensor) switches BN to stored statistics; otherwise BN uses batch statistics
-        (with ``stats_rows``, those of the first ``stats_rows`` images) and returns them per
-        layer for the running-statistics update.
+        (with ``bn.stats_rows``, those of the first ``bn.stats_rows`` images) and returns them
+        per layer for the running-statistics update.
         """
+        step, running = bn.step, bn.running
         stats: BatchStats = {}
         layers = self.bn_layers()
         h = x
         for b in range(self.num_blocks):
             h = F.conv2d(h, params[f"conv{b}.weight"], params[f"conv{b}.bias"], padding=1)
-            bn = f"bn{b}"
+            layer = f"bn{b}"
             h, batch = per_step_batch_norm(
                 h,
-                params[f"{bn}.weight"],
-                params[f"{bn}.bias"],
+                params[f"{layer}.weight"],
+                params[f"{layer}.bias"],
                 step,
-                None if running is None else running[f"{bn}.running_mean"],
-                None if running is None else running[f"{bn}.running_var"],
-                layers[bn].eps,
-                stats_rows,
+                None if running is None else running[f"{layer}.running_mean"],
+                None if running is None else running[f"{layer}.running_var"],
+                layers[layer].eps,
+                bn.stats_rows,
             )
             if batch is not None:  # batch statistics normalised (no ``running``)
-                stats[bn] = batch
+                stats[layer] = batch
             h = F.leaky_relu(h, 0.01)
             h = F.max_pool2d(h, 2)
         h = h.flatten(1)
         return F.linear(h, params["head.weight"], params["head.bias"]), stats
 
     def task_batched_forward(
-        self,
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        self, params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
         """All tasks of a meta-batch at once: every parameter carries a leading task dimension.
 
         ``params[name]``: ``[B, *shape]`` (shared tensors expanded by the caller); ``x``:
         ``[B, n, C, H, W]``. Returns logits ``[B, n, ways]`` and per-layer batch statistics
-        ``(mean [B, C], var [B, C])``; ``running`` holds per-step tables without a task dim.
-        With ``stats_rows`` each task's first ``stats_rows`` images define the statistics
+        ``(mean [B, C], var [B, C])``; ``bn.running`` holds per-step tables without a task dim.
+        With ``bn.stats_rows`` each task's first ``stats_rows`` images define the statistics
         (:func:`~mamlpp.nn.per_step_bn.support_batch_norm`; the examples are dim 0 of the
         layout below, so it applies as it is), and block 0 is not folded (the fold needs the
         statistics of all images).
@@ -138,6 +130,7 @@ class Conv4(nn.Module):
         grouped convolution (``groups=B``) applies each task's own weights, and batch norm over
         the B*C channels is exactly per-task, per-channel batch norm (native fused kernel).
         """
+        step, running, stats_rows = bn.step, bn.running, bn.stats_rows
         num_tasks, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])  # [n, B*C_in, H, W]
         stats: BatchStats = {}
@@ -164,12 +157,12 @@ class Conv4(nn.Module):
                 padding=1,
                 groups=num_tasks,
             )  # [n, B*O, H, W]
-            bn = f"bn{b}"
-            gamma = step_row(params[f"{bn}.weight"], step, task_dim=True)  # [B, C]
-            beta = step_row(params[f"{bn}.bias"], step, task_dim=True)
+            layer = f"bn{b}"
+            gamma = step_row(params[f"{layer}.weight"], step, task_dim=True)  # [B, C]
+            beta = step_row(params[f"{layer}.bias"], step, task_dim=True)
             if running is not None:
-                mean = step_row(running[f"{bn}.running_mean"], step)  # [C]
-                var = step_row(running[f"{bn}.running_var"], step)
+                mean = step_row(running[f"{layer}.running_mean"], step)  # [C]
+                var = step_row(running[f"{layer}.running_var"], step)
                 h = F.batch_norm(
                     h,
                     mean.repeat(num_tasks),
@@ -177,20 +170,20 @@ class Conv4(nn.Module):
                     gamma.reshape(-1),
                     beta.reshape(-1),
                     training=False,
-                    eps=layers[bn].eps,
+                    eps=layers[layer].eps,
                 )
             elif stats_rows is not None:  # bn_mode="support": the first stats_rows images'
                 h, (mean, var) = support_batch_norm(
-                    h, gamma.reshape(-1), beta.reshape(-1), stats_rows, layers[bn].eps
+                    h, gamma.reshape(-1), beta.reshape(-1), stats_rows, layers[layer].eps
                 )
-                stats[bn] = (mean.view(num_tasks, -1), var.view(num_tasks, -1))
+                stats[layer] = (mean.view(num_tasks, -1), var.view(num_tasks, -1))
             else:
                 # Hand-written double backward: far cheaper than the generic one (second order).
                 h, mean, var = batch_norm_train(
-                    h, gamma.reshape(-1), beta.reshape(-1), layers[bn].eps
+                    h, gamma.reshape(-1), beta.reshape(-1), layers[layer].eps
                 )
                 unbiased = unbiased_variance(var, h.shape[0] * h.shape[2] * h.shape[3])
-                stats[bn] = (mean.view(num_tasks, -1), unbiased.view(num_tasks, -1))
+                stats[layer] = (mean.view(num_tasks, -1), unbiased.view(num_tasks, -1))
             # Pool first: leaky ReLU is increasing, so max-pool and it commute (same values,
             # same argmax) and the activation touches a quarter of the elements.
             h = F.leaky_relu(F.max_pool2d(h, 2), 0.01)
@@ -202,7 +195,9 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor, step: int = -1) -> Tensor:
         """Logits with the stored (unadapted) parameters and batch statistics, at BN row
         ``step`` (default: the last)."""
-        logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
+        logits, _ = self.functional_forward(
+            dict(self.named_parameters()), x, BatchNormContext(step)
+        )
         return logits
 
 

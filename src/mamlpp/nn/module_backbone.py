@@ -7,9 +7,10 @@ and gives it the :class:`~mamlpp.nn.backbone.Backbone` protocol that the algorit
 * Every ``nn.BatchNorm1d/2d/3d`` becomes a :class:`StepBatchNorm`: gamma/beta ``[S, C]`` per
   inner step (BNWB) or ``[C]``, running statistics ``[S, C]`` (BNRS) or ``[C]``; the per-step
   switches and S come from the learner's ``MetaConfig`` alone (``MAMLpp`` sets them).
-* Its forward reads the inner step and the stored statistics from a context that the wrapper
-  sets around each call, and hands the batch statistics back as outputs of that call: nothing
-  is mutated in place, so the same module runs under ``torch.func.functional_call`` + ``vmap``.
+* Its forward reads the call's :class:`~mamlpp.nn.backbone.BatchNormContext` from a context
+  that the wrapper sets around each call, and hands the batch statistics back as outputs of
+  that call: nothing is mutated in place, so the same module runs under
+  ``torch.func.functional_call`` + ``vmap``.
 * ``task_batched_forward`` runs all B tasks at once: ``vmap`` over the task dimension of the
   parameters and inputs. vmap's rules turn convolutions with per-task weights into one grouped
   convolution and linear layers into batched matrix products; batch norm is folded into the
@@ -39,7 +40,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mamlpp.errors import ConfigError
-from mamlpp.nn.backbone import BatchStats
+from mamlpp.nn.backbone import BatchNormContext, BatchStats
 from mamlpp.nn.batch_norm_fn import (
     FunctionContext,
     Grads,
@@ -64,35 +65,24 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @dataclass
 class _ForwardContext:
-    """What one forward call tells every StepBatchNorm: the inner step, the stored statistics
-    to normalise with (or None: batch statistics), whether tasks are vmapped, where the batch
-    statistics go (``None`` outside a call), and in ``bn_mode="support"`` the number of leading
-    examples that define the statistics, of ``examples`` in the call."""
+    """What one forward call tells every StepBatchNorm: how batch norm normalises (``bn``),
+    whether tasks are vmapped, where the batch statistics go (``None`` outside a call), and the
+    number of examples in the call (``bn_mode="support"`` checks it)."""
 
-    step: int = 0
-    running: Mapping[str, Tensor] | None = None
+    bn: BatchNormContext = BatchNormContext(0)
     batched: bool = False
     stats: BatchStats | None = None
-    stats_rows: int | None = None
     examples: int = 0
 
     @contextmanager
-    def call(
-        self,
-        step: int,
-        running: Mapping[str, Tensor] | None,
-        batched: bool,
-        stats_rows: int | None = None,
-        examples: int = 0,
-    ) -> Iterator[BatchStats]:
+    def call(self, bn: BatchNormContext, batched: bool, examples: int) -> Iterator[BatchStats]:
         if self.stats is not None:
             raise RuntimeError("ModuleBackbone forward calls cannot be nested")
-        self.step, self.running, self.batched, self.stats = step, running, batched, {}
-        self.stats_rows, self.examples = stats_rows, examples
+        self.bn, self.batched, self.stats, self.examples = bn, batched, {}, examples
         try:
             yield self.stats
         finally:
-            self.running, self.stats, self.stats_rows = None, None, None
+            self.bn, self.stats = BatchNormContext(0), None
 
 
 class _TaskBatchNorm(torch.autograd.Function):
@@ -202,10 +192,11 @@ class StepBatchNorm(PerStepBatchNorm):
                 f"BN layer {self.name} expects {' or '.join(map(str, self.input_dims))}-D "
                 f"input, got shape {tuple(x.shape)}"
             )
-        weight, bias = step_row(self.weight, ctx.step), step_row(self.bias, ctx.step)
-        if ctx.running is not None:
-            mean = step_row(ctx.running[f"{self.name}.running_mean"], ctx.step)
-            var = step_row(ctx.running[f"{self.name}.running_var"], ctx.step)
+        step, running, stats_rows = ctx.bn.step, ctx.bn.running, ctx.bn.stats_rows
+        weight, bias = step_row(self.weight, step), step_row(self.bias, step)
+        if running is not None:
+            mean = step_row(running[f"{self.name}.running_mean"], step)
+            var = step_row(running[f"{self.name}.running_var"], step)
             return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
         if self.after_dead_bias is not None and x.dim() != self.after_dead_bias[1]:
             producer, wanted = self.after_dead_bias
@@ -215,13 +206,13 @@ class StepBatchNorm(PerStepBatchNorm):
                 "gradient 0) and kept still, which is wrong here; put the two layers in "
                 "separate nn.Sequential containers"
             )
-        if ctx.stats_rows is not None:  # bn_mode="support": the first stats_rows examples'
+        if stats_rows is not None:  # bn_mode="support": the first stats_rows examples'
             if x.shape[0] != ctx.examples:
                 raise ConfigError(
                     f"BN layer {self.name} sees {x.shape[0]} rows for {ctx.examples} examples; "
                     'bn_mode="support" needs one row per example along dim 0 of every BN input'
                 )
-            y, ctx.stats[self.name] = support_batch_norm(x, weight, bias, ctx.stats_rows, self.eps)
+            y, ctx.stats[self.name] = support_batch_norm(x, weight, bias, stats_rows, self.eps)
             return y
         count = x.numel() // x.shape[1]  # positions per channel (per task under vmap)
         if ctx.batched:
@@ -395,19 +386,12 @@ class ModuleBackbone(nn.Module):
         return {n.removeprefix(PREFIX): t for n, t in params.items()}
 
     @contextmanager
-    def _call(
-        self,
-        step: int,
-        running: Mapping[str, Tensor] | None,
-        batched: bool,
-        stats_rows: int | None = None,
-        examples: int = 0,
-    ) -> Iterator[BatchStats]:
+    def _call(self, bn: BatchNormContext, batched: bool, examples: int) -> Iterator[BatchStats]:
         """One forward pass of the module: sets the BN context and checks that no layer
         changed a buffer in place (state kept across calls has no place in the inner loop)."""
         buffers = dict(self.module.named_buffers())
         versions = {name: b._version for name, b in buffers.items()}
-        with self._context.call(step, running, batched, stats_rows, examples) as stats:
+        with self._context.call(bn, batched, examples) as stats:
             yield stats
         for name, b in buffers.items():
             if b._version != versions[name]:
@@ -420,38 +404,24 @@ class ModuleBackbone(nn.Module):
                 )
 
     def functional_forward(
-        self,
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        self, params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
         """One task: logits ``[n, ways]`` of ``x [n, ...]`` and ``{bn: (mean [C], var [C])}``
-        (no statistics when ``running`` is given: BN then normalises with row ``step``; with
-        ``stats_rows`` the first ``stats_rows`` examples define them)."""
-        with self._call(
-            step, running, batched=False, stats_rows=stats_rows, examples=x.shape[0]
-        ) as stats:
+        (no statistics when ``bn.running`` is given: BN then normalises with row ``bn.step``;
+        with ``bn.stats_rows`` the first ``stats_rows`` examples define them)."""
+        with self._call(bn, batched=False, examples=x.shape[0]) as stats:
             logits = functional_call(self.module, self._local(params), (x,))
         return logits, stats
 
     def task_batched_forward(
-        self,
-        params: Mapping[str, Tensor],
-        x: Tensor,
-        step: int,
-        running: Mapping[str, Tensor] | None = None,
-        stats_rows: int | None = None,
+        self, params: Mapping[str, Tensor], x: Tensor, bn: BatchNormContext
     ) -> tuple[Tensor, BatchStats]:
         """All tasks at once: ``params[name] [B, *shape]``, ``x [B, n, ...]`` -> logits
-        ``[B, n, ways]`` and ``{bn: (mean [B, C], var [B, C])}``; ``running`` tables carry no
-        task dimension; ``stats_rows`` as in :meth:`functional_forward`."""
+        ``[B, n, ways]`` and ``{bn: (mean [B, C], var [B, C])}``; ``bn.running`` tables carry no
+        task dimension; ``bn`` as in :meth:`functional_forward`."""
 
         def one_task(task_params: dict[str, Tensor], task_x: Tensor) -> tuple[Tensor, BatchStats]:
-            with self._call(
-                step, running, batched=True, stats_rows=stats_rows, examples=x.shape[1]
-            ) as stats:
+            with self._call(bn, batched=True, examples=x.shape[1]) as stats:
                 logits = functional_call(self.module, task_params, (task_x,))
             return logits, stats
 
@@ -460,7 +430,9 @@ class ModuleBackbone(nn.Module):
     def forward(self, x: Tensor, step: int = -1) -> Tensor:
         """Logits with the stored (unadapted) parameters and batch statistics at BN row
         ``step`` (default: the last)."""
-        logits, _ = self.functional_forward(dict(self.named_parameters()), x, step)
+        logits, _ = self.functional_forward(
+            dict(self.named_parameters()), x, BatchNormContext(step)
+        )
         return logits
 
 

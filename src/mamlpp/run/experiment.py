@@ -31,6 +31,7 @@ from typing import Any, Literal
 import tomli_w
 
 from mamlpp.core.config import MetaConfig
+from mamlpp.core.executions import Execution
 from mamlpp.data.section import DataSection, check_section  # [data] lives with the data
 from mamlpp.engine.precision import Precision
 from mamlpp.errors import ConfigError
@@ -66,14 +67,14 @@ class TrainSection:
     # "eager" warns, trains without graphs and records that in the log and summary.json.
     graph_fallback: Literal["error", "eager"] = "error"
     # Distributed: the collectives inside the graph or eagerly between the replays of its two
-    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.distributed).
+    # phases; "auto": inside for NCCL, after the replay otherwise (mamlpp.engine.collectives).
     graph_sync: Literal["auto", "in-graph", "after-replay"] = "auto"
     # Float arithmetic of the meta-iteration on a GPU (docs/precision.md): "fp32", "tf32"
     # (TF32 matmuls/convolutions; ignored on the CPU) or "bf16" (bfloat16 autocast forwards).
     precision: Precision = "fp32"
     # How the tasks of a meta-batch run: "auto" measures the candidates on CUDA at start (the
     # CPU uses "batched"), or one of "batched" (grouped convolutions), "loop", "vmap".
-    execution: Literal["auto", "batched", "loop", "vmap"] = "auto"
+    execution: Literal["auto"] | Execution = "auto"
 
 
 @dataclass(frozen=True)

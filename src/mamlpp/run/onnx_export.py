@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from mamlpp.core import algorithm
 from mamlpp.core.executions import task_batched_forward
 from mamlpp.core.learner import MAMLpp
+from mamlpp.core.types import BatchNormContext
 from mamlpp.data.images import ImageLike, Preprocessing
 from mamlpp.errors import ConfigError
 from mamlpp.nn.module_backbone import ModuleBackbone
@@ -248,9 +249,10 @@ def support_statistics(
     params = {n: p.detach()[None] for n, p in learner.backbone.named_parameters()}
     params.update(fast)
     probe = support_x[:, :1]  # a query row is needed; its logits are dropped
-    _, once = algorithm.query_forward(forward, plan, params, support_x, probe, steps - 1)
+    last = BatchNormContext(steps - 1)  # the last inner step's BN row
+    _, once = algorithm.query_forward(forward, plan, params, support_x, probe, last)
     doubled = torch.cat([support_x, support_x], dim=1)
-    _, twice = algorithm.query_forward(forward, plan, params, doubled, probe, steps - 1)
+    _, twice = algorithm.query_forward(forward, plan, params, doubled, probe, last)
     out = {}
     for bn, (mean, u1) in once.items():  # mean, unbiased var: [1, C]
         u2 = twice[bn][1]

@@ -228,15 +228,15 @@ class FewShotPredictor:
             names = [str(name) for name in support]
             per_class = [_image_list(support[name]) for name in support]
             images = [image for group in per_class for image in group]
-            targets = [i for i, group in enumerate(per_class) for _ in group]
+            class_ids = [i for i, group in enumerate(per_class) for _ in group]
         else:
             images = _image_list(support)
             if class_names is None or len(class_names) != len(images):
                 raise InputError("a support list needs class_names: one class name per image")
             names = list(dict.fromkeys(str(c) for c in class_names))  # first-appearance order
             index = {name: i for i, name in enumerate(names)}
-            targets = [index[str(c)] for c in class_names]
-        counts = [targets.count(i) for i in range(len(names))]
+            class_ids = [index[str(c)] for c in class_names]
+        counts = [class_ids.count(i) for i in range(len(names))]
         empty = [name for name, count in zip(names, counts, strict=True) if count == 0]
         if empty:
             raise InputError(f"support class {empty[0]!r} has no images")
@@ -259,7 +259,7 @@ class FewShotPredictor:
         x = self._batch(images, labels, made_grey)
         if converted is None:
             notes += colour_note(made_grey)
-        return x, torch.tensor(targets, dtype=torch.int64), names, notes
+        return x, torch.tensor(class_ids, dtype=torch.int64), names, notes
 
     def prepare_query(
         self,

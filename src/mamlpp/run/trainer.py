@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
@@ -44,6 +44,9 @@ from mamlpp.run.experiment import ExperimentConfig, check_resumable
 from mamlpp.run.lifecycle import kept_top_k
 from mamlpp.run.run_dir import MetricsLog, RunCheckpoints, RunDir
 from mamlpp.util.progress import progress_bar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class NonFiniteLoss(MamlppError):
@@ -116,7 +119,7 @@ class Trainer:
         # on the CPU the batched path is the measured fastest.
         self._measure_execution = t.execution == "auto" and device.type == "cuda" and t.cuda_graph
         self.learner.execution = "batched" if t.execution == "auto" else t.execution
-        self.fast_step = MetaStepRunner(
+        self.step_runner = MetaStepRunner(
             self.learner,
             use_cuda_graph=t.cuda_graph,
             precision=t.precision,
@@ -124,7 +127,7 @@ class Trainer:
             sync=dist,
             sync_in_graph=sync_in_graph(t.graph_sync, None if dist is None else dist.backend),
         )
-        self.optimizer = self.fast_step.optimizer
+        self.optimizer = self.step_runner.optimizer
         self.execution_timings: dict[str, float] = {}
         seed = config.train.seed
         self.samplers = {
@@ -144,6 +147,11 @@ class Trainer:
         self.fit_seconds: float | None = None  # wall time when fit() ended
         self._session_start = time.perf_counter()
         self._wall_at_start = 0.0
+        # Opened by fit(); until then (e.g. while calibration times train_step) metrics go
+        # nowhere, no events are written and the bar is off.
+        self.metrics: MetricsLog | _NoMetrics = _NoMetrics()
+        self.writer: Any = None  # a tensorboard SummaryWriter while fit() runs, if enabled
+        self.bar: tqdm = progress_bar(None, "train", enabled=False)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -238,14 +246,14 @@ class Trainer:
             for line in self.config.schedule_warnings():  # a technique on that never acts
                 self._say(f"warning: {line}")
         self._say(f"training: {self.describe_path()}")
-        self.bar = progress_bar(total, "train", initial=self.step, enabled=self.show_progress)
+        self.bar = bar = progress_bar(total, "train", initial=self.step, enabled=self.show_progress)
         try:
             while not self.done:
                 self._train_epoch()
                 self._end_epoch()
             self.fit_seconds = self._wall_now()  # training, validations, checkpoints: all sessions
         finally:
-            self.bar.close()
+            bar.close()
             self.metrics.close()
             if self.writer is not None:
                 self.writer.close()
@@ -264,7 +272,7 @@ class Trainer:
         ids = torch.arange(first, first + batch)
         tasks = self.samplers["train"].sample(ids if self.dist is None else self.dist.shard(ids))
         # Sets the epoch's outer lr and MSL weights itself (tensors inside a CUDA graph).
-        metrics = self.fast_step(*tasks, epoch)
+        metrics = self.step_runner(tasks, epoch)
         if self.device.type == "cpu" and not torch.isfinite(metrics["loss"]):
             self._non_finite(float(metrics["loss"]), self.iteration)  # a sync is free on the CPU
         return metrics
@@ -306,7 +314,7 @@ class Trainer:
 
     def describe_path(self) -> str:
         """One line: how iterations run (graph or eager, precision, execution)."""
-        d = self.fast_step.describe()
+        d = self.step_runner.describe()
         timings = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.execution_timings.items())
         measured = f" (measured: {timings})" if timings else ""
         fallback = f"; graph capture failed: {d['graph_fallback']}" if d["graph_fallback"] else ""
@@ -353,10 +361,9 @@ class Trainer:
         keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint yet"
         # Reports show the run as failed; a resume truncates this line away (its step is past
         # the checkpoint's).
-        if getattr(self, "metrics", None) is not None:  # not while calibration times a step
-            self.metrics.write(
-                {"kind": "failed", "epoch": self.epoch + 1, "step": step, "value": repr(value)}
-            )
+        self.metrics.write(  # (nowhere while calibration times a step)
+            {"kind": "failed", "epoch": self.epoch + 1, "step": step, "value": repr(value)}
+        )
         raise NonFiniteLoss(
             f"non-finite meta-loss ({value}) at {where} (global iteration {step}); training "
             f"stopped, {keep} (try a smaller meta.meta_lr or meta.inner_lr, or meta.grad_clip)"
@@ -402,11 +409,7 @@ class Trainer:
     def _say(self, text: str) -> None:
         if not self.is_writer:
             return
-        bar = getattr(self, "bar", None)
-        if bar is None:
-            print(text, file=self.out, flush=True)
-            return
-        with bar.external_write_mode():  # clears the bar's line; it redraws afterwards
+        with self.bar.external_write_mode():  # clears the bar's line; it redraws afterwards
             print(text, file=self.out, flush=True)
 
     # -- test ----------------------------------------------------------------------------------

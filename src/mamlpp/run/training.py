@@ -57,7 +57,7 @@ def summarise(trainer: Trainer, result: EvalResult, ensemble: list[Path]) -> dic
         "world_size": trainer.world_size,  # processes of the data-parallel job (1: none)
         # How iterations ran: graph or eager (and why), precision, execution and its timings.
         "training_path": {
-            **trainer.fast_step.describe(),
+            **trainer.step_runner.describe(),
             "execution_timings_s": trainer.execution_timings,
         },
     }

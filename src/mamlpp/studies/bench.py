@@ -32,8 +32,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamlpp.core.config import MetaConfig
+from mamlpp.core.executions import Execution, check_execution
 from mamlpp.core.learner import MAMLpp
-from mamlpp.core.types import MetaBatch
+from mamlpp.core.types import TaskBatch
 from mamlpp.engine.precision import PRECISIONS, Precision, autocast_dtype_of, precision_context
 from mamlpp.engine.step_runner import MetaStepRunner
 from mamlpp.errors import ConfigError
@@ -55,7 +56,7 @@ def _network(config: BenchConfig) -> torch.nn.Module:
 
 def build_problem(
     config: BenchConfig, device: torch.device, seed: int = 0
-) -> tuple[MAMLpp, MetaBatch]:
+) -> tuple[MAMLpp, TaskBatch]:
     """Learner and one synthetic meta-batch (random images, balanced labels) on ``device``."""
     meta = MetaConfig(
         num_inner_steps=config.steps,
@@ -71,7 +72,7 @@ def build_problem(
     qx = torch.rand(config.tasks, config.ways * config.targets, *shape, generator=g)
     sy = torch.arange(config.ways).repeat_interleave(config.shots).repeat(config.tasks, 1)
     qy = torch.arange(config.ways).repeat_interleave(config.targets).repeat(config.tasks, 1)
-    return learner, (sx.to(device), sy.to(device), qx.to(device), qy.to(device))
+    return learner, TaskBatch(sx, sy, qx, qy).to(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -94,30 +95,30 @@ def matmul_rate(device: torch.device, size: int | None = None, repeats: int = 10
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def count_flops(learner: MAMLpp, batch: MetaBatch) -> int:
+def count_flops(learner: MAMLpp, batch: TaskBatch) -> int:
     """FLOPs of one meta-iteration (forward, inner gradients, outer backward) on the loop path."""
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = learner.meta_loss(*batch, 0, execution="loop", update_bn_stats=False)
+        loss, _ = learner.meta_loss(batch, 0, execution="loop", update_bn_stats=False)
         loss.backward()
     learner.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def _step_fn(learner: MAMLpp, batch: MetaBatch, path: str, mode: Precision) -> Callable[[], Any]:
+def _step_fn(learner: MAMLpp, batch: TaskBatch, path: str, mode: Precision) -> Callable[[], Any]:
     """A callable running one full meta-iteration (including the Adam step) on ``path``."""
     learner.execution = _execution_of(path)
     if path.startswith("graph"):
         runner = MetaStepRunner(learner, use_cuda_graph=True, precision=mode)
-        return lambda: runner(*batch, 0)
+        return lambda: runner(batch, 0)
     learner.checkpoint_steps = path == "batched-ckpt"
     runner = MetaStepRunner(learner, use_cuda_graph=False, precision=mode)
-    return lambda: runner(*batch, 0)
+    return lambda: runner(batch, 0)
 
 
 def time_path(
     learner: MAMLpp,
-    batch: MetaBatch,
+    batch: TaskBatch,
     path: str,
     mode: Precision,
     iters: int,
@@ -143,7 +144,7 @@ def time_path(
 
 
 def meta_gradients(
-    learner: MAMLpp, batch: MetaBatch, path: str, mode: Precision
+    learner: MAMLpp, batch: TaskBatch, path: str, mode: Precision
 ) -> dict[str, torch.Tensor]:
     """Every meta-gradient of one iteration by parameter name (no optimiser step)."""
     learner.zero_grad(set_to_none=True)
@@ -153,7 +154,7 @@ def meta_gradients(
     device_type = batch[0].device.type
     with precision_context(mode, batch[0].device):
         with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            loss, _ = learner.meta_loss(*batch, 0, update_bn_stats=False)
+            loss, _ = learner.meta_loss(batch, 0, update_bn_stats=False)
         loss.backward()
     names = dict(learner.named_parameters())
     grads = {n: p.grad.detach().double().clone() for n, p in names.items() if p.grad is not None}
@@ -315,10 +316,10 @@ def evaluation_time(
 PATHS = ("batched", "batched-ckpt", "vmap", "loop", "graph", "graph-loop", "graph-vmap")
 
 
-def _execution_of(path: str) -> str:
+def _execution_of(path: str) -> Execution:
     """The learner execution a bench path runs: "graph" and "batched-ckpt" are batched."""
     name = path.removeprefix("graph").removeprefix("-") or "batched"
-    return "batched" if name.startswith("batched") else name
+    return check_execution("batched" if name.startswith("batched") else name)
 
 
 MODES = PRECISIONS  # bench modes are the step runner's precisions
@@ -390,7 +391,7 @@ def run(options: BenchOptions) -> dict:
             # the float64 loop path.
             double = copy.deepcopy(learner).double()
             sx, sy, qx, qy = batch
-            batch64 = (sx.double(), sy, qx.double(), qy)  # labels stay int64
+            batch64 = TaskBatch(sx.double(), sy, qx.double(), qy)  # labels stay int64
             reference64 = meta_gradients(double, batch64, "loop", "fp32")
             del double, batch64
         entry: dict[str, Any] = {"config": asdict(config), "gflop": flops / 1e9, "paths": {}}

@@ -84,6 +84,19 @@ def check_fields(instance: Any, prefix: str = "") -> None:
             check_field(prefix + f.name, value, types_[f.name], bounds=f.metadata)
 
 
+def _literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The choices of ``Literal[...]``, or of a union of Literals (``Literal["auto"] |
+    Execution``: a setting that adds choices to a type named elsewhere); None otherwise."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if all(typing.get_origin(a) is Literal for a in args):
+            return tuple(c for a in args for c in typing.get_args(a))
+    return None
+
+
 def _is_optional(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in (
         typing.get_args(hint)
@@ -92,8 +105,9 @@ def _is_optional(hint: Any) -> bool:
 
 def _check_type(key: str, value: Any, hint: Any, toml: bool) -> Any:
     origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
+    literals = _literal_choices(hint)
+    if literals is not None:
+        choices = literals
         if value not in choices:
             options = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{key} must be one of {options}, got {value!r}")

@@ -32,8 +32,8 @@ from mamlpp.studies.ablate.plan import Plan, run_config
 def warmup_calls(trainer: Trainer) -> int:
     """Calls of one regime to discard: the fast step's eager warm-ups, its capture and one
     replay; on the eager path one call (first-use allocations)."""
-    fast = trainer.fast_step
-    return fast.warmup_steps + 2 if fast.use_cuda_graph else 1
+    runner = trainer.step_runner
+    return runner.warmup_steps + 2 if runner.use_cuda_graph else 1
 
 
 def time_calls(
