@@ -32,7 +32,7 @@ from mamlpp.run.datasource import load_splits, preprocessing_for
 from mamlpp.run.experiment import DataSection, build_config
 from mamlpp.studies.ablate import plan
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "mamlpp"
+SRC = Path(__file__).resolve().parents[2] / "src" / "mamlpp"
 FAKE = "fake-strokes"
 
 
