@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_serve_api import form, held_out_characters, make_task, train_tiny_run
+from serve_helpers import form, held_out_characters, make_task, train_tiny_run
 
 import mamlpp
 from mamlpp.cli.main import main

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_serve_api import held_out_characters, make_task, train_tiny_run
+from serve_helpers import held_out_characters, make_task, train_tiny_run
 
 import mamlpp
 from mamlpp.cli.main import main

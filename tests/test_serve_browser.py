@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_serve_api import form, held_out_characters, make_task, serving, train_tiny_run
+from serve_helpers import form, held_out_characters, make_task, serving, train_tiny_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOW = "apt-get install chromium; pip install playwright"
@@ -32,6 +32,7 @@ if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"{CHROMIUM} is missing: {HOW}", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason=f"playwright is missing: {HOW}")
 httpx = pytest.importorskip("httpx", reason="pip install httpx")
+pytest.importorskip("fastapi", reason='the serve extra is missing: pip install "mamlpp[serve]"')
 expect = sync_api.expect
 
 pytestmark = pytest.mark.slow
