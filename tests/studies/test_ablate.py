@@ -20,7 +20,7 @@ from mamlpp.cli.main import main
 from mamlpp.run.experiment import build_config, read_toml
 from mamlpp.studies import ablate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--dataset",
     "synthetic",
@@ -448,7 +448,7 @@ def test_dry_run_and_list_train_nothing(tmp_path, capsys) -> None:
 
 def _publisher():
     """tools/publish_results.py, a script outside the library, loaded as a module."""
-    path = Path(__file__).resolve().parents[1] / "tools" / "publish_results.py"
+    path = Path(__file__).resolve().parents[2] / "tools" / "publish_results.py"
     spec = importlib.util.spec_from_file_location("publish_results", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

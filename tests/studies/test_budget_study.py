@@ -144,7 +144,7 @@ def test_unfinished_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_publisher_redraws_it_and_puts_it_in_the_results_section(study, tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    path = Path(__file__).resolve().parents[1] / "tools" / "publish_results.py"
+    path = Path(__file__).resolve().parents[2] / "tools" / "publish_results.py"
     spec = importlib.util.spec_from_file_location("publish_results_budget", path)
     assert spec is not None and spec.loader is not None
     publisher = importlib.util.module_from_spec(spec)
@@ -185,7 +185,7 @@ def test_quickstart_is_the_studys_chosen_candidate() -> None:
 
     from mamlpp.run.presets import resolve_config
 
-    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "quickstart-10min"
+    published = Path(__file__).resolve().parents[2] / "docs" / "results" / "quickstart-10min"
     results = json.loads((published / "results.json").read_text(encoding="utf-8"))
     (chosen,) = [c for c in results["candidates"] if c["name"] == results["chosen"]]
     argv = shlex.split(chosen["command"])

@@ -135,7 +135,7 @@ def test_gpu_tests_script_names_every_cuda_only_test():
     )
     cuda_only = {
         f"{path.as_posix()}::{match.group(1)}"
-        for path in Path("tests").glob("test_*.py")
+        for path in Path("tests").rglob("test_*.py")
         for match in skip_without_cuda.finditer(path.read_text())
     }
     assert named == cuda_only and len(named) == 4
