@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # One test that needs the shared split files, one that needs Omniglot itself.
 DATA_TESTS = [
-    "tests/test_data_miniimagenet.py::test_packaged_ravi_csvs_equal_the_shared_ones",
-    "tests/test_data_omniglot.py::test_all_1623_characters_with_20_images",
+    "tests/data/test_data_miniimagenet.py::test_packaged_ravi_csvs_equal_the_shared_ones",
+    "tests/data/test_data_omniglot.py::test_all_1623_characters_with_20_images",
 ]
 
 

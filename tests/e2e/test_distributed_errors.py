@@ -1,7 +1,7 @@
 """Errors of a data-parallel `mamlpp train`: one `mamlpp: error:` line for the whole job, the
 exit code of one process, no torchrun traceback, and the --resume hint only where it is true.
 
-The runs use the tiny synthetic options of tests/test_distributed_cli.py. An unwritable run
+The runs use the tiny synthetic options of tests/e2e/test_distributed_cli.py. An unwritable run
 folder is a path under a regular FILE (a read-only folder does not stop root, as in CI)."""
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _quality_script():
     """benchmarks/distributed_quality.py, a script outside the library, loaded as a module."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "distributed_quality.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed_quality.py"
     spec = importlib.util.spec_from_file_location("distributed_quality", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
