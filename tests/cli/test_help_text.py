@@ -1,8 +1,13 @@
-"""The commands' help: every `mamlpp bench` option is documented."""
+"""The commands' help: every `mamlpp bench` option is documented, and `mamlpp evaluate --help`
+prints a single percent sign."""
 
 from __future__ import annotations
 
 import argparse
+
+import pytest
+
+from mamlpp.cli.main import main
 
 
 def test_every_bench_option_has_help() -> None:
@@ -16,3 +21,10 @@ def test_every_bench_option_has_help() -> None:
         if action.option_strings and not (action.help or "").strip()
     ]
     assert undocumented == []
+
+
+def test_evaluate_help_shows_a_single_percent_sign(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "95% confidence" in out and "%%" not in out
