@@ -243,6 +243,7 @@ def test_the_config_reads_a_dataset_s_fixed_image_size_from_the_table(monkeypatc
 # ------------------------------------------------------------------ start-up cost
 
 
+@pytest.mark.slow
 def test_the_table_and_the_data_commands_load_without_numpy_or_torch() -> None:
     code = (
         "import sys; import mamlpp.data.table, mamlpp.cli.data, mamlpp.cli.ablate; "

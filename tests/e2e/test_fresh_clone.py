@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test runs pytest in a subprocess
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # One test that needs the shared split files, one that needs Omniglot itself.
 DATA_TESTS = [

@@ -42,6 +42,7 @@ def two_rank_tiny(tmp_path_factory) -> dict[int, dict]:
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(two_rank_tiny, reduction, dtype, tolerance) -> None:
     """Every stored tensor (network parameters, dead conv biases included, Adam-trained LSLR,
     per-step BN weights and running statistics) and the metrics after 6 iterations in which
@@ -73,6 +74,7 @@ def test_two_ranks_equal_one_process(two_rank_tiny, reduction, dtype, tolerance)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_collectives_after_the_replay_equal_one_process(two_rank_tiny) -> None:
     """The step in two phases with the collectives between them (what runs around the two
     graph replays with gloo on CUDA): 2 ranks equal one process (float64), and the ranks end
@@ -94,6 +96,7 @@ def test_collectives_after_the_replay_equal_one_process(two_rank_tiny) -> None:
         assert all(torch.equal(state[k], fused[0][k]) for k in state) and metrics == fused[1]
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(two_rank_tiny) -> None:
     """9 tasks over 2 ranks (blocks of 4 and 5): the same per-task accuracies, in task order,
     so the same mean and 95% CI; every rank gets the whole result."""

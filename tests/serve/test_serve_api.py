@@ -416,6 +416,7 @@ def test_serve_argument_errors(run_dir, tmp_path, capsys) -> None:
         assert re.search(rf"cannot listen on 127\.0\.0\.1 port {port}: ", _one_line(capsys))
 
 
+@pytest.mark.slow
 def test_the_command_module_imports_neither_torch_nor_fastapi() -> None:
     code = (
         "import argparse, sys\n"

@@ -63,6 +63,7 @@ def _summary(out: Path, folder: str, seed: int) -> dict:
     return json.loads((out / folder / f"seed{seed}" / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_runs_use_the_grid_configs_and_the_budget(grid) -> None:
     out = grid
     for folder, techniques in (("maml", []), ("mamlpp", list(ablate.TECHNIQUES))):
@@ -117,6 +118,7 @@ def test_every_variant_switches_exactly_its_techniques() -> None:
             assert getattr(config, section) == getattr(seen["maml"], section), name
 
 
+@pytest.mark.slow
 def test_aggregation_matches_the_run_summaries(grid) -> None:
     out = grid
     results = json.loads((out / "results.json").read_text())
@@ -156,6 +158,7 @@ def test_aggregation_matches_the_run_summaries(grid) -> None:
     assert len(charts) == 2
 
 
+@pytest.mark.slow
 def test_all_variants_see_identical_test_tasks(grid) -> None:
     out = grid
     from mamlpp.data import EpisodeSampler, load_dataset
@@ -174,6 +177,7 @@ def test_all_variants_see_identical_test_tasks(grid) -> None:
     assert task_fingerprint(EpisodeSampler(split, 5, 1, 1, seed=3), 6) != expected
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_aggregate_only_rewrites(grid, capsys) -> None:
     out = grid
     runs = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "report"]
@@ -190,6 +194,7 @@ def test_rerun_skips_finished_runs_and_aggregate_only_rewrites(grid, capsys) -> 
     assert len(plan["sessions"]) == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, capsys) -> None:
     """A run interrupted after epoch 2 (trained here with the library, as a killed worker
     leaves it) is continued by the re-run's worker and ends where an uninterrupted run ends."""
@@ -228,6 +233,7 @@ def test_an_interrupted_ablation_resumes_to_the_same_result(grid, tmp_path, caps
     assert all(torch.equal(a[k], b["model"][k]) for k in a)
 
 
+@pytest.mark.slow
 def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None:
     out = grid
     parallel = tmp_path / "parallel"
@@ -244,6 +250,7 @@ def test_parallel_worker_processes_give_the_same_results(grid, tmp_path) -> None
     assert results["variants"][0]["seeds_complete"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_and_reported(grid, tmp_path, capsys) -> None:
     """A worker that fails (its folder holds another variant's run, which `mamlpp train
     --resume` refuses) is recorded with the worker's own error in its ablate.json, results.json
@@ -360,6 +367,7 @@ def test_warm_up_covers_the_cuda_graph_capture() -> None:
     assert warmup_calls(fast) == 5  # 3 eager warm-ups, the capture, one replay
 
 
+@pytest.mark.slow
 def test_time_budget_is_measured_and_kept(tmp_path, capsys) -> None:
     out = tmp_path / "timed"
     args = ["ablate", *[a for a in TINY if a not in ("--budget", "10")], "--out", str(out)]
@@ -412,6 +420,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message) -> 
     assert not (out / "maml").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_a_folder_keeps_its_settings(grid, tmp_path, capsys) -> None:
     out = grid
     copy = tmp_path / "copy"
@@ -476,6 +485,7 @@ def test_published_gpu_lines_judge_each_setting_against_its_own_target() -> None
     assert "97.65%" in lines[1] and "time budget 240 s" in lines[1]
 
 
+@pytest.mark.slow
 def test_publish_copies_studies_and_fills_the_results_section(grid, tmp_path) -> None:
     results = _publisher()
     out = grid
@@ -555,6 +565,7 @@ def _script(name: str, out: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_gpu_repro_dry_run(tmp_path) -> None:
     done = _script("gpu_repro.sh", tmp_path / "gpu")
     assert done.returncode == 0, done.stderr
@@ -567,6 +578,7 @@ def test_gpu_repro_dry_run(tmp_path) -> None:
     assert "--time-budget 300" in shorter.stdout
 
 
+@pytest.mark.slow
 def test_cpu_study_dry_run(tmp_path) -> None:
     done = _script("cpu_study.sh", tmp_path / "study", DOCS_DIR=str(tmp_path / "docs"))
     assert done.returncode == 0, done.stderr

@@ -50,6 +50,7 @@ def test_bench_cli_writes_json_report(tmp_path, capsys):
     assert "tiny" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_script_and_cpu_memory_probe(tmp_path):
     out = tmp_path / "b.json"
     subprocess.run(
@@ -99,6 +100,7 @@ def test_flop_count_matches_spec_for_omniglot_20w1s():
     assert count_flops(learner, batch) * 8 / 1e9 == pytest.approx(185, rel=0.01)
 
 
+@pytest.mark.slow
 def test_gpu_check_script_arguments_are_valid(tmp_path):
     """benchmarks/gpu_check.sh in dry-run mode: every bench invocation parses and validates."""
     result = subprocess.run(
@@ -112,6 +114,7 @@ def test_gpu_check_script_arguments_are_valid(tmp_path):
     assert "gpu_check done" in result.stdout
 
 
+@pytest.mark.slow
 def test_gpu_tests_script_names_every_cuda_only_test():
     """benchmarks/gpu_tests.sh runs the CUDA-only tests by name: on this machine they are
     collected and skipped (a renamed test would be 'not found', a new one missing here)."""
