@@ -83,6 +83,7 @@ def _error_line(capsys) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_adapt_is_above_chance_on_unseen_characters(run_dir, held_out, tmp_path, capsys) -> None:
     correct = total = 0
     for seed in range(20):
@@ -110,6 +111,7 @@ def test_adapt_is_above_chance_on_unseen_characters(run_dir, held_out, tmp_path,
     assert accuracy > 0.35, f"accuracy {accuracy:.3f} over {total} held-out queries"
 
 
+@pytest.mark.slow
 def test_a_shot_count_unlike_training_is_allowed_with_a_note(
     run_dir, held_out, tmp_path, capsys
 ) -> None:
@@ -163,6 +165,7 @@ def _break_out_suffix(support: Path, query: Path) -> list[str]:
         (_break_out_suffix, "--out must end in .csv or .json"),
     ],
 )
+@pytest.mark.slow
 def test_adapt_errors_are_one_line_exit_2_and_write_nothing(
     breaker, message, run_dir, held_out, tmp_path, capsys
 ) -> None:
@@ -180,6 +183,7 @@ def test_adapt_errors_are_one_line_exit_2_and_write_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_image_that_cannot_be_brought_to_the_trained_size_is_refused(
     run_dir, held_out, tmp_path, capsys
 ) -> None:
@@ -208,6 +212,7 @@ def test_an_image_that_cannot_be_brought_to_the_trained_size_is_refused(
         )
 
 
+@pytest.mark.slow
 def test_export_load_predict_equals_mamlpp_adapt(run_dir, held_out, tmp_path, capsys) -> None:
     support, query, _ = _task(held_out, tmp_path, seed=11)
     out = tmp_path / "p.json"

@@ -78,17 +78,20 @@ def batch_dependence(learner: MAMLpp, seed: int = 0) -> float:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_a_query_prediction_is_the_same_alone_and_among_other_queries(kind):
     learner = learner_of(kind, SUPPORT, torch.float32)
     assert batch_dependence(learner) < 1e-6
 
 
 @pytest.mark.parametrize("kind", ["conv4-batched", "module-batched"])
+@pytest.mark.slow
 def test_the_same_check_fails_for_transductive_batch_norm(kind):
     learner = learner_of(kind, SUPPORT.replace(bn_mode="transductive"), torch.float32)
     assert batch_dependence(learner) > 1e-2
 
 
+@pytest.mark.slow
 def test_a_single_task_and_predict_after_adapt_are_batch_independent_too():
     learner = tiny_learner(SUPPORT)
     sx, sy, qx, _ = tiny_tasks(targets=3)
@@ -135,6 +138,7 @@ def _loss_and_grads(learner: MAMLpp, batch, epoch: int, execution: str | None = 
     ids=["maml++", "no-msl", "first-order", "maml"],
 )
 @pytest.mark.parametrize("execution", ["loop", "vmap"])
+@pytest.mark.slow
 def test_batched_equals_loop_and_vmap_in_float64(config, epoch, execution):
     batched = tiny_learner(config)
     other = clone_learner(batched)
@@ -173,6 +177,7 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradients(msl_epochs):
 
 
 @pytest.mark.parametrize("execution", ["batched", "loop"])
+@pytest.mark.slow
 def test_a_plain_module_equals_the_builtin_conv4_in_float64(execution):
     builtin = tiny_learner(SUPPORT)
     generic = module_twin(builtin, execution)
@@ -199,6 +204,7 @@ def test_a_plain_module_equals_the_builtin_conv4_in_float64(execution):
 # -- (c) finite differences ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_order_meta_gradient_matches_central_finite_differences():
     learner = tiny_learner(SUPPORT)
     batch = tiny_tasks()

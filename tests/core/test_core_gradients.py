@@ -28,6 +28,7 @@ def _loss_and_grads(learner, batch, epoch=0, execution=None, update_bn_stats=Fal
     return loss.detach(), grads_of(learner), metrics
 
 
+@pytest.mark.slow
 def test_second_order_meta_gradient_matches_central_finite_differences():
     learner = tiny_learner(ALL_ON_2_STEPS)
     batch = tiny_tasks()
@@ -111,6 +112,7 @@ def test_first_order_equals_detached_inner_gradients(msl):
     ids=["maml++", "no-msl", "first-order", "maml", "adapt-bn-sum"],
 )
 @pytest.mark.parametrize("execution", ["batched", "vmap"])
+@pytest.mark.slow
 def test_batched_equals_loop(config, execution):
     looped = tiny_learner(config)
     batched = clone_learner(looped)
@@ -171,6 +173,7 @@ def test_folded_first_block_equals_conv_batch_norm_pool_on_binary_and_colour_ima
 @pytest.mark.parametrize("execution", ["batched", "loop"])
 @pytest.mark.parametrize("bn_mode", ["transductive", "per_step"])
 @pytest.mark.parametrize("epoch", [0, 10])  # MSL on at epoch 0, off from msl_epochs=10
+@pytest.mark.slow
 def test_parity_with_naive_implementation(bn_mode, epoch, execution):
     config = MetaConfig(num_inner_steps=3, first_order_epochs=0, bn_mode=bn_mode)
     learner = tiny_learner(config, execution=execution)
@@ -203,6 +206,7 @@ def test_parity_with_naive_implementation(bn_mode, epoch, execution):
 
 @pytest.mark.parametrize("first_order_epochs", [0, 5])  # second / first order at epoch 0
 @pytest.mark.parametrize("msl", [True, False])
+@pytest.mark.slow
 def test_checkpointed_inner_steps_give_the_same_meta_gradients(first_order_epochs, msl):
     config = MetaConfig(num_inner_steps=3, first_order_epochs=first_order_epochs, msl=msl)
     plain = tiny_learner(config)

@@ -118,6 +118,7 @@ def test_per_step_evaluation_uses_running_statistics_and_transductive_does_not()
 
 
 @pytest.mark.parametrize("bn_mode", ["transductive", "per_step"])
+@pytest.mark.slow
 def test_evaluation_leaves_every_stored_value_unchanged(bn_mode):
     learner = tiny_learner(MetaConfig(num_inner_steps=2, bn_mode=bn_mode))
     state = {k: v.clone() for k, v in learner.state_dict().items()}
@@ -226,6 +227,7 @@ def test_grad_clip_clamps_network_gradients_only():
     assert learner.inner_lrs.grad.abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_meta_step_trains_a_separable_problem():
     """A few outer steps on a fixed meta-batch lower the loss (the loop is wired correctly)."""
     torch.manual_seed(0)

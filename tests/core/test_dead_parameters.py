@@ -50,6 +50,7 @@ def _assert_dead_still(learner: MAMLpp, dead: list[str], live: list[str]) -> Non
 
 
 @pytest.mark.parametrize("execution", ["batched", "loop"])
+@pytest.mark.slow
 def test_conv_biases_before_batch_norm_stay_exactly_still_in_conv4(execution):
     torch.manual_seed(0)
     learner = MAMLpp(Conv4(3, in_channels=1, channels=3, image_size=16), CONFIG, execution)

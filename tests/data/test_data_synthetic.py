@@ -65,6 +65,7 @@ def test_rotate_train_flag():
     assert splits["train"].rotate and not splits["val"].rotate and not splits["test"].rotate
 
 
+@pytest.mark.slow
 def test_meta_learning_beats_chance_on_synthetic_tasks():
     """A few dozen first-order MAML++ iterations with a tiny conv4: 5-way 1-shot accuracy on
     fixed validation tasks rises well above chance (0.2) and above the untrained network."""

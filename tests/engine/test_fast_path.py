@@ -18,6 +18,7 @@ from mamlpp.engine.step_runner import FastMetaStep, choose_execution
 from mamlpp.errors import ConfigError
 
 
+@pytest.mark.slow
 def test_fast_step_matches_loop_path_updates():
     # MSL annealing, first order then second order, cosine lr: the schedules all move.
     config = MetaConfig(
@@ -189,6 +190,7 @@ def _train(step: FastMetaStep, repeat: int = 1, iterations=((0, 0), (0, 1), (1, 
     return history
 
 
+@pytest.mark.slow
 def test_split_step_equals_fused_step_bitwise():
     """Phase 1, collectives, phase 2 run apart give bitwise the fused step's parameters, Adam
     state, running statistics and metrics, with and without (stand-in) collectives; and the

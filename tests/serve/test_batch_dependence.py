@@ -28,6 +28,7 @@ def task(omniglot_dir):
     return {c: [png for _, png in images] for c, images in support.items()}, query
 
 
+@pytest.mark.slow
 def test_one_transductive_query_uses_the_support_statistics(run_dir: Path, task) -> None:
     predictor = mamlpp.FewShotPredictor.from_run(run_dir)
     assert predictor.config.meta.bn_mode == "transductive" and predictor.batch_dependent

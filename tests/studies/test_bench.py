@@ -11,6 +11,7 @@ import pytest
 from mamlpp.cli.main import main
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(
@@ -88,6 +89,7 @@ def test_bench_rejects_unknown_config(capsys):
     assert "unknown benchmark config" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_flop_count_matches_spec_for_omniglot_20w1s():
     """The FLOP counter charges the known 185 GFLOP for Omniglot 20-way 1-shot (MSL on)."""
     import torch

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mamlpp.cli.main import main
 from mamlpp.nn.module_backbone import ModuleBackbone
 from mamlpp.studies.bench import CONFIGS
 
 
+@pytest.mark.slow
 def test_resnet12_bench_with_and_without_checkpointing(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--configs", "tiny-resnet12,tiny-resnet12-fo", "--paths"]

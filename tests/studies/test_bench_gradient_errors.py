@@ -10,6 +10,7 @@ import pytest
 from mamlpp.cli.main import main
 
 
+@pytest.mark.slow
 def test_bench_explains_the_error_of_an_exactly_zero_gradient(capsys) -> None:
     assert main(["bench", "--configs", "tiny", "--paths", "batched", "--iters", "1",
                  "--warmup", "0"]) == 0  # fmt: skip
