@@ -15,6 +15,8 @@ from mamlpp.cli.main import main
 from mamlpp.run.experiment import build_config
 from mamlpp.run.presets import resolve_config
 
+pytestmark = pytest.mark.slow  # trains on the real Omniglot
+
 SHORT = [
     "train.epochs=2",
     "train.iterations_per_epoch=3",

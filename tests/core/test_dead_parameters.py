@@ -62,6 +62,7 @@ def test_conv_biases_before_batch_norm_stay_exactly_still_in_conv4(execution):
     assert list(learner.dead_names) == dead
 
 
+@pytest.mark.slow
 def test_dead_biases_are_detected_in_any_sequential():
     torch.manual_seed(0)
     learner = MAMLpp(conv4_sequential(3, 1, 3, 16), CONFIG)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import pytest
 import torch
 from core_helpers import tiny_tasks
 from torch import nn
@@ -48,6 +49,7 @@ def _frozen_features_model() -> nn.Sequential:
     )
 
 
+@pytest.mark.slow
 def test_frozen_tensors_are_neither_adapted_nor_trained():
     learner = MAMLpp(_frozen_features_model(), CONFIG)
     params = dict(learner.backbone.named_parameters())

@@ -28,6 +28,8 @@ from mamlpp.data import (
 from mamlpp.data.omniglot_splits import SPLITS_DIR, packaged_reference_split
 from mamlpp.errors import DataError
 
+pytestmark = pytest.mark.slow  # decodes and caches the real Omniglot archives
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:

@@ -75,6 +75,7 @@ REGIMES = {
 
 
 @pytest.mark.parametrize("regime", list(REGIMES))
+@pytest.mark.slow
 def test_whole_iteration_has_no_capture_hazard(regime, capturable_adam_on_cpu):
     config, epoch = REGIMES[regime]
     step = _capturable_step(config)

@@ -89,6 +89,7 @@ def test_msl_weights_tensor_equals_schedule_floats():
     torch.testing.assert_close(doubled, 2 * floats)
 
 
+@pytest.mark.slow
 def test_choose_execution_measures_every_candidate_on_a_copy():
     """The choice at start: every candidate runs (on a copy; the learner is untouched) and the
     fastest by the timer wins. A fake timer stands in for CUDA timing on the CPU."""

@@ -111,6 +111,7 @@ def bn1d_mlp(features: int = 16, hidden: int = 6, ways: int = 3) -> nn.Sequentia
     )
 
 
+@pytest.mark.slow
 def test_bn1d_mlp_second_order_meta_gradient_matches_central_finite_differences():
     config = MetaConfig(num_inner_steps=2, first_order_epochs=0)  # second order, MSL at epoch 0
     torch.manual_seed(0)

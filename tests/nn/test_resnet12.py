@@ -3,6 +3,7 @@ and its presets."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -27,6 +28,7 @@ def test_standard_architecture_shapes_and_size():
     assert sum(c.weight.numel() for c in convs) == 12_414_848  # the usual "12.4M" ResNet-12
 
 
+@pytest.mark.slow
 def test_tiny_resnet12_meta_loss_backward_and_per_step_bn_rows():
     config = MetaConfig(num_inner_steps=2, first_order_epochs=0)  # all six on, second order
     torch.manual_seed(0)
