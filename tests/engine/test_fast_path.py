@@ -242,6 +242,7 @@ def test_each_phase_has_no_capture_hazard(regime):
 
 
 @pytest.mark.usefixtures("capturable_adam_on_cpu")
+@pytest.mark.slow
 def test_hazard_check_watches_both_phases_but_not_the_collectives(monkeypatch):
     """A host read in phase 1, in the collectives and in phase 2: the split step's check names
     the phases' two (its collectives run eagerly after the replay), the fused step's all three."""

@@ -247,6 +247,7 @@ def test_supported_stateless_norms_and_bad_patterns():
         ModuleBackbone(sequential_conv4(3, 4, 16), adapt="17.*")
 
 
+@pytest.mark.slow
 def test_batch_norm_function_is_also_right_outside_vmap():
     """_TaskBatchNorm's own forward/backward (used when no vmap rule applies) match PyTorch's
     batch norm, first and second derivatives included."""

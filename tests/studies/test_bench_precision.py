@@ -57,6 +57,7 @@ def test_gradient_errors_per_group_and_cosine():
     assert errors["head"]["cosine"] < 1.0
 
 
+@pytest.mark.slow
 def test_bf16_meta_gradients_are_close_in_direction():
     """bf16 autocast (forward passes only) on the CPU: far coarser than fp32 in every group
     (second-order meta-gradients amplify rounding), yet still a descent direction against
