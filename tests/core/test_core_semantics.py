@@ -148,6 +148,7 @@ def test_adapt_then_predict_equals_adapt_and_predict():
     )
 
 
+@pytest.mark.slow
 def test_learned_inner_learning_rates_may_go_negative():
     learner = tiny_learner(MetaConfig(num_inner_steps=2, first_order_epochs=0))
     batch = tiny_tasks()

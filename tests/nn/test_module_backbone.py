@@ -64,6 +64,7 @@ def _meta(learner: MAMLpp, batch, epoch: int, execution: str | None = None):
     [("batched", 0), ("batched", 1), ("loop", 1)],
     ids=["batched-first-order", "batched-second-order", "loop-second-order"],
 )
+@pytest.mark.slow
 def test_sequential_conv4_equals_builtin_conv4(execution, epoch):
     builtin, generic = generic_twin(ALL_SIX, execution)
     assert builtin.second_order_at(epoch) == (epoch == 1)

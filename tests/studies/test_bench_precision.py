@@ -43,6 +43,7 @@ def test_conv_bias_meta_gradients_are_zero_in_exact_arithmetic():
     assert float(bias.norm()) < 1e-9 * float(weight.norm())
 
 
+@pytest.mark.slow
 def test_gradient_errors_per_group_and_cosine():
     learner, batch = _float64_problem()
     reference = meta_gradients(learner, batch, "loop", "fp32")
