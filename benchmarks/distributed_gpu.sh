@@ -7,7 +7,7 @@
 # else runs/distributed_gpu) and prints one line per process count. Each measurement keeps the
 # preset's meta-batch (train.tasks_per_batch), so G processes hold B/G tasks each; a G that does
 # not divide B is skipped. A 2-rank training run checks on the side that the GPUs' result is the
-# one-GPU result (metrics and parameters), as tests/test_distributed_cli.py does on the CPU.
+# one-GPU result (metrics and parameters), as tests/e2e/test_distributed_cli.py does on the CPU.
 # GRAPH_SYNC=in-graph|after-replay|auto (default auto: NCCL collectives inside the CUDA graph)
 # sets train.graph_sync: after-replay replays two graphs around eager collectives.
 set -euo pipefail

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 timeout 90 "${PYTHON:-python3}" -m pytest -q -rs -p no:cacheprovider \
-    "tests/test_capture_safety.py::test_real_capture_equals_eager_on_cuda" \
-    "tests/test_fast_path.py::test_captured_graph_replays_match_the_loop_path" \
-    "tests/test_fast_path.py::test_split_graphs_replay_like_eager_steps" \
-    "tests/test_data_sampler.py::test_tasks_identical_on_cuda"
+    "tests/engine/test_capture_safety.py::test_real_capture_equals_eager_on_cuda" \
+    "tests/engine/test_fast_path.py::test_captured_graph_replays_match_the_loop_path" \
+    "tests/engine/test_fast_path.py::test_split_graphs_replay_like_eager_steps" \
+    "tests/data/test_data_sampler.py::test_tasks_identical_on_cuda"

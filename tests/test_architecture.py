@@ -115,6 +115,7 @@ def test_imports_inside_functions_only_for_start_up_cost_or_optional_dependencie
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+@pytest.mark.slow
 def test_the_command_line_does_not_import_torch_for_help_and_version(argv: list[str]) -> None:
     code = (
         "import sys\n"
