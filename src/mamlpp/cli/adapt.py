@@ -52,9 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------ inputs
 
 
-def support_images(folder: str | Path) -> dict[str, list[Path]]:
+def support_images(folder: str | Path, skipped: list[Path] | None = None) -> dict[str, list[Path]]:
     """``{class name: image files}`` of ``folder/<class>/``, classes sorted by name (the rule
-    of folder datasets: hidden entries skipped, an empty class refused)."""
+    of folder datasets: hidden entries skipped, an empty class refused, files that are not
+    pictures appended to ``skipped``)."""
     from mamlpp.data.folder import class_files
 
     root = Path(folder)
@@ -66,20 +67,21 @@ def support_images(folder: str | Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise InputError(f"support folder {root} does not exist")
     try:
-        return class_files(root)
+        return class_files(root, skipped)
     except DataError as error:
         raise InputError(f"support: {error}") from None
 
 
-def query_images(paths: list[str]) -> list[Path]:
-    """Query files in the order given; a folder contributes its images, sorted."""
+def query_images(paths: list[str], skipped: list[Path] | None = None) -> list[Path]:
+    """Query files in the order given; a folder contributes its pictures (every format Pillow
+    reads), sorted; its other files are appended to ``skipped``."""
     from mamlpp.data.images import list_images
 
     files: list[Path] = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            found = list_images(path)
+            found = list_images(path, skipped)
             if not found:
                 raise InputError(f"query folder {path} has no images")
             files.extend(found)
@@ -165,6 +167,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    from mamlpp.data.images import skipped_note
     from mamlpp.run.predictor import Prediction, colour_note
 
     if args.top_k is not None and args.top_k < 1:  # as `mamlpp export` refuses it
@@ -174,8 +177,9 @@ def run_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .csv or .json, got {out.name}")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out folder {out.parent} does not exist")
-    support = support_images(args.support)
-    files = query_images(args.query)
+    skipped: list[Path] = []  # files in the folders that are not pictures: one note
+    support = support_images(args.support, skipped)
+    files = query_images(args.query, skipped)
     predictor = _load_predictor(args.model, args.top_k, args.device)
     converted: list[str] = []  # colour images made grey: one note for support and query
     sx, sy, names, notes = predictor.prepare_support(
@@ -183,6 +187,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     )
     qx = predictor.prepare_query(files, labels=[str(f) for f in files], converted=converted)
     notes += colour_note(converted)
+    notes += [note for note in [skipped_note(skipped)] if note is not None]
     notes.append(predictor.query_note(len(qx)))  # whether predictions depend on the batch
     dependent = predictor.batch_dependent_for(len(qx))
     prediction = Prediction(names, predictor.predict_prepared(sx, sy, qx), notes, dependent)

@@ -64,7 +64,7 @@ def load_splits(
     if entry.files is None:  # generated in memory
         return load_dataset(entry.name, image_size=data.image_size, progress=progress)
     if entry.own_images:
-        return _load_folder(data, data_dir_arg, progress)
+        return _load_folder(data, data_dir_arg, progress, say)
     root = data_dir(data_dir_arg)
     if entry.files.locate(root) is None and entry.files.download is not None:
         _fetch(entry.files, root, download, say, progress)
@@ -72,7 +72,10 @@ def load_splits(
 
 
 def _load_folder(
-    data: DataSection, data_dir_arg: str | os.PathLike[str] | None, progress: bool
+    data: DataSection,
+    data_dir_arg: str | os.PathLike[str] | None,
+    progress: bool,
+    say: Callable[[str], None] = print,
 ) -> dict[str, FewShotSplit]:
     if not data_dir_arg and not os.environ.get("MAMLPP_DATA"):
         raise ConfigError(
@@ -87,6 +90,7 @@ def _load_folder(
         test_fraction=data.test_fraction,
         split_seed=data.split_seed,
         progress=progress,
+        say=lambda note: say(f"note: {note}"),
     )
 
 
