@@ -29,9 +29,10 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageChops, ImageFile
 
 from mamlpp.errors import DataError
 
@@ -102,26 +103,33 @@ def _bomb(label: str, error: Exception, limit: int) -> PictureTooLarge:
     return PictureTooLarge(f"image {label} has {count}, more than the limit of {limit:,} pixels")
 
 
-def _open(source: str | os.PathLike | bytes, label: str, max_pixels: int) -> Image.Image:
-    """The picture opened lazily (header only), its size checked against ``max_pixels``."""
+def _open(handle: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+    """The picture opened lazily (header only), its size checked against ``max_pixels``.
+    Paths are opened by the caller as a file object: Pillow then treats files and bytes alike
+    (decoding a TIFF opened by name, it drops its orientation tag without applying it)."""
     try:
         with warnings.catch_warnings():  # Pillow's bomb warning: this limit is lower, see above
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if isinstance(source, bytes):
-                opened = Image.open(io.BytesIO(source))
-            else:
-                opened = Image.open(Path(source))
-    except FileNotFoundError:
-        raise DataError(f"image {label} does not exist") from None
+            opened = Image.open(handle)
     except Image.DecompressionBombError as error:
         raise _bomb(label, error, max_pixels) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"unreadable image {label}: {error}".splitlines()[0]) from None
     width, height = opened.size
     if width * height > max_pixels:
-        opened.close()
         raise too_large(label, width, height, max_pixels)
     return opened
+
+
+def _handle(source: str | os.PathLike | bytes, label: str) -> BinaryIO:
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    try:
+        return open(Path(source), "rb")  # noqa: SIM115 (closed by the caller)
+    except FileNotFoundError:
+        raise DataError(f"image {label} does not exist") from None
+    except OSError as error:
+        raise DataError(f"unreadable image {label}: {error.strerror or error}") from None
 
 
 def picture_size(
@@ -134,8 +142,8 @@ def picture_size(
         if width * height > max_pixels:
             raise too_large(label, width, height, max_pixels)
         return width, height
-    with _open(source, label, max_pixels) as opened:
-        return opened.size
+    with _handle(source, label) as handle:
+        return _open(handle, label, max_pixels).size
 
 
 def read_picture(
@@ -148,23 +156,35 @@ def read_picture(
     if isinstance(source, Image.Image):
         picture_size(source, name, max_pixels)
         return _upright(source, name)
-    opened = _open(source, name, max_pixels)
-    try:
-        return _upright(opened, name)  # may be `opened` itself, decoded (its file is closed)
-    except BaseException:
-        opened.close()
-        raise
+    with _handle(source, name) as handle:
+        # may return the opened image itself, decoded: it no longer needs the file
+        return _upright(_open(handle, name, max_pixels), name)
 
 
 def _upright(image: Image.Image, label: str) -> Image.Image:
     try:
+        orientation = _orientation(image)
         image.load()  # decodes now that the size is known to be within the limit
-        orientation = image.getexif().get(_ORIENTATION, 1)
+        tags = getattr(image, "tag_v2", None)
+        if tags is not None and _ORIENTATION not in tags:
+            orientation = 1  # Pillow turned this TIFF upright while decoding it
         flat = _flatten(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"unreadable image {label}: {error}".splitlines()[0]) from None
     method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
     return flat.transpose(method) if method is not None else flat
+
+
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation tag (1 when absent), read before decoding. A PNG whose EXIF follows
+    its pixels is decoded by getexif() itself. A TIFF keeps the tag among its own; reading the
+    EXIF now also lets Pillow, which turns TIFFs upright while decoding them, find it (it reads
+    it from the file, which is closed by then when the TIFF was opened by name)."""
+    exif = image.getexif()
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:
+        return tags.get(_ORIENTATION, 1)
+    return exif.get(_ORIENTATION, 1)
 
 
 def _flatten(image: Image.Image) -> Image.Image:
@@ -183,15 +203,12 @@ def _flatten(image: Image.Image) -> Image.Image:
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
     if not has_alpha:
         return image.convert("L" if grey else "RGB")
-    rgba = np.asarray(image if mode == "RGBA" else image.convert("RGBA"))  # uint8 [H, W, 4]
-    flat = np.empty(rgba.shape[:2] + (1 if grey else 3,), dtype=np.uint8)
-    for rows in _row_blocks(rgba.shape[0], rgba.shape[1]):  # bounded temporaries
-        block = rgba[rows].astype(np.uint32)
-        alpha = block[..., 3:]
-        # c * a + white * (1 - a), rounded: (c a + 255 (255 - a) + 127) // 255
-        colour = block[..., :1] if grey else block[..., :3]  # grey: R = G = B
-        flat[rows] = (colour * alpha + 255 * (255 - alpha) + 127) // 255
-    return Image.fromarray(flat[..., 0] if grey else flat)
+    # c * a + white * (1 - a), rounded (Pillow's paste with a mask: (c a + 255 (255 - a)) / 255
+    # to the nearest, exactly), in C and without a full-size RGBA copy of a large picture
+    with_alpha = image if mode in ("LA", "RGBA") else image.convert("LA" if grey else "RGBA")
+    page = Image.new("L" if grey else "RGB", image.size, 255 if grey else (255, 255, 255))
+    page.paste(with_alpha, mask=with_alpha)
+    return page
 
 
 def _row_blocks(height: int, width: int, pixels: int = 1 << 20) -> list[slice]:
@@ -219,7 +236,12 @@ def is_grey(pixels: np.ndarray) -> bool:
 
 
 def has_colour(picture: Image.Image) -> bool:
-    """Whether a picture from :func:`read_picture` holds colour (see :func:`is_grey`)."""
+    """Whether a picture from :func:`read_picture` holds colour (see :func:`is_grey`; computed
+    by Pillow, band by band, for large pictures)."""
     if picture.mode != "RGB":
         return False
-    return not is_grey(np.asarray(picture))
+    r, g, b = picture.split()
+    for one, other in ((r, g), (g, b), (r, b)):
+        if ImageChops.difference(one, other).getextrema()[1] > GREY_TOLERANCE:
+            return True
+    return False
