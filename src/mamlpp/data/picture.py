@@ -29,7 +29,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, ImageChops, ImageFile
@@ -242,6 +242,7 @@ def has_colour(picture: Image.Image) -> bool:
         return False
     r, g, b = picture.split()
     for one, other in ((r, g), (g, b), (r, b)):
-        if ImageChops.difference(one, other).getextrema()[1] > GREY_TOLERANCE:
+        low, high = cast(tuple[int, int], ImageChops.difference(one, other).getextrema())
+        if high > GREY_TOLERANCE:
             return True
     return False
