@@ -3,7 +3,7 @@
 
 Endpoints (docs/serve.md has curl examples)::
 
-    GET  /health    {"status": "ok"}
+    GET  /health    {"status": "ok"} (HEAD /health and HEAD / answer 200 too)
     GET  /model     what the model takes: ways, shots, image_size, channels, bn_mode, ...
     POST /predict   multipart/form-data (field names below) -> classes and probabilities
     GET  /          the page (static/index.html, app.js, style.css)
@@ -89,8 +89,8 @@ class Limits:
 
 
 # Bytes one image may take per pixel while it is read and brought to the model's size: measured
-# at most 16 (LA and RGBA PNGs, composited onto white; 10 for RGB, 6 for 16-bit grey, 5 for L;
-# benchmarks/serve_load.py --decode), counted as 24 to leave room for formats not measured.
+# 8 for RGBA and RGB PNGs, 7 for P with transparency, 6 for LA and I;16, 1 for L (peak RSS in a
+# fresh process, benchmarks/serve_load.py), counted as 24 to leave room for formats not measured.
 DECODE_BYTES_PER_PIXEL = 24
 # The body of a request is held twice at most: as parsed parts and as the task's image bytes.
 BODY_COPIES = 2
