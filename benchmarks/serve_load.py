@@ -109,13 +109,17 @@ def largest_picture(file_budget: int) -> bytes:
     pixels = np.zeros((SIDE, SIDE, 4), dtype=np.uint8)
     pixels[..., 3] = 128
     pixels[SIDE // 3 : 2 * SIDE // 3, SIDE // 4 : 3 * SIDE // 4] = (20, 20, 20, 255)
-    tile = int((file_budget / 4) ** 0.5)
+    flat = io.BytesIO()
+    Image.fromarray(pixels).save(flat, "PNG")
+    # noise does not compress: a tile of n x n RGBA pixels adds about 4 n^2 bytes
+    tile = int(max(0, (file_budget - len(flat.getvalue()) - 4096) / 4) ** 0.5)
     while True:
         pixels[:tile, :tile] = rng.integers(0, 256, (tile, tile, 4), dtype=np.uint8)
         out = io.BytesIO()
-        Image.fromarray(pixels).save(out, "PNG", compress_level=1)
-        if len(out.getvalue()) <= file_budget:
+        Image.fromarray(pixels).save(out, "PNG")
+        if len(out.getvalue()) <= file_budget or tile == 0:
             return out.getvalue()
+        pixels[:tile, :tile] = (0, 0, 0, 128)  # the background again, for a smaller tile
         tile = int(tile * 0.97)
 
 
@@ -267,7 +271,14 @@ def main() -> int:
     parser.add_argument("--request-timeout", type=float, default=900.0)
     parser.add_argument("--out", default="docs/results/serve-load")
     parser.add_argument("--decode-child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--regenerate", action="store_true", help="rewrite results.md from results.json only"
+    )
     args = parser.parse_args()
+    if args.regenerate:
+        result = json.loads((Path(args.out) / "results.json").read_text())
+        (Path(args.out) / "results.md").write_text(report(result))
+        return 0
     if args.decode_child:
         _decode_child(args.decode_child)
         return 0
@@ -381,8 +392,8 @@ def report(r: dict) -> str:
 Written by `benchmarks/serve_load.py` (see its docstring for the method). {r["clients"]} clients
 on 127.0.0.1 each sent the largest request the default limits allow ({r["request"]["files"]}
 RGBA PNGs of {r["request"]["pixels_per_file"]:,} pixels, {r["request"]["body_mib"]} MiB per
-request) again and again for {r["duration_s"]:g} s; answers still in flight were awaited
-(wall time {r["wall_s"]} s). The server ran with the default limits: at most
+request), and sent it again after each answer until {r["duration_s"]:g} s had passed; answers
+still in flight were awaited (wall time {r["wall_s"]} s): {r["answers"]} answers in all. The server ran with the default limits: at most
 {r["limits"]["max_concurrent"]} requests decoded and predicted at once, the others waiting up to
 {r["limits"]["queue_timeout_s"]:g} s for a turn, then answered 503 with Retry-After.
 
