@@ -393,7 +393,8 @@ Written by `benchmarks/serve_load.py` (see its docstring for the method). {r["cl
 on 127.0.0.1 each sent the largest request the default limits allow ({r["request"]["files"]}
 RGBA PNGs of {r["request"]["pixels_per_file"]:,} pixels, {r["request"]["body_mib"]} MiB per
 request), and sent it again after each answer until {r["duration_s"]:g} s had passed; answers
-still in flight were awaited (wall time {r["wall_s"]} s): {r["answers"]} answers in all. The server ran with the default limits: at most
+still in flight were awaited (wall time {r["wall_s"]} s): {r["answers"]} answers in all.
+The server ran with the default limits: at most
 {r["limits"]["max_concurrent"]} requests decoded and predicted at once, the others waiting up to
 {r["limits"]["queue_timeout_s"]:g} s for a turn, then answered 503 with Retry-After.
 
