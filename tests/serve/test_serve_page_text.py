@@ -76,12 +76,14 @@ def summary(tmp_path, **model) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow  # starts Node
 def test_the_page_says_what_a_model_without_resizing_takes(tmp_path) -> None:
     text = summary(tmp_path, resize=False)
     assert "A 5-way 1-shot model" in text  # the harness really ran the page's script
     assert "any size" not in text and "must be exactly 28x28 pixels" in text
 
 
+@pytest.mark.slow  # starts Node
 def test_the_page_says_images_are_resized_when_they_are(tmp_path) -> None:
     text = summary(tmp_path, resize=True)
     assert "images of any size are resized to 28x28" in text

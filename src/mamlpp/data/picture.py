@@ -103,6 +103,11 @@ def _bomb(label: str, error: Exception, limit: int) -> PictureTooLarge:
     return PictureTooLarge(f"image {label} has {count}, more than the limit of {limit:,} pixels")
 
 
+def _unreadable(label: str, error: Exception) -> str:
+    reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"unreadable image {label}: {reason}"
+
+
 def _open(handle: BinaryIO, label: str, max_pixels: int) -> Image.Image:
     """The picture opened lazily (header only), its size checked against ``max_pixels``.
     Paths are opened by the caller as a file object: Pillow then treats files and bytes alike
@@ -113,8 +118,10 @@ def _open(handle: BinaryIO, label: str, max_pixels: int) -> Image.Image:
             opened = Image.open(handle)
     except Image.DecompressionBombError as error:
         raise _bomb(label, error, max_pixels) from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"unreadable image {label}: {error}".splitlines()[0]) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged file makes Pillow raise many types (EOFError, ...)
+        raise DataError(_unreadable(label, error)) from None
     width, height = opened.size
     if width * height > max_pixels:
         raise too_large(label, width, height, max_pixels)
@@ -169,8 +176,10 @@ def _upright(image: Image.Image, label: str) -> Image.Image:
         if tags is not None and _ORIENTATION not in tags:
             orientation = 1  # Pillow turned this TIFF upright while decoding it
         flat = _flatten(image)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"unreadable image {label}: {error}".splitlines()[0]) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # as in _open: a damaged file, whatever Pillow raises for it
+        raise DataError(_unreadable(label, error)) from None
     method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
     return flat.transpose(method) if method is not None else flat
 
