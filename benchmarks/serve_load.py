@@ -389,7 +389,8 @@ def report(r: dict) -> str:
     decode = ", ".join(f"{k} {v}" for k, v in r["decode_bytes_per_pixel_measured"].items())
     return f"""# `mamlpp serve` under load
 
-Written by `benchmarks/serve_load.py` (see its docstring for the method). {r["clients"]} clients
+Written by `python benchmarks/serve_load.py --clients {r["clients"]} --duration {r["duration_s"]:g}`
+(see its docstring for the method). {r["clients"]} clients
 on 127.0.0.1 each sent the largest request the default limits allow ({r["request"]["files"]}
 RGBA PNGs of {r["request"]["pixels_per_file"]:,} pixels, {r["request"]["body_mib"]} MiB per
 request), and sent it again after each answer until {r["duration_s"]:g} s had passed; answers
