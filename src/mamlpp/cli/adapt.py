@@ -61,9 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------ inputs
 
 
-def support_images(folder: str | Path) -> dict[str, list[Path]]:
+def support_images(folder: str | Path, skipped: list[Path] | None = None) -> dict[str, list[Path]]:
     """``{class name: image files}`` of ``folder/<class>/``, classes sorted by name (the rule
-    of folder datasets: hidden entries skipped, an empty class refused)."""
+    of folder datasets: hidden entries skipped, an empty class refused, files that are not
+    pictures appended to ``skipped``)."""
     from mamlpp.data.folder import class_files
 
     root = Path(folder)
@@ -75,20 +76,21 @@ def support_images(folder: str | Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise InputError(f"support folder {root} does not exist")
     try:
-        return class_files(root)
+        return class_files(root, skipped)
     except DataError as error:
         raise InputError(f"support: {error}") from None
 
 
-def query_images(paths: list[str]) -> list[Path]:
-    """Query files in the order given; a folder contributes its images, sorted."""
+def query_images(paths: list[str], skipped: list[Path] | None = None) -> list[Path]:
+    """Query files in the order given; a folder contributes its pictures (every format Pillow
+    reads), sorted; its other files are appended to ``skipped``."""
     from mamlpp.data.images import list_images
 
     files: list[Path] = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            found = list_images(path)
+            found = list_images(path, skipped)
             if not found:
                 raise InputError(f"query folder {path} has no images")
             files.extend(found)
@@ -186,6 +188,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    from mamlpp.data.images import skipped_note
     from mamlpp.run.output_guard import check_output_path
     from mamlpp.run.predictor import Prediction, colour_note
     from mamlpp.run.run_dir import json_text
@@ -206,8 +209,9 @@ def run_adapt(args: argparse.Namespace) -> int:
     for path, option in ((out, "--out"), (classifier, "--export-classifier")):
         if path is not None:
             check_output_path(path, option)
-    support = support_images(args.support)
-    files = query_images(args.query or [])
+    skipped: list[Path] = []  # files in the folders that are not pictures: one note
+    support = support_images(args.support, skipped)
+    files = query_images(args.query or [], skipped)
     predictor = _load_predictor(args.model, args.top_k, args.device)
     converted: list[str] = []  # colour images made grey: one note for support and query
     sx, sy, names, notes = predictor.prepare_support(
@@ -216,6 +220,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     labels = [str(f) for f in files]
     qx = predictor.prepare_query(files, labels, converted=converted) if files else None
     notes += colour_note(converted)
+    notes += [note for note in [skipped_note(skipped)] if note is not None]
     if classifier is not None:  # every input was read and checked first
         write_classifier(classifier, predictor, sx, sy, names, notes, args.model)
     if qx is None:  # only the classifier was asked for

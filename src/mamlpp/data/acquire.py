@@ -54,6 +54,7 @@ def load_splits(
             sources=data.sources,
             source_pattern=data.source_pattern,
             progress=progress,
+            say=lambda note: say(f"note: {note}"),
         )
         check_servable(data, splits["train"].image_shape[0])
         return splits

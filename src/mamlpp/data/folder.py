@@ -2,8 +2,12 @@
 
 Two layouts (the first that matches wins)::
 
-    DIR/train/<class>/*.png|jpg|jpeg, DIR/val/<class>/..., DIR/test/<class>/...   split folders
-    DIR/<class>/*.png|jpg|jpeg                                                      one flat folder
+    DIR/train/<class>/*.png|jpg|..., DIR/val/<class>/..., DIR/test/<class>/...   split folders
+    DIR/<class>/*.png|jpg|...                                                     one flat folder
+
+Images are files of any format Pillow reads (:data:`~mamlpp.data.picture.PICTURE_SUFFIXES`),
+read as a person sees them (:func:`~mamlpp.data.picture.read_picture`); other files are skipped
+and named in a note.
 
 A flat folder is split by class: the sorted class names are shuffled with
 ``numpy.random.default_rng(split_seed)``; the last ``round(n * test_fraction)`` classes of that
@@ -13,7 +17,8 @@ Every image goes through one :class:`~mamlpp.data.images.Preprocessing` (size, c
 resizing rule), so ``mamlpp adapt`` can prepare new images exactly the same way. The first load
 decodes all images into a uint8 ``.npz`` cache keyed by a fingerprint of the files (path, size,
 mtime) and of the preprocessing; later loads read only that file. ``channels=None`` ("auto")
-keeps one channel when every image is grey (R = G = B after decoding), else three.
+keeps one channel when every image is grey (R, G, B within
+:data:`~mamlpp.data.picture.GREY_TOLERANCE` after decoding), else three.
 
 Groups and sources, for fine-grained episodes (see :class:`~mamlpp.data.sampler.EpisodeSampler`),
 are off by default (today's layouts, bitwise the same splits)::
@@ -32,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +53,8 @@ from mamlpp.data.image_cache import (
     file_stamp,
     fingerprint,
 )
-from mamlpp.data.images import Preprocessing, list_class_folders, list_images
+from mamlpp.data.images import Preprocessing, list_class_folders, list_images, skipped_note
+from mamlpp.data.picture import READER_VERSION, is_grey
 from mamlpp.data.split_layout import SPLIT_NAMES
 from mamlpp.data.structures import FewShotSplit, build_class_index
 from mamlpp.errors import DataError
@@ -60,13 +67,17 @@ def folder_layout(root: Path) -> str:
     return "flat"
 
 
-def class_files(folder: Path) -> dict[str, list[Path]]:
-    """``{class name: image files}`` of the class folders in ``folder``; refuses empty classes."""
+def class_files(folder: Path, skipped: list[Path] | None = None) -> dict[str, list[Path]]:
+    """``{class name: image files}`` of the class folders in ``folder``; refuses empty classes.
+    Files that are not pictures Pillow reads are appended to ``skipped`` (when given)."""
     classes = {}
     for class_folder in list_class_folders(folder):
-        files = list_images(class_folder)
+        files = list_images(class_folder, skipped)
         if not files:
-            raise DataError(f"class folder {class_folder} has no images (.png, .jpg, .jpeg)")
+            raise DataError(
+                f"class folder {class_folder} has no images (any format Pillow reads: "
+                ".png, .jpg, .webp, .bmp, .gif, .tif, ...)"
+            )
         classes[class_folder.name] = files
     if not classes:
         raise DataError(f"{folder} has no class folders (expected {folder}/<class>/*.png|jpg)")
@@ -97,13 +108,18 @@ def split_classes(
 
 
 def _gather(
-    root: Path, val_fraction: float, test_fraction: float, split_seed: int, grouping: Grouping
+    root: Path,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    grouping: Grouping,
+    skipped: list[Path] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, list[Path]]]:
     """(split -> class keys, class key -> files). Keys are ``split/class`` for split folders
     (a class name may appear in two splits), plain class names for a flat folder; with groups
     the class part is ``group/class``."""
     if folder_layout(root) == "flat":
-        files = grouped_class_files(root, grouping)
+        files = grouped_class_files(root, grouping, skipped)
         if grouping.groups == "folders":
             return _split_by_group(list(files), val_fraction, test_fraction, split_seed), files
         return split_classes(list(files), val_fraction, test_fraction, split_seed), files
@@ -115,7 +131,7 @@ def _gather(
         )
     splits, files = {}, {}
     for split in SPLIT_NAMES:
-        found = grouped_class_files(root / split, grouping)
+        found = grouped_class_files(root / split, grouping, skipped)
         splits[split] = [f"{split}/{name}" for name in found]
         files.update({f"{split}/{name}": paths for name, paths in found.items()})
     return splits, files
@@ -162,18 +178,24 @@ def load_folder_dataset(
     source_pattern: str = "",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, FewShotSplit]:
     """``{"train", "val", "test"}`` FewShotSplits of the images under ``root``.
 
     ``preprocessing`` gives the size, resizing rule and normalisation; with ``auto_channels``
     its channel count is only the decoding width (use 3) and grey datasets keep one channel.
     ``groups``, ``sources`` and ``source_pattern``: see the module docstring.
+    Files in class folders that are not pictures are named in one line given to ``say``.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist (pass it with --data-dir DIR)")
     grouping = Grouping(groups, sources, source_pattern)
-    splits, files = _gather(base, val_fraction, test_fraction, split_seed, grouping)
+    skipped: list[Path] = []
+    splits, files = _gather(base, val_fraction, test_fraction, split_seed, grouping, skipped)
+    note = skipped_note(skipped)
+    if note is not None and say is not None:
+        say(note)
     keys = sorted(files)  # all classes, the cache's order
     paths = [path for key in keys for path in files[key]]
     image_class = np.repeat(np.arange(len(keys)), [len(files[k]) for k in keys])
@@ -321,11 +343,13 @@ def _split_by_group(
     }
 
 
-def grouped_class_files(folder: Path, grouping: Grouping) -> dict[str, list[Path]]:
+def grouped_class_files(
+    folder: Path, grouping: Grouping, skipped: list[Path] | None = None
+) -> dict[str, list[Path]]:
     """``{class key: image files}`` under ``folder``: ``group/class`` keys with groups, each
     class's files from its source sub-folders with ``sources="subfolders"`` (sorted by path)."""
     if grouping.groups == "none":
-        return _classes_with_sources(folder, grouping)
+        return _classes_with_sources(folder, grouping, skipped)
     classes = {}
     for group in list_class_folders(folder):
         if list_images(group):
@@ -333,18 +357,20 @@ def grouped_class_files(folder: Path, grouping: Grouping) -> dict[str, list[Path
                 f"group folder {group} holds images itself; with data.groups=folders the "
                 f"classes are its sub-folders: {folder}/<group>/<class>/*.png"
             )
-        found = _classes_with_sources(group, grouping)
+        found = _classes_with_sources(group, grouping, skipped)
         classes.update({f"{group.name}/{name}": files for name, files in found.items()})
     if not classes:
         raise DataError(f"{folder} has no group folders (expected {folder}/<group>/<class>/*.png)")
     return classes
 
 
-def _classes_with_sources(folder: Path, grouping: Grouping) -> dict[str, list[Path]]:
+def _classes_with_sources(
+    folder: Path, grouping: Grouping, skipped: list[Path] | None = None
+) -> dict[str, list[Path]]:
     """:func:`class_files`, or with ``sources="subfolders"`` the images of each class's source
     sub-folders (``<class>/<source>/*.png``)."""
     if grouping.sources != "subfolders":
-        return class_files(folder)
+        return class_files(folder, skipped)
     classes = {}
     for class_folder in list_class_folders(folder):
         if list_images(class_folder):
@@ -353,7 +379,9 @@ def _classes_with_sources(folder: Path, grouping: Grouping) -> dict[str, list[Pa
                 "they go in one sub-folder per source: <class>/<source>/*.png"
             )
         files = [
-            path for source in list_class_folders(class_folder) for path in list_images(source)
+            path
+            for source in list_class_folders(class_folder)
+            for path in list_images(source, skipped)
         ]
         if not files:
             raise DataError(
@@ -382,7 +410,12 @@ def _decode_cached(
 ) -> tuple[np.ndarray, Path | None]:
     """uint8 ``[M, C, S, S]`` of ``paths`` (from the cache when it is current)."""
     # The recipe is the whole preprocessing: the same files prepared another way are another cache.
-    recipe = {**preprocessing.to_dict(), "auto_channels": auto_channels, "version": CACHE_VERSION}
+    recipe = {
+        **preprocessing.to_dict(),
+        "auto_channels": auto_channels,
+        "version": CACHE_VERSION,
+        "reader": READER_VERSION,  # EXIF orientation, transparency on white, ...
+    }
     key = fingerprint(
         json.dumps(recipe, sort_keys=True),
         (file_stamp(path, path.relative_to(root).as_posix()) for path in paths),
@@ -400,9 +433,8 @@ def _decode_cached(
             f"decoding {root.name}",
             progress,
         )
-        if auto_channels and images.shape[1] == 3:
-            if (images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all():
-                images = np.ascontiguousarray(images[:, :1])
+        if auto_channels and images.shape[1] == 3 and is_grey(np.moveaxis(images, 1, -1)):
+            images = luma(images)  # as a one-channel model's preprocessing makes them grey
         return images
 
     # Inside the image folder every such cache is this folder's: a new one replaces the others
@@ -410,3 +442,11 @@ def _decode_cached(
     # since a name there does not say which folder it belongs to.
     replaces = _OWN_CACHE if inside else None
     return cached_images(path, len(paths), preprocessing.image_size, decode, replaces=replaces)
+
+
+def luma(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[M, 1, S, S]`` grey of uint8 RGB ``[M, 3, S, S]`` by PIL's ITU-R 601 rule (what
+    ``convert("L")`` computes; exactly R where R = G = B)."""
+    rgb = images.astype(np.uint32)
+    grey = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
+    return np.ascontiguousarray(grey[:, None].astype(np.uint8))

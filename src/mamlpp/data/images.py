@@ -9,7 +9,6 @@ sampler applies to a :class:`~mamlpp.data.FewShotSplit`).
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mamlpp.data.miniimagenet import IMAGE_SUFFIXES
+from mamlpp.data import picture
 from mamlpp.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from mamlpp.errors import DataError
 
@@ -103,47 +102,33 @@ class Preprocessing:
     def pixels(
         self, image: ImageLike, name: str | None = None, *, converted: list[str] | None = None
     ) -> np.ndarray:
-        """uint8 ``[C, S, S]`` of a file path, encoded bytes or PIL image.
+        """uint8 ``[C, S, S]`` of a file path, encoded bytes or PIL image, read as a person sees
+        it by :func:`mamlpp.data.picture.read_picture` (upright, transparency on white).
 
         Tensors are checked, not resized: see :meth:`tensor_input`. ``name`` labels errors.
         Given a list ``converted``, the label of a colour image made grey for a one-channel
         model is appended to it (so a caller can say so; the check costs a conversion).
         """
         label = name or (str(image) if isinstance(image, str | os.PathLike) else "image")
-        if isinstance(image, Image.Image):
-            return self._from_pil(image, label, converted)
         if isinstance(image, torch.Tensor):
             raise DataError(f"{label} is a tensor: tensors are model input (see tensor_input)")
-        try:
-            if isinstance(image, bytes):
-                with Image.open(io.BytesIO(image)) as opened:
-                    return self._from_pil(opened, label, converted)
-            with Image.open(Path(image)) as opened:
-                return self._from_pil(opened, label, converted)
-        except FileNotFoundError:
-            raise DataError(f"image {label} does not exist") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise DataError(f"unreadable image {label}: {error}".splitlines()[0]) from None
-
-    def _from_pil(
-        self, image: Image.Image, label: str, converted: list[str] | None = None
-    ) -> np.ndarray:
+        seen = picture.read_picture(image, label)  # the one reader (module attribute: tests)
         size = self.image_size
-        if image.size != (size, size) and not self.resize:
-            w, h = image.size
+        if seen.size != (size, size) and not self.resize:
+            w, h = seen.size
             raise DataError(
                 f"image {label} is {w}x{h}, the model takes {size}x{size} and resizing is off "
                 "(data.resize=never)"
             )
-        if converted is not None and self.channels == 1 and has_colour(image):
+        if converted is not None and self.channels == 1 and picture.has_colour(seen):
             converted.append(label)
         if self.resample == "nearest-binary":
-            return self._nearest_binary(image)
+            return self._nearest_binary(seen)
         mode = "L" if self.channels == 1 else "RGB"
-        image = image.convert(mode)  # decodes the file; raises OSError on a truncated one
-        if image.size != (size, size):
-            image = image.resize((size, size), _PIL_FILTERS[self.resample])
-        array = np.array(image, dtype=np.uint8)  # a writable copy
+        seen = seen if seen.mode == mode else seen.convert(mode)
+        if seen.size != (size, size):
+            seen = seen.resize((size, size), _PIL_FILTERS[self.resample])
+        array = np.array(seen, dtype=np.uint8)  # a writable copy
         return array[None] if self.channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
     def _nearest_binary(self, image: Image.Image) -> np.ndarray:
@@ -167,8 +152,8 @@ class Preprocessing:
         """A tensor image ``[C, S, S]`` as float32 model input.
 
         uint8 tensors are pixels 0..255; floating tensors are pixels in [0, 1] (what
-        ``torchvision.transforms.ToTensor`` gives). Both are normalised with this model's
-        mean/std; neither is resized.
+        ``torchvision.transforms.ToTensor`` gives): values outside it (0..255 floats) or NaN
+        are refused. Both are normalised with this model's mean/std; neither is resized.
         """
         if tuple(tensor.shape) != self.shape:
             raise DataError(
@@ -181,7 +166,17 @@ class Preprocessing:
             raise DataError(
                 f"{label} must be uint8 (0..255) or floating (0..1), got {tensor.dtype}"
             )
-        return self.normalise(tensor.detach().cpu().to(torch.float32) * 255.0)
+        values = tensor.detach().cpu().to(torch.float32)
+        if not bool(torch.isfinite(values).all()):
+            raise DataError(f"{label} holds NaN or infinite values; pixels are in [0, 1]")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (divide by 255, or give uint8)" if high > 1.0 else ""
+            raise DataError(
+                f"{label} has values from {low:g} to {high:g}; floating tensors are pixels in "
+                f"[0, 1]{hint}"
+            )
+        return self.normalise(values * 255.0)
 
     def batch(
         self,
@@ -205,21 +200,34 @@ class Preprocessing:
 
 
 def has_colour(image: Image.Image) -> bool:
-    """Whether a PIL image holds colour: a colour mode with channels that differ somewhere (an
-    RGB file of grey pixels has none, and loses nothing when made grey)."""
-    if image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "F"):
-        return False
-    rgb = np.asarray(image.convert("RGB"))
-    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+    """Whether a PIL image holds colour once read as a person sees it (channels more than
+    :data:`~mamlpp.data.picture.GREY_TOLERANCE` apart somewhere)."""
+    return picture.has_colour(picture.read_picture(image))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files (png/jpg/jpeg, any case) directly in ``folder``, sorted; hidden files skipped."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+def list_images(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """Picture files (:data:`~mamlpp.data.picture.PICTURE_SUFFIXES`, any case) directly in
+    ``folder``, sorted; hidden entries skipped silently, other files appended to ``skipped``
+    (when given) so the caller can name them."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if picture.is_picture_file(path):
+            found.append(path)
+        elif skipped is not None:
+            skipped.append(path)
+    return found
+
+
+def skipped_note(skipped: list[Path]) -> str | None:
+    """One line naming the files a folder listing skipped (not pictures Pillow reads)."""
+    if not skipped:
+        return None
+    count = len(skipped)
+    shown = ", ".join(str(p) for p in skipped[:3]) + (f" and {count - 3} more" if count > 3 else "")
+    what = "1 file was" if count == 1 else f"{count} files were"
+    return f"{what} skipped, not being a picture format Pillow reads: {shown}"
 
 
 def list_class_folders(folder: Path) -> list[Path]:

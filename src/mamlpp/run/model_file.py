@@ -76,8 +76,24 @@ def write_model(path: str | Path, record: ModelRecord) -> None:
 
 
 def read_model(path: str | Path) -> ModelRecord:
-    """The record of a model file in either format; one-line errors for anything else."""
-    path = Path(path)
+    """The record of a model file in either format; one-line errors for anything else (weights
+    that are NaN or infinite included: such a model predicts nothing)."""
+    return _finite(Path(path), _read_record(Path(path)))
+
+
+def _finite(path: Path, record: ModelRecord) -> ModelRecord:
+    for i, state in enumerate(record.members):
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                where = f"member{i}/{name}" if len(record.members) > 1 else name
+                raise InputError(
+                    f"model file {path} has NaN or infinite weights ({where}): it cannot "
+                    "predict; export it again from a run whose checkpoints are finite"
+                )
+    return record
+
+
+def _read_record(path: Path) -> ModelRecord:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a model file (from `mamlpp export`)")
     try:

@@ -3,7 +3,7 @@
 
 Endpoints (docs/serve.md has curl examples)::
 
-    GET  /health    {"status": "ok"}
+    GET  /health    {"status": "ok"} (HEAD /health and HEAD / answer 200 too)
     GET  /model     what the model takes: ways, shots, image_size, channels, bn_mode, ...
     POST /predict   multipart/form-data (field names below) -> classes and probabilities
     POST /classifier  the same form -> the model adapted to it as an ONNX file (classifier.py)
@@ -19,18 +19,26 @@ classify: repeat the field). The answer::
 Every error is ``{"error": "<one sentence>"}`` with a 4xx status (5xx for a server fault).
 
 Uploads are read into memory, never onto disk, by a streaming multipart parser that enforces
-:class:`Limits` as the bytes arrive, before any image is decoded. Image decoding runs in worker
-threads concurrently; the model itself is run by one request at a time (a lock), because
+:class:`Limits` as the bytes arrive, before any image is decoded. At most
+``Limits.max_concurrent`` requests are read, decoded and predicted at once; the others wait (their
+bodies unread) up to ``Limits.queue_timeout_s`` and are then answered 503 with ``Retry-After``,
+so the server's memory stays under :func:`memory_ceiling` whatever the number of clients. Within
+those, the model itself is run by one request at a time (a lock), because
 :meth:`~mamlpp.run.predictor.FewShotPredictor.predict_prepared` sets torch's process-wide thread
-count while it runs.
+count while it runs. Every image is read by :func:`mamlpp.data.picture.read_picture`, as the
+other entry points read it (EXIF orientation, transparency on white).
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import contextlib
 import logging
+import math
 import re
 import threading
+import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
@@ -39,13 +47,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.data.picture import MAX_PIXELS, PictureTooLarge, picture_size
+from mamlpp.errors import ConfigError, DataError, MamlppError
 from mamlpp.run.predictor import FewShotPredictor, InputError, colour_note
 from mamlpp.serve.classifier import REQUEST_BODY as CLASSIFIER_BODY
 from mamlpp.serve.classifier import classifier_bytes, classifier_response
@@ -73,13 +81,36 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Limits:
-    """What one ``POST /predict`` may send (checked while the upload arrives)."""
+    """What one ``POST /predict`` may send (checked while the upload arrives), and how many
+    requests are served at once."""
 
-    max_files: int = 64  # support and query files together
+    max_files: int = 64  # support and query files together (form fields of any kind)
     max_file_bytes: int = 10 * MIB  # one file, encoded
     max_request_bytes: int = 50 * MIB  # the whole request body
-    max_pixels: int = 40_000_000  # one image's width x height (read from its header)
+    max_pixels: int = MAX_PIXELS  # one image's width x height (read from its header)
     max_class_name: int = 200  # characters
+    max_concurrent: int = 2  # requests read, decoded and predicted at once
+    queue_timeout_s: float = 30.0  # how long a request waits for a turn before its 503
+
+
+# Bytes one image may take per pixel while it is read and brought to the model's size: measured
+# 8 for RGBA and RGB PNGs, 7 for P with transparency, 6 for LA and I;16, 1 for L (peak RSS in a
+# fresh process, benchmarks/serve_load.py), counted as 24 to leave room for formats not measured.
+DECODE_BYTES_PER_PIXEL = 24
+# The body of a request is held twice at most: as parsed parts and as the task's image bytes.
+BODY_COPIES = 2
+
+
+def memory_ceiling(limits: Limits, base_bytes: int) -> int:
+    """The most memory the server needs, in bytes, whatever the number of clients: the process
+    with its model loaded (``base_bytes``) plus, for each of ``max_concurrent`` requests, its body
+    (held twice) and one decoded image at the pixel limit (images are decoded one at a time;
+    what is kept of each is the model-sized input, negligible beside it). Waiting requests hold
+    no body: it is read only once their turn comes."""
+    per_request = (
+        BODY_COPIES * limits.max_request_bytes + DECODE_BYTES_PER_PIXEL * limits.max_pixels
+    )
+    return base_bytes + limits.max_concurrent * per_request
 
 
 class ApiError(Exception):
@@ -93,6 +124,40 @@ class ApiError(Exception):
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Busy(ApiError):
+    """Every slot was taken for ``queue_timeout_s``: 503 with a Retry-After."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            503,
+            f"the server is busy with other requests; try again in {retry_after} seconds",
+        )
+        self.retry_after = retry_after
+
+
+class Slots:
+    """At most ``count`` requests at once. A threading semaphore polled from the event loop:
+    it works across the loops of test clients and holds no worker thread while waiting."""
+
+    POLL_S = 0.02
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {count}")
+        self._free = threading.BoundedSemaphore(count)
+
+    async def acquire(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self._free.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.POLL_S)
+        return True
+
+    def release(self) -> None:
+        self._free.release()
 
 
 def _size(n: int) -> str:
@@ -122,7 +187,7 @@ class _FormCollector:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.parts: list[_Part] = []
-        self.files = 0
+        self.fields = 0  # parts of any kind
         self.finished = False
         self._part = _Part()
         self._header_name = b""
@@ -163,11 +228,12 @@ class _FormCollector:
         self._part.name = _field_text(options[b"name"])
         if b"filename" in options:
             self._part.filename = _field_text(options[b"filename"])
-        self.files += 1
-        if self.files > self.limits.max_files:
-            raise ApiError(
-                413, f"too many files: at most {self.limits.max_files} images per request"
-            )
+        self.fields += 1
+        if self.fields > self.limits.max_files:
+            most = self.limits.max_files
+            if self._part.filename is None:  # a text field pushed the count over
+                raise ApiError(413, f"too many form fields: at most {most} fields per request")
+            raise ApiError(413, f"too many files: at most {most} images per request")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
@@ -206,7 +272,14 @@ async def read_form(request: Request, limits: Limits) -> list[_Part]:
     if declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise too_large  # refused before reading the body
     collector = _FormCollector(limits)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    except FormParserError:  # e.g. longer than the parser allows (256 characters)
+        raise ApiError(
+            400,
+            f"the multipart/form-data boundary is not valid ({len(boundary)} characters; "
+            "RFC 2046 allows 1 to 70)",
+        ) from None
     received = 0
     try:
         async for chunk in request.stream():
@@ -246,6 +319,14 @@ def build_task(parts: list[_Part], limits: Limits, need_query: bool = True) -> _
     query_files: list[str] = []
     for part in parts:
         empty = not part.data and not part.filename
+        named = part.name.startswith(SUPPORT_PREFIX) or part.name == QUERY_FIELD
+        if part.filename is None and part.data and named:
+            # text, not a file: it must neither be decoded nor count as a class
+            raise ApiError(
+                400,
+                f"form field {part.name[:60]!r} is text, not a file: send images as files "
+                f"(curl -F '{part.name[:60]}=@image.png')",
+            )
         if part.name.startswith(SUPPORT_PREFIX):
             name = part.name[len(SUPPORT_PREFIX) :]
             if not name.strip():
@@ -286,20 +367,15 @@ def build_task(parts: list[_Part], limits: Limits, need_query: bool = True) -> _
 
 
 def _check_pixels(images: list[bytes], labels: list[str], limits: Limits) -> None:
-    """Refuse an image whose header declares too many pixels, before it is decoded (a file that
-    cannot be opened is left to the predictor, which names the problem)."""
+    """Refuse an image whose header declares too many pixels, before any image is decoded (a
+    file that cannot be opened is left to the predictor, which names the problem)."""
     for data, label in zip(images, labels, strict=True):
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-        except Exception:  # unreadable or a decompression bomb: the predictor reports it
+            picture_size(data, label, limits.max_pixels)
+        except PictureTooLarge as error:
+            raise ApiError(413, _clean(str(error))) from None
+        except DataError:
             continue
-        if width * height > limits.max_pixels:
-            raise ApiError(
-                413,
-                f"image {label} is {width}x{height} pixels, more than the limit of "
-                f"{limits.max_pixels:,} pixels",
-            )
 
 
 _BYTES_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
@@ -320,6 +396,7 @@ class _Service:
         self.predictor = predictor
         self.limits = limits
         self.lock = threading.Lock()
+        self.slots = Slots(limits.max_concurrent)
 
     def model_info(self) -> dict[str, Any]:
         p = self.predictor
@@ -328,6 +405,7 @@ class _Service:
             "shots": p.shots,
             "image_size": p.preprocessing.image_size,
             "channels": p.preprocessing.channels,
+            "resize": p.preprocessing.resize,  # False: images must already be image_size
             "bn_mode": p.config.meta.bn_mode,
             "batch_dependent": p.batch_dependent,
             "techniques": list(p.config.active_techniques),  # those that took effect
@@ -401,8 +479,23 @@ def _validation_sentence(error: RequestValidationError) -> str:
     return f"invalid request: {place}: {message}{more}"
 
 
+async def _discard_body(request: Request, limits: Limits) -> None:
+    """Read and drop a refused request's body (up to the request limit), without keeping it."""
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_request_bytes:
+                return
+    except ClientDisconnect:
+        return
+
+
 def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> FastAPI:
     """The API and page for ``predictor`` (loaded by the caller, once)."""
+    # The parser's own messages ("Skipping data after last boundary", ...) would reach the
+    # server log; every problem it finds is answered to the client as a 400 instead.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     service = _Service(predictor, limits or Limits())
     static = _static_files()
     app = FastAPI(
@@ -415,7 +508,8 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.message)
+        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Busy) else None
+        return _error(error.status, error.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -440,6 +534,10 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        return Response(media_type="application/json")
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
@@ -475,22 +573,37 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
     async def predict(request: Request) -> dict[str, Any]:
         """Adapt to the ``support.<class name>`` images and classify the ``query`` images."""
         # No Header() parameter: read_form answers a missing or wrong content type with a 415.
-        parts = await read_form(request, service.limits)
-        task = build_task(parts, service.limits)
-        del parts
-        try:
-            return await run_in_threadpool(service.predict, task)
-        except MamlppError as error:  # not the caller's fault (InputError became ApiError)
-            raise ApiError(500, f"the model failed: {error}") from None
+        async with slot(request) as limits:
+            parts = await read_form(request, limits)
+            task = build_task(parts, limits)
+            del parts
+            try:
+                return await run_in_threadpool(service.predict, task)
+            except MamlppError as error:  # not the caller's fault (InputError became ApiError)
+                raise ApiError(500, f"the model failed: {error}") from None
 
     @app.post("/classifier", response_class=Response, openapi_extra=CLASSIFIER_BODY)
     async def classifier(request: Request) -> Response:
         """The model adapted to the ``support.<class name>`` images, as an ONNX file."""
-        # As /predict: read_form answers a missing or wrong content type with a 415.
-        parts = await read_form(request, service.limits)
-        task = build_task(parts, service.limits, need_query=False)
-        del parts
-        return classifier_response(await run_in_threadpool(service.classifier, task))
+        async with slot(request) as limits:  # as /predict: the same slots, limits and 415
+            parts = await read_form(request, limits)
+            task = build_task(parts, limits, need_query=False)
+            del parts
+            return classifier_response(await run_in_threadpool(service.classifier, task))
+
+    @contextlib.asynccontextmanager
+    async def slot(request: Request) -> AsyncIterator[Limits]:
+        """One of the server's few slots for decoding and adapting, held for the whole request
+        (its body is read inside it): a request that waits longer than the queue timeout is
+        answered 503 with Retry-After. Bounds memory whatever the number of clients."""
+        limits = service.limits
+        if not await service.slots.acquire(limits.queue_timeout_s):
+            await _discard_body(request, limits)  # so the client reads the answer, not a reset
+            raise Busy(max(1, math.ceil(limits.queue_timeout_s / 4)))
+        try:
+            yield limits
+        finally:
+            service.slots.release()
 
     def _static(name: str) -> Response:
         if name not in static:
@@ -499,6 +612,10 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
+        return _static("index.html")
+
+    @app.head("/", include_in_schema=False)
+    async def page_head() -> Response:
         return _static("index.html")
 
     @app.get("/static/{name}", include_in_schema=False)

@@ -84,7 +84,11 @@ async function loadModel() {
   $("model-summary").textContent =
     `A ${body.ways}-way ${body.shots}-shot model (${techniques}) trained on ` +
     `${body.dataset} images of ${body.image_size}x${body.image_size} pixels, ` +
-    `${body.channels === 1 ? "grey" : "colour"}; images of any size are resized. ` +
+    `${body.channels === 1 ? "grey" : "colour"}; ` +
+    (body.resize === false
+      ? `images must be exactly ${body.image_size}x${body.image_size} pixels (this model ` +
+        "does not resize them). "
+      : `images of any size are resized to ${body.image_size}x${body.image_size}. `) +
     `Give it exactly ${body.ways} classes.`;
   const note = $("batch-note");
   note.textContent = body.batch_dependent
