@@ -20,7 +20,7 @@ if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
 sync_api = pytest.importorskip("playwright.sync_api", reason=f"playwright is missing: {HOW}")
 httpx = pytest.importorskip("httpx", reason="pip install httpx")
 ort = pytest.importorskip("onnxruntime", reason='pip install "mamlpp[onnx]"')
-from test_serve_api import (  # noqa: E402  (after the skips: it needs the serve extra)
+from serve_helpers import (  # noqa: E402  (after the skips: it needs the serve extra)
     form,
     held_out_characters,
     make_task,
