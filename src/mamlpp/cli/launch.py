@@ -12,7 +12,6 @@ child process runs :func:`torchrun_agent`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -28,29 +27,19 @@ from mamlpp.engine.collectives import check_divisible, launched_by_torchrun
 from mamlpp.engine.elastic_temp import removing_empty_elastic_folders
 from mamlpp.engine.job_errors import DistributedError
 from mamlpp.errors import ConfigError
-from mamlpp.run.experiment import ExperimentConfig
-from mamlpp.run.lifecycle import check_run_folder
-from mamlpp.run.run_dir import RunDir, default_run_dir
+from mamlpp.run.lifecycle import checkpoint_kept_hint, choose_run_folder
+from mamlpp.run.training import TrainOptions, resolve_options
 
 
-def checkpoint_kept_hint(run: RunDir) -> str:
-    """What to add to a lost-process error: the ``--resume`` hint when the folder holds a
-    checkpoint to continue from, else nothing."""
-    if run.latest.is_file() or run.epoch_checkpoints():
-        return "; the last checkpoint is kept: continue with --resume"
-    return ""
-
-
-def launch_torchrun(
-    args: argparse.Namespace, config: ExperimentConfig, run: RunDir | None, device: torch.device
-) -> int:
+def launch_torchrun(nproc: int, options: TrainOptions) -> int:
     """``mamlpp train --nproc G ...`` = ``torchrun --standalone --nproc_per_node=G -m mamlpp
     train ...`` with the same options (and the run folder fixed before the launch).
 
     torchrun runs in a child process through :func:`torchrun_agent`: the ranks print the job's
     one error line themselves, and this process exits with the code one process would have
     (2 for a configuration error), without torchrun's traceback and failure report."""
-    nproc = args.nproc
+    forwarded = _forwarded(options)  # each rank's options, less the run folder fixed below
+    config, device, given = resolve_options(options)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if launched_by_torchrun():
@@ -68,13 +57,12 @@ def launch_torchrun(
             f"{nproc} processes share them, so this is slower than --nproc {cores}",
             flush=True,
         )
-    if run is None:
-        run = RunDir(default_run_dir(config.preset))
-    check_run_folder(run, args.resume, config)  # before any data is loaded or downloaded
+    run = choose_run_folder(given, config, options.resume)  # before any data is loaded
     agent = "import sys; from mamlpp.cli.launch import torchrun_agent as run; "
     agent += "sys.exit(run(sys.argv[1:]))"
     command = [sys.executable, "-c", agent, "--standalone"]
-    command += [f"--nproc_per_node={nproc}", "-m", "mamlpp", "train", *_forwarded(args, run)]
+    command += [f"--nproc_per_node={nproc}", "-m", "mamlpp", "train"]
+    command += ["--out", str(run.root), *forwarded]
     print(f"launching {nproc} processes: torchrun {' '.join(command[3:])}", flush=True)
     with removing_empty_elastic_folders(), subprocess.Popen(command) as process:
         try:
@@ -95,18 +83,18 @@ def launch_torchrun(
     raise DistributedError(message + checkpoint_kept_hint(run))
 
 
-def _forwarded(args: argparse.Namespace, run: RunDir) -> list[str]:
-    """The options of this ``mamlpp train`` for each rank, with the run folder now fixed."""
-    forwarded = ["--out", str(run.root), "--device", args.device]
-    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+def _forwarded(options: TrainOptions) -> list[str]:
+    """The options of this ``mamlpp train`` for each rank, but the run folder (``--out``)."""
+    forwarded = ["--device", options.device]
+    for flag, value in (("--preset", options.preset), ("--config", options.config_file)):
         if value is not None:
             forwarded += [flag, str(value)]
-    for assignment in args.set:
+    for assignment in options.overrides:
         forwarded += ["--set", assignment]
-    if args.data_dir is not None:
-        forwarded += ["--data-dir", args.data_dir]
-    forwarded += [f for f, on in (("--resume", args.resume), ("--quiet", args.quiet)) if on]
-    forwarded += ["--no-download"] if args.no_download else []
+    if options.data_dir is not None:
+        forwarded += ["--data-dir", options.data_dir]
+    forwarded += [f for f, on in (("--resume", options.resume), ("--quiet", options.quiet)) if on]
+    forwarded += [] if options.download else ["--no-download"]
     return forwarded
 
 

@@ -7,11 +7,8 @@ parser without importing torch (about 1.5 s on a 2-core CPU).
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from mamlpp.cli.options import add_data_options
-from mamlpp.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,82 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mamlpp.cli.launch import checkpoint_kept_hint, launch_torchrun
-    from mamlpp.engine.collectives import check_divisible, init_from_env, launched_by_torchrun
-    from mamlpp.engine.job_errors import DistributedError
-    from mamlpp.run.build import resolve_device
-    from mamlpp.run.datasource import load_splits
-    from mamlpp.run.lifecycle import check_run_folder, resume_hint
-    from mamlpp.run.presets import describe_config, resolve_config
-    from mamlpp.run.run_dir import RunDir, default_run_dir
-    from mamlpp.run.training import run_training
+    from mamlpp.run.training import TrainOptions, train_from_options
 
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out RUN_DIR (the run folder to continue)")
-    run = RunDir(Path(args.out)) if args.out else None
-    config_file = args.config
-    if run is not None and args.resume and config_file is None and args.preset is None:
-        if run.config.is_file():
-            config_file = run.config  # continue with the run's own resolved config
-    config = resolve_config(args.preset, config_file, args.set)
-    device = resolve_device(args.device)
+    options = TrainOptions(
+        preset=args.preset,
+        config_file=args.config,
+        overrides=tuple(args.set),
+        out=args.out,
+        resume=args.resume,
+        quiet=args.quiet,
+        device=args.device,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+    )
     if args.nproc is not None and args.nproc != 1:
-        return launch_torchrun(args, config, run, device)
-    if launched_by_torchrun():  # before joining the job: a bad size fails fast on every rank
-        check_divisible(config.train.tasks_per_batch, int(os.environ["WORLD_SIZE"]))
-    dist = init_from_env(device)  # None unless started by torchrun with several processes
-    try:
-        if dist is not None:
-            device = dist.device
-        writer = dist is None or dist.is_writer
+        from mamlpp.cli.launch import launch_torchrun
 
-        def choose_folder() -> RunDir:  # on rank 0 only under torchrun: one folder, one clock
-            chosen = run if run is not None else RunDir(default_run_dir(config.preset))
-            check_run_folder(chosen, args.resume, config)  # before any data is loaded
-            return chosen
-
-        run = choose_folder() if dist is None else dist.from_writer(choose_folder)
-        if writer:
-            world = f" on {dist.world_size} processes ({dist.backend})" if dist else ""
-            verb = "resuming" if args.resume and run.config.is_file() else "run"
-            print(f"{verb} {run.root}{world}: {describe_config(config)}")
-
-        def load():
-            progress = not args.quiet and writer
-            return load_splits(
-                config.data, args.data_dir, download=not args.no_download, progress=progress
-            )
-
-        splits = load() if dist is None else dist.local_first(load)
-        started: list = []  # the trainer, once training starts (for the Ctrl-C hint)
-        on_start = started.append
-        try:
-            run_training(
-                config,
-                run,
-                splits,
-                device,
-                resume=args.resume,
-                progress=not args.quiet,
-                dist=dist,
-                on_start=on_start,
-            )
-        except KeyboardInterrupt:
-            if not started or not writer:
-                raise
-            trainer = started[0]
-            hint = resume_hint(
-                run, trainer.step, trainer.saved_step, config.train.iterations_per_epoch
-            )
-            raise KeyboardInterrupt(hint) from None
-    except BaseException as error:
-        if dist is not None:
-            dist.abandon(error)  # a peer may be gone: wait for none, but tell them why
-            lost = isinstance(error, DistributedError) and not error.reported_elsewhere
-            hint = checkpoint_kept_hint(run) if lost and dist.is_writer and run is not None else ""
-            if hint:
-                raise DistributedError(f"{error}{hint}") from None
-        raise
-    if dist is not None:
-        dist.shutdown()
+        return launch_torchrun(args.nproc, options)
+    train_from_options(options)
     return 0

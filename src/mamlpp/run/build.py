@@ -6,7 +6,7 @@ import torch
 
 from mamlpp.core.learner import MAMLpp
 from mamlpp.errors import ConfigError
-from mamlpp.nn.conv4 import conv4_for
+from mamlpp.nn.conv4 import Conv4, conv4_for
 from mamlpp.nn.resnet12 import ResNet12, resnet12_widths
 from mamlpp.run.experiment import ExperimentConfig
 
@@ -27,11 +27,13 @@ def build_learner(
 ) -> MAMLpp:
     """The MAML++ learner of ``config`` (conv4 or ResNet-12), initialised from ``train.seed``."""
     torch.manual_seed(config.train.seed)
+    backbone: ResNet12 | Conv4
     if config.model.backbone == "resnet12":
         # A plain module: MAMLpp gives its BN layers the config's per-step tables.
         widths = resnet12_widths(config.model.channels)
-        return MAMLpp(ResNet12(config.data.ways, in_channels, widths), config.meta).to(device)
-    backbone = conv4_for(
-        config.data.ways, in_channels, config.data.image_size, channels=config.model.channels
-    )
+        backbone = ResNet12(config.data.ways, in_channels, widths)
+    else:
+        backbone = conv4_for(
+            config.data.ways, in_channels, config.data.image_size, channels=config.model.channels
+        )
     return MAMLpp(backbone, config.meta).to(device)

@@ -15,6 +15,7 @@ from mamlpp.run.run_dir import (
     NoIntactCheckpoint,
     RunCheckpoints,
     RunDir,
+    default_run_dir,
     read_metrics,
     read_run_config,
     truncate_metrics,
@@ -39,6 +40,14 @@ def check_run_folder(run: RunDir, resume: bool, config: ExperimentConfig | None 
     if not run.config.is_file():
         raise ConfigError(f"cannot resume {run.root}: it has training files but no config.toml")
     check_resumable(read_run_config(run).to_dict(), config.to_dict())
+
+
+def choose_run_folder(run: RunDir | None, config: ExperimentConfig, resume: bool) -> RunDir:
+    """The run folder: ``run``, else a new one named after the preset and the time, checked by
+    :func:`check_run_folder` (with ``config``) before any data is loaded or downloaded."""
+    chosen = run if run is not None else RunDir(default_run_dir(config.preset))
+    check_run_folder(chosen, resume, config)
+    return chosen
 
 
 def kept_top_k(state: dict[str, Any]) -> int:
@@ -151,3 +160,11 @@ def resume_hint(run: RunDir, step: int, saved_step: int | None, iterations_per_e
     lost = step - saved_step
     what = "nothing is lost" if lost <= 0 else f"the {lost} iteration(s) since are run again"
     return f"{command}; it starts from the last checkpoint ({at}): {what}"
+
+
+def checkpoint_kept_hint(run: RunDir) -> str:
+    """What to add to a lost-process error: the ``--resume`` hint when the folder holds a
+    checkpoint to continue from, else nothing."""
+    if run.latest.is_file() or run.epoch_checkpoints():
+        return "; the last checkpoint is kept: continue with --resume"
+    return ""

@@ -98,9 +98,9 @@ class Trainer:
         # Data-parallel (mamlpp.engine.collectives): this rank's share of each meta-batch; only
         # rank 0 writes files or prints.
         self.dist = dist
-        if dist is not None:
-            check_divisible(config.train.tasks_per_batch, dist.world_size)
         self.show_progress = progress and self.is_writer
+        # Built layer by layer: what the run reads (data record, samplers), then the learner
+        # (run/build -> nn -> core), then the engine that steps it.
         d, e = config.data, config.eval
         in_channels = splits["train"].image_shape[0]
         self.shape = list(splits["train"].image_shape)
@@ -111,30 +111,33 @@ class Trainer:
                 f"data.image_size={d.image_size}, but the {d.dataset} images are "
                 f"{self.shape[1]}x{self.shape[2]}"
             )
-        self.learner = build_learner(config, in_channels, device)
-        # One outer step everywhere (mamlpp.core.outer_step); on CUDA it is captured once as a CUDA
-        # graph and replayed, on the CPU it runs eagerly.
-        t = config.train
-        # "auto": on CUDA the candidates are measured on the first batch (see choose_execution);
-        # on the CPU the batched path is the measured fastest.
-        self._measure_execution = t.execution == "auto" and device.type == "cuda" and t.cuda_graph
-        self.learner.execution = "batched" if t.execution == "auto" else t.execution
-        self.step_runner = MetaStepRunner(
-            self.learner,
-            use_cuda_graph=t.cuda_graph,
-            precision=t.precision,
-            fallback=t.graph_fallback,
-            sync=dist,
-            sync_in_graph=sync_in_graph(t.graph_sync, None if dist is None else dist.backend),
-        )
-        self.optimizer = self.step_runner.optimizer
-        self.execution_timings: dict[str, float] = {}
         seed = config.train.seed
         self.samplers = {
             "train": episode_sampler(config, splits["train"], "train", seed, device),
             "val": episode_sampler(config, splits["val"], "val", e.val_seed, device),
             "test": episode_sampler(config, splits["test"], "test", e.test_seed, device),
         }
+        self.learner = build_learner(config, in_channels, device)
+        t = config.train
+        # "auto": on CUDA the candidates are measured on the first batch (see choose_execution);
+        # on the CPU the batched path is the measured fastest.
+        self._measure_execution = t.execution == "auto" and device.type == "cuda" and t.cuda_graph
+        self.learner.execution = "batched" if t.execution == "auto" else t.execution
+        if dist is not None:
+            check_divisible(config.train.tasks_per_batch, dist.world_size)
+        in_graph = sync_in_graph(t.graph_sync, None if dist is None else dist.backend)
+        # One outer step everywhere (mamlpp.core.outer_step); on CUDA it is captured once as a CUDA
+        # graph and replayed, on the CPU it runs eagerly.
+        self.step_runner = MetaStepRunner(
+            self.learner,
+            use_cuda_graph=t.cuda_graph,
+            precision=t.precision,
+            fallback=t.graph_fallback,
+            sync=dist,
+            sync_in_graph=in_graph,
+        )
+        self.optimizer = self.step_runner.optimizer
+        self.execution_timings: dict[str, float] = {}
         # Position: the epoch in progress (0-based) and the next iteration within it.
         self.epoch = 0
         self.iteration = 0
@@ -242,9 +245,9 @@ class Trainer:
         self.writer = _tensorboard_writer(self.run, t.tensorboard and self.is_writer, self.step)
         total = t.epochs * t.iterations_per_epoch
         if not self.done:
-            self.choose_execution()
             for line in self.config.schedule_warnings():  # a technique on that never acts
                 self._say(f"warning: {line}")
+            self.choose_execution()
         self._say(f"training: {self.describe_path()}")
         self.bar = bar = progress_bar(total, "train", initial=self.step, enabled=self.show_progress)
         try:
