@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mamlpp.data.augment import Augment, distort, draw_affine
+from mamlpp.data.augment import Augment
+from mamlpp.data.distort import distort, draw_affine
 from mamlpp.data.sampler import EpisodeSampler
 from mamlpp.data.synthetic import make_synthetic
 from mamlpp.errors import ConfigError

@@ -276,6 +276,7 @@ def test_one_cache_version_for_every_loader() -> None:
 def test_folder_cache_keeps_its_name(tmp_path: Path) -> None:
     """The shared fingerprint names a folder cache as the folder loader's own one did."""
     from mamlpp.data.folder import load_folder_dataset
+    from mamlpp.data.picture import READER_VERSION
 
     root = tmp_path / "images"
     rng = np.random.default_rng(0)
@@ -289,7 +290,8 @@ def test_folder_cache_keeps_its_name(tmp_path: Path) -> None:
     prep = preprocessing_for(DataSection(dataset="folder", channels="rgb", image_size=16))
     splits = load_folder_dataset(root, prep, val_fraction=0.2, test_fraction=0.2)
     cache = Path(splits["train"].meta["cache"])
-    recipe = {**prep.to_dict(), "auto_channels": False, "version": 1}
+    # The picture reader's version joined the recipe when reading changed (EXIF, transparency).
+    recipe = {**prep.to_dict(), "auto_channels": False, "version": 1, "reader": READER_VERSION}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for path in paths:  # the fingerprint before the cache was shared
         stat = path.stat()

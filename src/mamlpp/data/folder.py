@@ -38,13 +38,14 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mamlpp.data.grouping import Grouping
 from mamlpp.data.image_cache import (
     CACHE_VERSION,
     cache_folder,
@@ -215,7 +216,7 @@ def load_folder_dataset(
         "preprocessing": json.dumps(preprocessing.to_dict()),
     }
     flat = folder_layout(base) == "flat"
-    source_ids = grouping.image_sources(paths)  # int64 [M] in cache order, or None
+    source_ids = _image_sources(grouping, paths)  # int64 [M] in cache order, or None
     result = {}
     for split in SPLIT_NAMES:
         rows = [table[index[key], : len(files[key])] for key in splits[split]]
@@ -234,98 +235,13 @@ def load_folder_dataset(
             std=preprocessing.std,
             rotate=False,
             meta=dict(meta),
-            **grouping.class_groups(names),
+            **_class_groups(grouping, names),
             image_sources=None if source_ids is None else source_ids[ids],
         )
     return result
 
 
 # ----------------------------------------------------------------------------- groups + sources
-
-
-@dataclass(frozen=True)
-class Grouping:
-    """How a folder's classes are grouped and where each image comes from (the module docstring
-    gives the layouts); ``Grouping("none", "none", "")`` is the plain folder."""
-
-    groups: str = "none"  # "none" | "folders"
-    sources: str = "none"  # "none" | "subfolders" | "pattern"
-    source_pattern: str = ""  # sources="pattern": a regex whose one group is the source
-
-    def __post_init__(self) -> None:
-        if self.groups not in ("none", "folders"):
-            raise DataError(f'data.groups must be "none" or "folders", got {self.groups!r}')
-        if self.sources not in ("none", "subfolders", "pattern"):
-            raise DataError(
-                f'data.sources must be "none", "subfolders" or "pattern", got {self.sources!r}'
-            )
-        if self.sources != "pattern":
-            if self.source_pattern:
-                raise DataError(
-                    'data.source_pattern applies to data.sources="pattern" only, got '
-                    f"data.sources={self.sources!r}"
-                )
-            return
-        if not self.source_pattern:
-            raise DataError(
-                'data.sources="pattern" needs data.source_pattern, a regex whose one group is '
-                'the source in each file name (e.g. "^(.+?)_": the text before the first "_")'
-            )
-        try:
-            groups = re.compile(self.source_pattern).groups
-        except re.error as error:
-            raise DataError(
-                f"data.source_pattern {self.source_pattern!r} is not a regex: {error}"
-            ) from None
-        if groups != 1:
-            raise DataError(
-                "data.source_pattern needs exactly one group (the source), "
-                f"{self.source_pattern!r} has {groups}"
-            )
-
-    def describe(self) -> str:
-        """``", groups: folders, sources: subfolders"`` (the parts in use; "" when plain)."""
-        parts = [f"groups: {self.groups}"] if self.groups != "none" else []
-        if self.sources == "pattern":
-            parts.append(f"sources: pattern {self.source_pattern!r}")
-        elif self.sources != "none":
-            parts.append(f"sources: {self.sources}")
-        return "".join(f", {part}" for part in parts)
-
-    def class_groups(self, names: list[str]) -> dict[str, Any]:
-        """FewShotSplit's ``class_groups`` and ``group_names`` for classes named "group/class"
-        (the groups of this split, sorted); nothing without groups."""
-        if self.groups == "none":
-            return {}
-        group_of = [name.split("/", 1)[0] for name in names]
-        group_names = tuple(sorted(set(group_of)))
-        ids = {group: g for g, group in enumerate(group_names)}
-        return {
-            "class_groups": torch.tensor([ids[g] for g in group_of], dtype=torch.int64),
-            "group_names": group_names,
-        }
-
-    def image_sources(self, paths: list[Path]) -> torch.Tensor | None:
-        """int64 ``[len(paths)]``: the source of each image as an id into the sorted source
-        names of the whole folder (so one person has one id in every class); None without
-        sources. A file name the pattern does not match is a one-line error naming the file."""
-        if self.sources == "none":
-            return None
-        if self.sources == "subfolders":
-            names = [path.parent.name for path in paths]
-        else:
-            pattern = re.compile(self.source_pattern)
-            names = []
-            for path in paths:
-                found = pattern.search(path.name)
-                if found is None or found.group(1) is None:
-                    raise DataError(
-                        f"{path} does not match data.source_pattern {self.source_pattern!r} "
-                        "(its one group is the image's source)"
-                    )
-                names.append(found.group(1))
-        ids = {name: i for i, name in enumerate(sorted(set(names)))}
-        return torch.tensor([ids[name] for name in names], dtype=torch.int64)
 
 
 def _split_by_group(
@@ -450,3 +366,40 @@ def luma(images: np.ndarray) -> np.ndarray:
     rgb = images.astype(np.uint32)
     grey = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
     return np.ascontiguousarray(grey[:, None].astype(np.uint8))
+
+
+def _class_groups(grouping: Grouping, names: list[str]) -> dict[str, Any]:
+    """FewShotSplit's ``class_groups`` and ``group_names`` for classes named "group/class"
+    (the groups of this split, sorted); nothing without groups."""
+    if grouping.groups == "none":
+        return {}
+    group_of = [name.split("/", 1)[0] for name in names]
+    group_names = tuple(sorted(set(group_of)))
+    ids = {group: g for g, group in enumerate(group_names)}
+    return {
+        "class_groups": torch.tensor([ids[g] for g in group_of], dtype=torch.int64),
+        "group_names": group_names,
+    }
+
+
+def _image_sources(grouping: Grouping, paths: list[Path]) -> torch.Tensor | None:
+    """int64 ``[len(paths)]``: the source of each image as an id into the sorted source
+    names of the whole folder (so one person has one id in every class); None without
+    sources. A file name the pattern does not match is a one-line error naming the file."""
+    if grouping.sources == "none":
+        return None
+    if grouping.sources == "subfolders":
+        names = [path.parent.name for path in paths]
+    else:
+        pattern = re.compile(grouping.source_pattern)
+        names = []
+        for path in paths:
+            found = pattern.search(path.name)
+            if found is None or found.group(1) is None:
+                raise DataError(
+                    f"{path} does not match data.source_pattern {grouping.source_pattern!r} "
+                    "(its one group is the image's source)"
+                )
+            names.append(found.group(1))
+    ids = {name: i for i, name in enumerate(sorted(set(names)))}
+    return torch.tensor([ids[name] for name in names], dtype=torch.int64)

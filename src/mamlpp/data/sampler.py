@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 
 from mamlpp.core.types import TaskBatch
-from mamlpp.data.augment import UNIFORMS_PER_IMAGE, Augment, distort, draw_affine
+from mamlpp.data.augment import Augment
+from mamlpp.data.distort import UNIFORMS_PER_IMAGE, distort, draw_affine
 from mamlpp.data.structures import Device, FewShotSplit
 from mamlpp.errors import DataError
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from mamlpp.data.augment import Augment
+from mamlpp.data.grouping import Grouping
 from mamlpp.data.table import TABLE, Dataset, dataset_hint
 from mamlpp.errors import ConfigError, DataError
 
@@ -72,8 +73,6 @@ def check_section(d: DataSection) -> None:
     entry = _entry(d.dataset)
     _check_own_image_keys(d, entry)
     if entry.own_images:
-        from mamlpp.data.folder import Grouping  # the folder loader's own rule (imports torch)
-
         try:
             Grouping(d.groups, d.sources, d.source_pattern)
         except DataError as error:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.data.files import ENV_VAR
-from mamlpp.data.folder import Grouping, split_listing
+from mamlpp.data.folder import split_listing
+from mamlpp.data.grouping import Grouping
 from mamlpp.data.table import dataset
 from mamlpp.errors import ConfigError
 from mamlpp.run.data_record import check_same_data, listed_record
