@@ -243,10 +243,10 @@ def markdown(r: dict[str, Any]) -> str:
 Written by `benchmarks/onnx_classifier.py` (docs/onnx.md). Model: {r["model"]}. Support set:
 {r["support"]}. Queries: {r["queries"]}.
 
-**Machine: {env["cpu_count"]} CPU cores, shared with other processes while this ran** (load
-average {load} before, {load_after} after; the script ran under `nice`), so every time below is
-an upper bound, not the speed of an idle machine. {env["date"]}, commit {env["commit"]}, Python
-{env["python"]}, torch {env["torch"]}, onnxruntime {env["onnxruntime"]}.
+**Machine: {env["cpu_count"]} CPU cores** (load average {load} before, {load_after} after,
+the script's own work included; with other work on the machine every time below is an upper
+bound). {env["date"]}, commit {env["commit"]}, Python {env["python"]}, torch {env["torch"]},
+onnxruntime {env["onnxruntime"]}.
 
 {facts}
 

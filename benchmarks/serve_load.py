@@ -399,9 +399,9 @@ The server ran with the default limits: at most
 {r["limits"]["max_concurrent"]} requests decoded and predicted at once, the others waiting up to
 {r["limits"]["queue_timeout_s"]:g} s for a turn, then answered 503 with Retry-After.
 
-**Machine:** {m["cpus"]} CPU cores, shared: other processes ran during the test (load average
-{m["load_average_before"][0]} before, {m["load_average_after"][0]} after), so the times are
-those of a busy machine, not of an idle one.
+**Machine:** {m["cpus"]} CPU cores (load average {m["load_average_before"][0]} before,
+{m["load_average_after"][0]} after, the test's own work included; with other work on the
+machine the times are upper bounds).
 
 | figure | value |
 |---|---|
