@@ -57,6 +57,7 @@ AUGMENT = [
 ]
 CANDIDATES: dict[str, list[str]] = {
     "base": BASE,
+    "px56": [*BASE, "data.image_size=56"],
     "wg": [*BASE, *WITHIN],
     "aug": [*BASE, *AUGMENT],
     "wg-aug": [*BASE, *WITHIN, *AUGMENT],
