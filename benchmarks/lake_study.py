@@ -171,7 +171,7 @@ def table(runs: Path, out: Path, conditions: str) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r["val_single"]["error"] if r["val_single"] else 1e9):
-        chosen = " (chosen)" if r["name"] == results["chosen"] else ""
+        chosen = " (best on validation)" if r["name"] == results["chosen"] else ""
         lines.append(
             f"| `{r['name']}`{chosen} | {r['budget_s']} s | {r['iterations'] or '—'} | "
             f"{cell(r['val_single'])} | {cell(r['val_batch'])} | {cell(r['test_single'])} | "
