@@ -9,35 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import train_tiny
 from PIL import Image
 
 from mamlpp.cli.main import main
-
-TINY = [
-    "train.epochs=2",
-    "train.iterations_per_epoch=2",
-    "train.tasks_per_batch=2",
-    "train.log_every=1",
-    "model.channels=4",
-    "eval.val_tasks=4",
-    "eval.test_tasks=4",
-    "eval.batch_size=4",
-    "eval.top_k=2",
-    "train.threads=1",
-]
-
-
-def _train(out: Path, *settings: str) -> int:
-    args = ["train", "--preset", "synthetic", "--out", str(out), "--device", "cpu", "--quiet"]
-    for assignment in [*TINY, *settings]:
-        args += ["--set", assignment]
-    return main(args)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rough") / "run"
-    assert _train(out) == 0
+    assert train_tiny(out) == 0
     return out
 
 

@@ -14,37 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import train_tiny
 from core_helpers import tiny_tasks
 from PIL import Image
 
 from mamlpp.cli.main import main
-
-TINY = [
-    "train.epochs=2",
-    "train.iterations_per_epoch=2",
-    "train.tasks_per_batch=2",
-    "train.log_every=1",
-    "model.channels=4",
-    "eval.val_tasks=4",
-    "eval.test_tasks=4",
-    "eval.batch_size=4",
-    "eval.top_k=2",
-    "train.threads=1",
-]
-
-
-def _train(out: Path, *settings: str) -> int:
-    args = ["train", "--preset", "synthetic", "--out", str(out), "--device", "cpu", "--quiet"]
-    for assignment in [*TINY, *settings]:
-        args += ["--set", assignment]
-    return main(args)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A tiny run whose derivative-order annealing never acts (second order from epoch 50)."""
     out = tmp_path_factory.mktemp("edges") / "tiny"
-    assert _train(out, "meta.first_order_epochs=50") == 0
+    assert train_tiny(out, "meta.first_order_epochs=50") == 0
     return out
 
 
@@ -186,7 +167,7 @@ def test_ctrl_c_says_how_to_continue_and_what_is_lost(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_at_the_fourth)
     out = tmp_path / "run"
-    assert _train(out) == 130
+    assert train_tiny(out) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
         f"mamlpp: interrupted; continue with `mamlpp train --out {out} --resume`; it starts from "
@@ -295,7 +276,7 @@ def test_export_prints_a_readable_size(run: Path, tmp_path: Path, capsys) -> Non
 
 
 def test_grad_clip_message_spells_none_as_the_toml_does(tmp_path: Path, capsys) -> None:
-    assert _train(tmp_path / "r", "meta.grad_clip=-1") == 2
+    assert train_tiny(tmp_path / "r", "meta.grad_clip=-1") == 2
     err = _error_line(capsys)
     assert 'grad_clip must be > 0, or "none" for no clipping' in err
 

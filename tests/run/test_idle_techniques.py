@@ -6,28 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mamlpp.cli.main import main
+from cli_helpers import train_tiny
+
 from mamlpp.run.experiment import build_config
-
-TINY = [
-    "train.epochs=2",
-    "train.iterations_per_epoch=2",
-    "train.tasks_per_batch=2",
-    "train.log_every=1",
-    "model.channels=4",
-    "eval.val_tasks=4",
-    "eval.test_tasks=4",
-    "eval.batch_size=4",
-    "eval.top_k=2",
-    "train.threads=1",
-]
-
-
-def _train(out: Path, *settings: str) -> int:
-    args = ["train", "--preset", "synthetic", "--out", str(out), "--device", "cpu", "--quiet"]
-    for assignment in [*TINY, *settings]:
-        args += ["--set", assignment]
-    return main(args)
 
 
 def test_idle_techniques_are_worked_out_from_the_run_length() -> None:
@@ -54,7 +35,7 @@ def test_idle_techniques_are_worked_out_from_the_run_length() -> None:
 def test_training_warns_and_the_summary_lists_active_techniques(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     settings = ["meta.first_order_epochs=50", "meta.meta_lr_min=0.001", "meta.msl_epochs=5"]
-    assert _train(out, *settings) == 0
+    assert train_tiny(out, *settings) == 0
     printed = capsys.readouterr().out.splitlines()
     warnings = [line for line in printed if line.startswith("warning: ")]
     assert len(warnings) == 3, printed

@@ -11,37 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import train_tiny
 from PIL import Image
 
 from mamlpp.cli.main import main
 from mamlpp.run.data_record import run_record
 from mamlpp.run.run_dir import RunDir
 
-TINY = [
-    "train.epochs=2",
-    "train.iterations_per_epoch=2",
-    "train.tasks_per_batch=2",
-    "train.log_every=1",
-    "model.channels=4",
-    "eval.val_tasks=4",
-    "eval.test_tasks=4",
-    "eval.batch_size=4",
-    "eval.top_k=2",
-    "train.threads=1",
-]
-
-
-def _train(out: Path, *settings: str) -> int:
-    args = ["train", "--preset", "synthetic", "--out", str(out), "--device", "cpu", "--quiet"]
-    for assignment in [*TINY, *settings]:
-        args += ["--set", assignment]
-    return main(args)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("safety") / "run"
-    assert _train(out) == 0
+    assert train_tiny(out) == 0
     return out
 
 
@@ -74,7 +55,7 @@ def test_train_refuses_a_folder_of_own_files_and_writes_nothing(tmp_path: Path, 
     (mine / "config.toml").write_text("# my own notes\n")
     (mine / "summary.json").write_text('{"mine": true}\n')
     before = _snapshot(mine)
-    assert _train(mine) == 2
+    assert train_tiny(mine) == 2
     err = _error_line(capsys)
     assert f"--out {mine} is not empty (config.toml, summary.json)" in err
     assert "not a mamlpp run folder" in err
@@ -91,9 +72,9 @@ def test_train_still_takes_an_empty_folder_and_continues_a_run(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _train(empty, "train.epochs=1") == 0
+    assert train_tiny(empty, "train.epochs=1") == 0
     assert (empty / "summary.json").is_file()
-    assert _train(trained) == 2  # a run without --resume: the refusal of before
+    assert train_tiny(trained) == 2  # a run without --resume: the refusal of before
     assert "already holds a run" in _error_line(capsys)
 
 
@@ -186,7 +167,7 @@ def _strict(text: str):
 
 def test_one_evaluation_task_writes_null_not_nan(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert _train(out, "eval.val_tasks=1", "eval.test_tasks=1", "eval.batch_size=1") == 0
+    assert train_tiny(out, "eval.val_tasks=1", "eval.test_tasks=1", "eval.batch_size=1") == 0
     summary = _strict((out / "summary.json").read_text())
     assert summary["test_ci95"] is None and summary["test_tasks"] == 1
     for line in (out / "metrics.jsonl").read_text().splitlines():

@@ -348,8 +348,12 @@ def load_omniglot(
         "cache": str(arrays.cache_path),
     }
 
-    if split == "mamlpp":
-        names = reference_split(arrays.class_names, seed=split_seed)
+    if split in ("mamlpp", "lake"):  # characters as classes; only reference train rotates
+        if split == "mamlpp":
+            names = reference_split(arrays.class_names, seed=split_seed)
+        else:
+            names = lake_split(arrays.class_names, arrays.evaluation)
+            meta = {**meta, "dataset": "omniglot (Lake's one-shot challenge)"}
         return {
             name: _make_split(
                 name,
@@ -357,22 +361,8 @@ def load_omniglot(
                 table,
                 [(index[c], 0) for c in names[name]],
                 names[name],
-                rotate=(name == "train"),
+                rotate=split == "mamlpp" and name == "train",
                 meta=meta,
-            )
-            for name in SPLIT_NAMES
-        }
-    if split == "lake":
-        names = lake_split(arrays.class_names, arrays.evaluation)
-        return {
-            name: _make_split(
-                name,
-                images,
-                table,
-                [(index[c], 0) for c in names[name]],
-                names[name],
-                rotate=False,
-                meta={**meta, "dataset": "omniglot (Lake's one-shot challenge)"},
             )
             for name in SPLIT_NAMES
         }

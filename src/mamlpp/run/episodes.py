@@ -48,24 +48,16 @@ def episode_sampler(
 ) -> EpisodeSampler:
     """The sampler of ``split`` in the run's ``role`` (a task: a function of (split, id, seed))."""
     d = config.data
-    rotate = None if d.rotate == "auto" else d.rotate == "yes"
     if role == "train":
-        return EpisodeSampler(
-            split,
-            d.ways,
-            d.shots,
-            d.targets,
-            seed,
-            device,
-            rotate,
-            within_group=d.train_episodes == "within-group",
-            distinct_sources=d.distinct_sources,
-            augment=training_augment(d),
-        )
-    fine = fine_grained_evaluation(d)
-    # Within-group evaluation is source-disjoint where the split has sources (a folder may
-    # have groups only: its within-group tasks then draw support and query freely).
-    disjoint = d.distinct_sources or (fine and split.image_sources is not None)
+        within, disjoint = d.train_episodes == "within-group", d.distinct_sources
+        rotate = None if d.rotate == "auto" else d.rotate == "yes"
+        augment: Augment | None = training_augment(d)
+    else:  # evaluation: the dataset's protocol (or the setting), never rotated or augmented
+        within = fine_grained_evaluation(d)
+        # Within-group evaluation is source-disjoint where the split has sources (a folder may
+        # have groups only: its within-group tasks then draw support and query freely).
+        disjoint = d.distinct_sources or (within and split.image_sources is not None)
+        rotate, augment = None, None
     return EpisodeSampler(
         split,
         d.ways,
@@ -73,6 +65,8 @@ def episode_sampler(
         d.targets,
         seed,
         device,
-        within_group=fine,
+        rotate,
+        within_group=within,
         distinct_sources=disjoint,
+        augment=augment,
     )

@@ -55,11 +55,24 @@ from starlette.requests import ClientDisconnect
 from mamlpp.data.picture import MAX_PIXELS, PictureTooLarge, picture_size
 from mamlpp.errors import ConfigError, DataError, MamlppError
 from mamlpp.run.predictor import FewShotPredictor, InputError, colour_note
-from mamlpp.serve.classifier import REQUEST_BODY as CLASSIFIER_BODY
+from mamlpp.serve.classifier import RESPONSES as CLASSIFIER_RESPONSES
 from mamlpp.serve.classifier import classifier_bytes, classifier_response
 
 SUPPORT_PREFIX = "support."
 QUERY_FIELD = "query"
+
+
+def form_body(with_query: bool) -> dict[str, Any]:
+    """The multipart request body as OpenAPI describes it: ``support.<class name>`` files, and
+    with ``with_query`` the ``query`` files (/predict; /classifier takes the support only)."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    schema: dict[str, Any] = {"type": "object", "patternProperties": {r"^support\..+$": files}}
+    if with_query:
+        schema["properties"] = {QUERY_FIELD: files}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 MIB = 1024 * 1024
 
 STATIC_TYPES = {
@@ -543,33 +556,7 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
     async def model() -> dict[str, Any]:
         return service.model_info()
 
-    @app.post(
-        "/predict",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                QUERY_FIELD: {
-                                    "type": "array",
-                                    "items": {"type": "string", "format": "binary"},
-                                }
-                            },
-                            "patternProperties": {
-                                r"^support\..+$": {
-                                    "type": "array",
-                                    "items": {"type": "string", "format": "binary"},
-                                }
-                            },
-                        }
-                    }
-                },
-            }
-        },
-    )
+    @app.post("/predict", openapi_extra=form_body(with_query=True))
     async def predict(request: Request) -> dict[str, Any]:
         """Adapt to the ``support.<class name>`` images and classify the ``query`` images."""
         # No Header() parameter: read_form answers a missing or wrong content type with a 415.
@@ -582,7 +569,11 @@ def create_app(predictor: FewShotPredictor, limits: Limits | None = None) -> Fas
             except MamlppError as error:  # not the caller's fault (InputError became ApiError)
                 raise ApiError(500, f"the model failed: {error}") from None
 
-    @app.post("/classifier", response_class=Response, openapi_extra=CLASSIFIER_BODY)
+    @app.post(
+        "/classifier",
+        response_class=Response,
+        openapi_extra={**form_body(with_query=False), "responses": CLASSIFIER_RESPONSES},
+    )
     async def classifier(request: Request) -> Response:
         """The model adapted to the ``support.<class name>`` images, as an ONNX file."""
         async with slot(request) as limits:  # as /predict: the same slots, limits and 415

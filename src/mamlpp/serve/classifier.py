@@ -17,30 +17,13 @@ from mamlpp.run.onnx_export import classifier_from_prepared, require_onnx
 from mamlpp.run.predictor import FewShotPredictor
 
 FILENAME = "classifier.onnx"
-# The request body as OpenAPI describes it (as /predict's, without the query field).
-REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "patternProperties": {
-                        r"^support\..+$": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                        }
-                    },
-                }
-            }
-        },
-    },
-    "responses": {
-        "200": {
-            "description": "the ONNX classifier",
-            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
-        }
-    },
+# What /classifier answers, as OpenAPI describes it (its request body is /predict's form without
+# the query field: serve.app.form_body).
+RESPONSES: dict[str, Any] = {
+    "200": {
+        "description": "the ONNX classifier",
+        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+    }
 }
 
 
