@@ -195,15 +195,22 @@ def test_decoded_bytes_match_a_file(tmp_path: Path) -> None:
 
 
 def test_builtin_preprocessing_matches_the_loaders(omniglot_dir, tmp_path: Path) -> None:
-    """`mamlpp adapt` prepares a new image as the run's loader prepared its training images."""
+    """`mamlpp adapt` prepares a new image as the run's loader prepared its training images:
+    Omniglot's 1-bit PNGs shrink with PIL's rule for mode "1" (nearest, as in the reference),
+    or with data.resample=bilinear as PIL's antialiased bilinear on grey."""
     from mamlpp.data.miniimagenet import _decode_image
-    from mamlpp.data.omniglot import _decode_png
 
-    omniglot = preprocessing_for(DataSection(dataset="omniglot"))
+    binary = preprocessing_for(DataSection(dataset="omniglot"))
+    grey = preprocessing_for(DataSection(dataset="omniglot-lake", resample="bilinear"))
     characters = omniglot_characters(omniglot_dir / "images_evaluation.zip", 2)
     for files in characters.values():
-        for name, data in list(files.items())[:5]:
-            assert np.array_equal(omniglot.pixels(data)[0], _decode_png(data, name, 28))
+        for data in list(files.values())[:5]:
+            with Image.open(io.BytesIO(data)) as image:
+                nearest = np.asarray(image.resize((28, 28)), dtype=np.uint8) * 255
+                averaged = np.asarray(image.convert("L").resize((28, 28), Image.BILINEAR))
+            assert np.array_equal(binary.pixels(data)[0], nearest)
+            assert np.array_equal(grey.pixels(data)[0], averaged)
+            assert len(np.unique(averaged)) > 2  # grey edges: not the binary rule again
     mini = preprocessing_for(DataSection(dataset="mini-imagenet", image_size=84))
     rng = np.random.default_rng(0)
     photo = tmp_path / "photo.jpg"

@@ -236,6 +236,29 @@ def _fail_decode(*args, **kwargs):
     raise AssertionError("decoded PNGs although a cache exists")
 
 
+def test_bilinear_resampling_has_its_own_cache_of_grey_pixels(
+    omniglot_dir, cache_dir, arrays, monkeypatch
+):
+    """data.resample=bilinear: the same images, shrunk with antialiasing (grey edges), cached in
+    a file of their own; the binary cache is left as it was, and each reloads without decoding."""
+    binary_bytes = arrays.cache_path.read_bytes()
+    grey = prepare_omniglot(omniglot_dir, cache_dir=cache_dir, resample="bilinear")
+    assert grey.cache_path != arrays.cache_path and "bilinear" in grey.cache_path.name
+    assert arrays.cache_path.read_bytes() == binary_bytes
+    assert grey.images.shape == arrays.images.shape
+    assert np.array_equal(grey.image_class, arrays.image_class)
+    assert grey.class_names == arrays.class_names
+    between = (grey.images > 0) & (grey.images < 255)
+    assert between.mean() > 0.01 and not ((arrays.images > 0) & (arrays.images < 255)).any()
+    # The same drawings, aligned: thresholded, the grey images mostly equal the binary ones.
+    assert ((grey.images > 127) == (arrays.images > 127)).mean() > 0.95
+    monkeypatch.setattr(omniglot_module, "_decode_all", _fail_decode)
+    again = load_omniglot(omniglot_dir, split="lake", cache_dir=cache_dir, resample="bilinear")
+    assert again["test"].meta["cache"] == str(grey.cache_path)
+    with pytest.raises(DataError, match="Omniglot resampling must be one of"):
+        prepare_omniglot(omniglot_dir, cache_dir=cache_dir, resample="lanczos")
+
+
 def test_corrupt_cache_is_rebuilt(omniglot_dir, tmp_path, arrays):
     cache = tmp_path / arrays.cache_path.name
     cache.write_bytes(b"not a zip")
@@ -337,7 +360,7 @@ def test_corrupt_png_is_named_and_no_cache_is_written(omniglot_dir, tmp_path):
         omniglot_dir, tmp_path / "src", lambda n, d: b"\x89PNG garbage" if n == victim else d
     )
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match="corrupt image .*" + victim.split("/", 2)[2]):
+    with pytest.raises(DataError, match="unreadable image .*" + victim.split("/", 2)[2]):
         prepare_omniglot(source, cache_dir=cache)
     assert not cache.exists() or not any(cache.iterdir())
 

@@ -298,3 +298,33 @@ def test_folder_cache_keeps_its_name(tmp_path: Path) -> None:
         rel = path.relative_to(root).as_posix()
         digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     assert cache.name == f".mamlpp-folder-16px-{digest.hexdigest()[:16]}.npz"
+
+
+# ------------------------------------------------------------------ data.resample
+
+
+def test_resample_reaches_the_preprocessing_of_the_datasets_that_allow_it() -> None:
+    """data.resample overrides the dataset's rule where the table allows it; "auto" keeps it."""
+    lake = build_config({"data": {"dataset": "omniglot-lake", "resample": "bilinear"}}).data
+    assert preprocessing_for(lake).resample == "bilinear"
+    assert preprocessing_for(DataSection(dataset="omniglot-lake")).resample == "nearest-binary"
+    folder = DataSection(dataset="folder", resample="bicubic")
+    assert preprocessing_for(folder, channels=3).resample == "bicubic"
+    assert preprocessing_for(DataSection(dataset="folder"), channels=3).resample == "bilinear"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "rule", "allowed"),
+    [
+        ("mini-imagenet", "bilinear", "'auto'"),
+        ("omniglot", "bicubic", "'auto', 'nearest-binary', 'bilinear'"),
+        ("folder", "nearest-binary", "'auto', 'bilinear', 'bicubic'"),
+    ],
+)
+def test_a_resample_rule_the_dataset_does_not_take_is_one_line(dataset, rule, allowed) -> None:
+    settings = {"dataset": dataset, "resample": rule}
+    if dataset == "mini-imagenet":
+        settings["image_size"] = 84
+    message = f"data.resample for {dataset} must be {allowed}, got '{rule}'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({"data": settings})

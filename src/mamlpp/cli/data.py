@@ -93,8 +93,10 @@ def run_info(args: argparse.Namespace) -> int:
         from mamlpp.run.datasource import load_splits
 
         splits = load_splits(data, args.data_dir)
-    else:
-        splits = entry.load(args.data_dir, progress=True)
+    else:  # found, never downloaded; the size and resampling of the [data] keys
+        from mamlpp.run.datasource import loader_options
+
+        splits = entry.load(args.data_dir, progress=True, **loader_options(data))
     seconds = time.perf_counter() - start
     first = next(iter(splits.values()))
     print(f"dataset: {first.meta.get('dataset', args.name)}")

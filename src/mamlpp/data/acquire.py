@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mamlpp.data.download import ChecksumError
 from mamlpp.data.files import data_dir
@@ -37,7 +38,7 @@ def load_splits(
     announces a download."""
     entry = dataset(data.dataset)
     if entry.files is None:  # generated in memory
-        return entry.load(image_size=data.image_size, progress=progress)
+        return entry.load(progress=progress, **loader_options(data))
     if entry.own_images:
         if not data_dir_arg and not os.environ.get("MAMLPP_DATA"):
             raise ConfigError(
@@ -61,7 +62,14 @@ def load_splits(
     root = data_dir(data_dir_arg)
     if entry.files.locate(root) is None and entry.files.download is not None:
         _fetch(entry.files, root, download, say, progress)
-    return entry.load(root, image_size=data.image_size, progress=progress)
+    return entry.load(root, progress=progress, **loader_options(data))
+
+
+def loader_options(data: DataSection) -> dict[str, Any]:
+    """What a built-in dataset's loader takes from the ``[data]`` section: the image size, and
+    the resampling rule when it is not the dataset's own."""
+    rule = {} if data.resample == "auto" else {"resample": data.resample}
+    return {"image_size": data.image_size, **rule}
 
 
 def preprocessing_for(d: DataSection, channels: int | None = None) -> Preprocessing:
@@ -74,17 +82,15 @@ def preprocessing_for(d: DataSection, channels: int | None = None) -> Preprocess
     """
     spec = dataset(d.dataset).preprocessing
     if spec is not None:
-        return Preprocessing(
-            d.image_size, spec.channels, spec.mean, spec.std, resample=spec.resample
-        )
+        rule = spec.resample if d.resample == "auto" else d.resample
+        return Preprocessing(d.image_size, spec.channels, spec.mean, spec.std, resample=rule)
     fixed = {"grey": 1, "rgb": 3}.get(d.channels)
     width = fixed or channels or 3
     if fixed is not None and channels is not None and channels != fixed:
         raise DataError(f"data.channels={d.channels}, but the model takes {channels} channels")
     mean, std = normalisation("unit" if d.normalize == "auto" else d.normalize, width)
-    return Preprocessing(
-        d.image_size, width, mean, std, resample="bilinear", resize=d.resize == "always"
-    )
+    rule = "bilinear" if d.resample == "auto" else d.resample
+    return Preprocessing(d.image_size, width, mean, std, resample=rule, resize=d.resize == "always")
 
 
 def _fetch(

@@ -5,17 +5,19 @@ Source layout (the official zips, or those zips extracted)::
     <source>/images_background.zip | images_background/<Alphabet>/characterNN/XXXX_YY.png  (964)
     <source>/images_evaluation.zip | images_evaluation/<Alphabet>/characterNN/XXXX_YY.png  (659)
 
-Preprocessing decodes the 32,460 PNGs once (straight from the zips), resizes them with the
-nearest-neighbour rule the reference gets from PIL for 1-bit images, and stores them bit-packed
-(about 3 MB for 28x28) in an ``.npz`` keyed by a fingerprint of the source, so a changed source is
-rebuilt. Later loads read only that file.
+Preprocessing decodes the 32,460 PNGs once (straight from the zips) and resizes them. The default
+rule, ``"nearest-binary"``, is the one the reference gets from PIL for 1-bit images (nearest
+neighbour, strokes stay black or white); ``"bilinear"`` averages (antialiased grey), which keeps
+thin strokes that nearest neighbour drops at small sizes. The images go to an ``.npz`` keyed by a
+fingerprint of the source, so a changed source is rebuilt: bit-packed for the binary rule (about
+3 MB at 28x28), one byte per pixel otherwise. Later loads read only that file. One rule decodes
+these files and a user's new images (:class:`mamlpp.data.images.Preprocessing`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -25,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mamlpp.data.archive import member_parts, open_zip, read_member
 from mamlpp.data.files import data_dir, make_dirs
 from mamlpp.data.image_cache import CACHE_VERSION, cache_folder, file_stamp
+from mamlpp.data.images import Preprocessing
 from mamlpp.data.omniglot_splits import REFERENCE_SEED, reference_split, vinyals_split
 from mamlpp.data.split_layout import SPLIT_NAMES
 from mamlpp.data.stats import OMNIGLOT_MEAN, OMNIGLOT_STD
@@ -41,6 +43,10 @@ from mamlpp.util.progress import progress_bar
 
 SUBSETS = {"images_background": 964, "images_evaluation": 659}  # characters per subset
 DRAWERS = 20
+# How the 105x105 drawings shrink to data.image_size (data.resample): the reference's 1-bit
+# nearest neighbour (the default, BINARY) or antialiased bilinear (grey).
+BINARY = "nearest-binary"
+RESAMPLES = (BINARY, "bilinear")
 # A zip member (the archive, the entry) or a file of an extracted subset.
 PngHandle = tuple[zipfile.ZipFile, zipfile.ZipInfo] | Path
 
@@ -49,7 +55,7 @@ PngHandle = tuple[zipfile.ZipFile, zipfile.ZipInfo] | Path
 class OmniglotArrays:
     """All 1623 characters, sorted by name; image i belongs to class ``image_class[i]``."""
 
-    images: np.ndarray  # uint8 [32460, S, S], 0 = ink, 255 = background
+    images: np.ndarray  # uint8 [32460, S, S], 0 = ink, 255 = background (grey between if averaged)
     image_class: np.ndarray  # int64 [32460], class-major, drawers in file-name order
     class_names: list[str]  # sorted "Alphabet/characterNN"
     cache_path: Path
@@ -155,25 +161,41 @@ def prepare_omniglot(
     cache_dir: str | os.PathLike[str] | None = None,
     image_size: int = 28,
     progress: bool = False,
+    resample: str = BINARY,
 ) -> OmniglotArrays:
-    """Load the preprocessed cache, building it first if it is missing, stale or unreadable."""
+    """Load the preprocessed cache, building it first if it is missing, stale or unreadable.
+
+    ``resample`` is :data:`RESAMPLES`' rule for shrinking the 105x105 drawings."""
     root = _resolve_source(source)
     if image_size < 1:
         raise DataError(f"image size must be positive, got {image_size}")
+    if resample not in RESAMPLES:
+        raise DataError(
+            f"Omniglot resampling must be one of {', '.join(RESAMPLES)}, got {resample!r}"
+        )
     key = source_fingerprint(root)[:16]
     folder = cache_folder(root, cache_dir)
-    cache_path = folder / f"omniglot-{image_size}px-{key}.npz"
-    cached = _read_cache(cache_path, image_size)
+    rule = "" if resample == BINARY else f"-{resample}"  # the binary cache keeps its old name
+    cache_path = folder / f"omniglot-{image_size}px{rule}-{key}.npz"
+    cached = _read_cache(cache_path, image_size, resample)
     if cached is not None:
         return cached
-    images, image_class, class_names, evaluation = _decode_all(root, image_size, progress)
-    meta = {"version": CACHE_VERSION, "image_size": image_size, "source": str(root)}
+    decoding = Preprocessing(image_size, 1, OMNIGLOT_MEAN, OMNIGLOT_STD, resample=resample)
+    images, image_class, class_names, evaluation = _decode_all(root, decoding, progress)
+    meta = {
+        "version": CACHE_VERSION,
+        "image_size": image_size,
+        "resample": resample,
+        "source": str(root),
+    }
+    # Binary pixels are 0 or 255: 1 bit each (1 = background); averaged ones need their byte.
+    pixels = {"packed": np.packbits(images > 127)} if resample == BINARY else {"pixels": images}
     try:
         make_dirs(cache_path.parent)
         with atomic_write(cache_path) as handle:
             np.savez(
                 handle,
-                packed=np.packbits(images > 127),  # 1 bit per pixel: 1 = background
+                **pixels,
                 image_class=image_class.astype(np.int16),
                 class_names=np.array(class_names),
                 evaluation=evaluation,
@@ -185,7 +207,7 @@ def prepare_omniglot(
     return OmniglotArrays(images, image_class, class_names, cache_path, evaluation)
 
 
-def _read_cache(path: Path, image_size: int) -> OmniglotArrays | None:
+def _read_cache(path: Path, image_size: int, resample: str) -> OmniglotArrays | None:
     if not path.is_file():
         return None
     try:
@@ -196,33 +218,28 @@ def _read_cache(path: Path, image_size: int) -> OmniglotArrays | None:
             # A cache written before the subsets were recorded lacks it: rebuilt (KeyError).
             evaluation = data["evaluation"].astype(bool)
             count = image_class.shape[0]
-            bits = np.unpackbits(data["packed"], count=count * image_size * image_size)
+            shape = (count, image_size, image_size)
+            if resample == BINARY:
+                bits = np.unpackbits(data["packed"], count=count * image_size * image_size)
+                images = (bits.reshape(shape) * np.uint8(255)).astype(np.uint8)
+            else:
+                images = data["pixels"].astype(np.uint8).reshape(shape)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
         return None  # unreadable cache (e.g. an old crash or a disk error): rebuild it
     if meta.get("version") != CACHE_VERSION or meta.get("image_size") != image_size:
         return None
-    images = (bits.reshape(count, image_size, image_size) * np.uint8(255)).astype(np.uint8)
+    if meta.get("resample", BINARY) != resample:  # caches before the key were binary
+        return None
     return OmniglotArrays(images, image_class, class_names, path, evaluation)
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
-def _nearest_indices(source_size: int, target_size: int) -> np.ndarray:
-    """PIL's nearest-neighbour rule: target pixel x samples source floor((x + 0.5) * in / out)."""
-    return ((np.arange(target_size) + 0.5) * source_size / target_size).astype(np.int64)
-
-
-def _decode_png(data: bytes, name: str, image_size: int) -> np.ndarray:
-    """PNG bytes -> uint8 [S, S] with 0 = ink and 255 = background (1-bit semantics kept)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("L"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"corrupt image {name}: {error}") from None
-    h, w = pixels.shape
-    rows, cols = _nearest_indices(h, image_size), _nearest_indices(w, image_size)
-    return np.where(pixels[np.ix_(rows, cols)] > 127, 255, 0).astype(np.uint8)
+def _decode_png(data: bytes, name: str, decoding: Preprocessing) -> np.ndarray:
+    """PNG bytes -> uint8 [S, S], 0 = ink and 255 = background, by the rule a user's new image
+    of this dataset is prepared with (so `mamlpp adapt` sees what training saw)."""
+    return decoding.pixels(data, name)[0]
 
 
 def _list_pngs(
@@ -259,12 +276,14 @@ def _read_bytes(handle: PngHandle) -> bytes:
     return read_member(archive, info)
 
 
-def _decode_all(root: Path, image_size: int, progress: bool):
+def _decode_all(root: Path, decoding: Preprocessing, progress: bool):
     with contextlib.ExitStack() as stack:  # closes the zips
-        return _decode_all_open(root, image_size, progress, stack)
+        return _decode_all_open(root, decoding, progress, stack)
 
 
-def _decode_all_open(root: Path, image_size: int, progress: bool, stack: contextlib.ExitStack):
+def _decode_all_open(
+    root: Path, decoding: Preprocessing, progress: bool, stack: contextlib.ExitStack
+):
     entries: list[tuple[str, str, PngHandle]] = []
     evaluation_classes: set[str] = set()
     for subset, expected in SUBSETS.items():
@@ -296,11 +315,12 @@ def _decode_all_open(root: Path, image_size: int, progress: bool, stack: context
     index = {name: i for i, name in enumerate(class_names)}
     # Class-major order, drawers sorted by file name (XXXX_01 .. XXXX_20).
     entries.sort(key=lambda entry: (index[entry[0]], entry[1]))
-    images = np.empty((len(entries), image_size, image_size), dtype=np.uint8)
+    size = decoding.image_size
+    images = np.empty((len(entries), size, size), dtype=np.uint8)
     bar = progress_bar(len(entries), "preprocessing Omniglot", "img", enabled=progress)
     try:
         for i, (class_name, file_name, handle) in enumerate(entries):
-            images[i] = _decode_png(_read_bytes(handle), f"{class_name}/{file_name}", image_size)
+            images[i] = _decode_png(_read_bytes(handle), f"{class_name}/{file_name}", decoding)
             if i % 512 == 511:
                 bar.update(512)
         bar.update(len(entries) - bar.n)  # the last partial block: the bar ends at 100%
@@ -321,6 +341,7 @@ def load_omniglot(
     *,
     split_seed: int = REFERENCE_SEED,
     progress: bool = False,
+    resample: str = BINARY,
 ) -> dict[str, FewShotSplit]:
     """Omniglot as ``{"train", "val", "test"}`` FewShotSplits.
 
@@ -329,14 +350,14 @@ def load_omniglot(
     rotated per class. ``split="vinyals"``: 1028/172/423 characters x 4 rotations as classes.
     ``split="lake"``: Lake et al.'s one-shot challenge: train on the 30 background alphabets
     less :data:`LAKE_VAL_ALPHABETS` held out for validation, test on the 20 evaluation
-    alphabets (nothing rotated; :func:`lake_alphabets`).
+    alphabets (nothing rotated; :func:`lake_alphabets`). ``resample``: see :data:`RESAMPLES`.
 
     Every split records each character's alphabet (``class_groups``) and each image's drawer
     (``image_sources``: the position of ``XXXX_DD.png`` among the character's 20 files), for
     within-alphabet, drawer-disjoint episodes (``EpisodeSampler(within_group=True,
     distinct_sources=True)``).
     """
-    arrays = prepare_omniglot(source, cache_dir, image_size, progress)
+    arrays = prepare_omniglot(source, cache_dir, image_size, progress, resample)
     images = torch.from_numpy(arrays.images).unsqueeze(1)  # uint8 [M, 1, S, S]
     table, counts = build_class_index(torch.from_numpy(arrays.image_class), len(arrays.class_names))
     if int(counts.min()) != DRAWERS or int(counts.max()) != DRAWERS:

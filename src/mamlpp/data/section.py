@@ -36,6 +36,10 @@ class DataSection:
     channels: Literal["auto", "grey", "rgb"] = "auto"  # auto: grey if every image is grey
     normalize: Literal["auto", "unit", "half", "imagenet"] = "auto"  # auto: unit ([0, 1])
     resize: Literal["always", "never"] = "always"  # never: refuse images not image_size square
+    # How images shrink to image_size: "auto" is the dataset's rule (Omniglot's 1-bit nearest
+    # neighbour as in the reference; bilinear for folders); a dataset lists what else it allows
+    # (Omniglot: antialiased "bilinear", which keeps the thin strokes nearest neighbour drops).
+    resample: Literal["auto", "nearest-binary", "bilinear", "bicubic"] = "auto"
     # flat DIR/<class>/ folders: classes held out for validation, and for the test
     val_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 1})
     test_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 1})
@@ -77,6 +81,7 @@ def check_section(d: DataSection) -> None:
             Grouping(d.groups, d.sources, d.source_pattern)
         except DataError as error:
             raise ConfigError(str(error)) from None
+    _check_resample(d, entry)
     spec = entry.preprocessing
     if spec is not None and spec.fixed_size and d.image_size != spec.image_size:
         size = spec.image_size
@@ -99,6 +104,12 @@ def _entry(name: str) -> Dataset:
             f"data.dataset must be one of {options}, got {name!r}{dataset_hint(name)}"
         )
     return entry
+
+
+def _check_resample(d: DataSection, entry: Dataset) -> None:
+    if d.resample != "auto" and d.resample not in entry.resamplers:
+        allowed = ", ".join(repr(r) for r in ("auto", *entry.resamplers))
+        raise ConfigError(f"data.resample for {d.dataset} must be {allowed}, got {d.resample!r}")
 
 
 def _check_own_image_keys(d: DataSection, entry: Dataset) -> None:

@@ -133,6 +133,9 @@ class Dataset:
     ablation: bool = False  # offered by `mamlpp ablate --dataset`
     # Its val and test tasks are within-group and source-disjoint (data.eval_episodes="auto").
     fine_grained_evaluation: bool = False
+    # The data.resample rules it allows besides "auto": a built-in loader takes the rule as its
+    # "resample" option; own images get it in their Preprocessing.
+    resamplers: tuple[str, ...] = ()
 
     @property
     def own_images(self) -> bool:
@@ -211,6 +214,8 @@ _OWN_IMAGES = Files(
 )
 
 _OMNIGLOT_IMAGES = ImageSpec(1, 28, OMNIGLOT_MEAN, OMNIGLOT_STD, "nearest-binary")
+# mamlpp.data.omniglot.RESAMPLES (this module imports no loader).
+_OMNIGLOT_RESAMPLERS = ("nearest-binary", "bilinear")
 _IMAGENET_IMAGES = ImageSpec(3, 84, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
 _CIFAR_IMAGES = ImageSpec(3, 32, CIFAR100_MEAN, CIFAR100_STD, "bilinear")
 
@@ -226,6 +231,7 @@ TABLE: dict[str, Dataset] = {
             aliases=("omniglot-mamlpp",),
             loader_options={"split": "mamlpp"},
             ablation=True,
+            resamplers=_OMNIGLOT_RESAMPLERS,
         ),
         Dataset(
             "omniglot-vinyals",
@@ -235,6 +241,7 @@ TABLE: dict[str, Dataset] = {
             _OMNIGLOT_IMAGES,
             loader_options={"split": "vinyals"},
             ablation=True,
+            resamplers=_OMNIGLOT_RESAMPLERS,
         ),
         Dataset(
             "omniglot-lake",
@@ -246,6 +253,7 @@ TABLE: dict[str, Dataset] = {
             loader_options={"split": "lake"},
             ablation=True,
             fine_grained_evaluation=True,
+            resamplers=_OMNIGLOT_RESAMPLERS,
         ),
         Dataset(
             "mini-imagenet",
@@ -295,6 +303,7 @@ TABLE: dict[str, Dataset] = {
             "mamlpp.data.folder:load_folder_dataset",
             _OWN_IMAGES,
             None,
+            resamplers=("bilinear", "bicubic"),
         ),
     )
 }

@@ -7,6 +7,6 @@ with its ``[data]`` section (:class:`mamlpp.data.section.DataSection`).
 
 from __future__ import annotations
 
-from mamlpp.data.acquire import load_splits, preprocessing_for
+from mamlpp.data.acquire import load_splits, loader_options, preprocessing_for
 
-__all__ = ["load_splits", "preprocessing_for"]
+__all__ = ["load_splits", "loader_options", "preprocessing_for"]
