@@ -1,0 +1,153 @@
+"""The preset chosen by the Lake study (``omniglot-lake-hour``), trained by one command per seed
+and scored the way the challenge counts: within-alphabet, drawer-disjoint 20-way 1-shot tasks on
+the 20 evaluation alphabets, one query image at a time (and the transductive batch beside it).
+
+``train``: for each seed, ``mamlpp train --preset omniglot-lake-hour --set train.seed=S`` into
+    ``RUNS/seedS`` (the command's wall time is recorded in ``RUNS/seedS/wall.json``; it ends by
+    scoring the test tasks as a batch), then ``mamlpp evaluate --split test --one-at-a-time``.
+    A finished seed is skipped.
+``table``: results.json and results.md in ``--out``: each seed's test error both ways, its
+    training time and iterations, and the mean over the seeds.
+
+The time target (at most 60 minutes per command) holds on an idle 2-core CPU: run nothing else
+meanwhile, and say so in ``--conditions``.
+
+    python benchmarks/lake_preset.py train --runs RUNS --data-dir DIR --seeds 0 1 2
+    python benchmarks/lake_preset.py table --runs RUNS --out docs/results/omniglot-lake-preset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PRESET = "omniglot-lake-hour"
+TOP_K = 3  # the preset's eval.top_k
+TASKS = 600
+
+
+def _run(argv: list[str], dry_run: bool) -> float:
+    print("+ " + shlex.join(argv), flush=True)
+    if dry_run:
+        return 0.0
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - start
+
+
+def _eval_path(run: Path, single: bool) -> Path:
+    return run / f"eval-test-top{TOP_K}-{TASKS}{'-single' if single else ''}.json"
+
+
+def train(runs: Path, seeds: Sequence[int], data: list[str], dry_run: bool) -> None:
+    for seed in seeds:
+        run = runs / f"seed{seed}"
+        if _eval_path(run, single=True).is_file():
+            print(f"seed {seed}: finished, skipped")
+            continue
+        argv = ["mamlpp", "train", "--preset", PRESET, "--set", f"train.seed={seed}"]
+        seconds = _run([*argv, *data, "--out", str(run), "--quiet"], dry_run)
+        if not dry_run:
+            (run / "wall.json").write_text(json.dumps({"train_command_s": seconds}) + "\n")
+        evaluate = ["mamlpp", "evaluate", str(run), "--split", "test", "--tasks", str(TASKS)]
+        _run([*evaluate, "--top-k", str(TOP_K), "--one-at-a-time", *data], dry_run)
+
+
+def _error(path: Path) -> dict[str, float] | None:
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return {"error": 100 * (1 - record["accuracy"]), "ci95": 100 * record["ci95"]}
+
+
+def table(runs: Path, out: Path, conditions: str) -> None:
+    rows: list[dict[str, Any]] = []
+    for run in sorted(p for p in runs.glob("seed*") if p.is_dir()):
+        summary_path, wall_path = run / "summary.json", run / "wall.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        wall = json.loads(wall_path.read_text()) if wall_path.is_file() else {}
+        rows.append(
+            {
+                "seed": int(run.name.removeprefix("seed")),
+                "iterations": summary.get("iterations"),
+                "train_command_min": round(wall["train_command_s"] / 60, 1) if wall else None,
+                "test_single": _error(_eval_path(run, single=True)),
+                # `mamlpp train` scores the test tasks as a batch at its end (summary.json).
+                "test_batch": (
+                    {
+                        "error": 100 * (1 - summary["test_accuracy"]),
+                        "ci95": 100 * summary["test_ci95"],
+                    }
+                    if "test_accuracy" in summary
+                    else None
+                ),
+            }
+        )
+    done = [r for r in rows if r["test_single"] is not None]
+    mean = {
+        how: statistics.fmean(r[f"test_{how}"]["error"] for r in done)
+        for how in ("single", "batch")
+        if done and all(r[f"test_{how}"] is not None for r in done)
+    }
+    results = {"preset": PRESET, "conditions": conditions, "rows": rows, "mean_error": mean}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    def cell(value: dict[str, float] | None) -> str:
+        return "—" if value is None else f"{value['error']:.2f} ± {value['ci95']:.2f}"
+
+    lines = [
+        f"# Lake's Omniglot one-shot challenge: the `{PRESET}` preset",
+        "",
+        "Within-alphabet, drawer-disjoint 20-way 1-shot test error on the 20 evaluation alphabets",
+        f"(%, 95% CI over {TASKS} fixed tasks, top-{TOP_K} checkpoint ensemble). {conditions}",
+        "",
+        "| seed | iterations | `mamlpp train` (min) | test, one at a time | test, batch |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['iterations'] or '—'} | {r['train_command_min'] or '—'} | "
+            f"{cell(r['test_single'])} | {cell(r['test_batch'])} |"
+        )
+    if mean:
+        single, batch = mean.get("single"), mean.get("batch")
+        lines.append(
+            f"| mean of {len(done)} | | | {single:.2f} | "
+            f"{'—' if batch is None else f'{batch:.2f}'} |"
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/lake_preset.py")
+    sub = parser.add_subparsers(dest="command", required=True)
+    step = sub.add_parser("train")
+    step.add_argument("--runs", type=Path, required=True)
+    step.add_argument("--data-dir")
+    step.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    step.add_argument("--dry-run", action="store_true", help="print the commands only")
+    tab = sub.add_parser("table")
+    tab.add_argument("--runs", type=Path, required=True)
+    tab.add_argument("--out", type=Path, required=True)
+    tab.add_argument("--conditions", default="", help="a sentence: the machine and what ran")
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        table(args.runs, args.out, args.conditions)
+        return 0
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    train(args.runs, args.seeds, data, args.dry_run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

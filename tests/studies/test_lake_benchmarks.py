@@ -1,0 +1,90 @@
+"""The scripts behind Lake's challenge (benchmarks/lake_study.py and benchmarks/lake_preset.py,
+outside the library): the commands they run, every candidate's settings valid for
+`mamlpp ablate`, the choice made on validation only, and the preset's table over seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from mamlpp.run.presets import get_preset, resolve_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(relative: str, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load("benchmarks/lake_study.py", "lake_study_test")
+preset = _load("benchmarks/lake_preset.py", "lake_preset_test")
+
+
+@pytest.mark.parametrize("name", sorted(study.CANDIDATES))
+def test_every_candidate_is_a_valid_config(name: str) -> None:
+    config = resolve_config("omniglot-lake-20w1s", overrides=study.CANDIDATES[name])
+    assert config.data.dataset == "omniglot-lake"
+    # The ablation's MAML++ variant refuses a config with a technique switched off.
+    assert set(config.techniques) == {"MSL", "DA", "BNRS", "BNWB", "LSLR", "CA"}
+
+
+def test_the_study_prints_the_ablation_and_both_scores(tmp_path: Path, capsys) -> None:
+    study.main(["candidates", "--runs", str(tmp_path), "--dry-run", "wg-bl@300"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("+ mamlpp ablate --dataset omniglot-lake --ways 20 --shots 1")
+    assert "--time-budget 300" in lines[0] and "data.resample=bilinear" in lines[0]
+    assert lines[1].endswith("--split val --tasks 600 --top-k 3 --one-at-a-time")
+    assert lines[2].endswith("--split val --tasks 600 --top-k 3")
+    assert not any(tmp_path.iterdir())
+
+
+def _record(path: Path, accuracy: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"accuracy": accuracy, "ci95": 0.01}))
+
+
+def test_the_study_chooses_on_validation_never_on_test(tmp_path: Path) -> None:
+    for name, val, test in (("base@600", 0.70, 0.90), ("wg@600", 0.75, 0.60)):
+        run = tmp_path / "runs" / name / "mamlpp" / "seed0"
+        _record(run / "eval-val-top3-600-single.json", val)
+        _record(run / "eval-test-top3-600-single.json", test)
+    study.table(tmp_path / "runs", tmp_path / "out", "test conditions")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["chosen"] == "wg@600"  # the better validation score, the worse test score
+
+
+def test_the_preset_exists_and_the_script_trains_each_seed(tmp_path: Path, capsys) -> None:
+    assert get_preset(preset.PRESET).tree["data"]["dataset"] == "omniglot-lake"
+    preset.main(["train", "--runs", str(tmp_path), "--seeds", "0", "1", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"+ mamlpp train --preset {preset.PRESET} --set train.seed=0 --out {tmp_path}/seed0 "
+        "--quiet"
+    )
+    assert lines[1] == (
+        f"+ mamlpp evaluate {tmp_path}/seed0 --split test --tasks 600 --top-k 3 --one-at-a-time"
+    )
+    assert "train.seed=1" in lines[2]
+
+
+def test_the_preset_table_has_each_seed_and_the_mean(tmp_path: Path) -> None:
+    for seed, single, batch in ((0, 0.90, 0.92), (1, 0.80, 0.84)):
+        run = tmp_path / "runs" / f"seed{seed}"
+        _record(run / "eval-test-top3-600-single.json", single)
+        summary = {"iterations": 1000, "test_accuracy": batch, "test_ci95": 0.01}
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "wall.json").write_text(json.dumps({"train_command_s": 3000.0}))
+    preset.table(tmp_path / "runs", tmp_path / "out", "test conditions")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["mean_error"] == pytest.approx({"single": 15.0, "batch": 12.0})
+    assert [r["train_command_min"] for r in results["rows"]] == [50.0, 50.0]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| mean of 2 | | | 15.00 | 12.00 |" in table
