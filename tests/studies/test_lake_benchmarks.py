@@ -66,8 +66,7 @@ def test_the_preset_exists_and_the_script_trains_each_seed(tmp_path: Path, capsy
     preset.main(["train", "--runs", str(tmp_path), "--seeds", "0", "1", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
-        f"+ mamlpp train --preset {preset.PRESET} --set train.seed=0 --out {tmp_path}/seed0 "
-        "--quiet"
+        f"+ mamlpp train --preset {preset.PRESET} --set train.seed=0 --out {tmp_path}/seed0 --quiet"
     )
     assert lines[1] == (
         f"+ mamlpp evaluate {tmp_path}/seed0 --split test --tasks 600 --top-k 3 --one-at-a-time"
