@@ -4,6 +4,7 @@ config of an older run without changing it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -127,4 +128,19 @@ def test_a_short_run_trains_and_evaluates_within_groups(letters: Path, tmp_path:
     args += [part for setting in settings for part in ("--set", setting)]
     assert main([*args, "--device", "cpu", "--quiet"]) == 0
     assert 'groups = "folders"' in (run / "config.toml").read_text()
-    assert main(["evaluate", str(run), "--data-dir", str(letters), "--device", "cpu"]) == 0
+    evaluate = ["evaluate", str(run), "--data-dir", str(letters), "--device", "cpu"]
+    assert main(evaluate) == 0
+    own = json.loads((run / "eval-test-top1-4.json").read_text())
+    assert own["within_group"]
+
+    # The usual benchmark's tasks (classes from any alphabet) on the same model: another file.
+    assert main([*evaluate, "--episodes", "random"]) == 0
+    across = json.loads((run / "eval-test-top1-4-random.json").read_text())
+    assert not across["within_group"]
+    assert across["task_fingerprint"] != own["task_fingerprint"]
+    # The run's own protocol asked by name is the run's own evaluation, in its own file.
+    (run / "eval-test-top1-4.json").unlink()
+    assert main([*evaluate, "--episodes", "within-group"]) == 0
+    again = json.loads((run / "eval-test-top1-4.json").read_text())
+    assert again["task_fingerprint"] == own["task_fingerprint"]
+    assert again["accuracy"] == own["accuracy"]

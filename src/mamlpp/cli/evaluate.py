@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from mamlpp.cli.options import add_data_options
 from mamlpp.errors import ConfigError
@@ -41,6 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "statistics (what mamlpp adapt and serve do for one image; the same as the batch for a "
         "bn_mode=support run); the result goes to eval-<split>-top<k>-<tasks>-single.json",
     )
+    parser.add_argument(
+        "--episodes",
+        choices=("random", "within-group"),
+        help="the tasks' protocol: random (classes from anywhere, the usual few-shot benchmark) "
+        "or within-group (every class of a task from one group, support and query from "
+        "different sources where the data has them, as in Lake's Omniglot challenge); default: "
+        "the run's data.eval_episodes. A protocol other than the run's scores other tasks: the "
+        "result goes to eval-<split>-top<k>-<tasks>-<episodes>.json",
+    )
     add_data_options(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -52,7 +62,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mamlpp.run.data_place import check_before_loading, recorded_data_dir
     from mamlpp.run.data_record import check_members, data_record, evaluation_data, run_record
     from mamlpp.run.datasource import load_splits
-    from mamlpp.run.episodes import episode_sampler
+    from mamlpp.run.episodes import episode_sampler, fine_grained_evaluation
     from mamlpp.run.evaluate import evaluate, member_from_state, task_fingerprint
     from mamlpp.run.predictor import with_bn_mode
     from mamlpp.run.run_dir import (
@@ -66,6 +76,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = require_run_dir(args.run_dir)
     config = read_run_config(run)
     e, d = config.eval, config.data
+    # Another protocol scores other tasks: they get a file of their own and no comparison with
+    # the fingerprint of the run's own test tasks.
+    other_episodes = ""
+    if args.episodes is not None:
+        asked = dataclasses.replace(d, eval_episodes=args.episodes)
+        if fine_grained_evaluation(asked) != fine_grained_evaluation(d):
+            other_episodes = f"-{args.episodes}"
+            config = dataclasses.replace(config, data=asked)
     tasks = (
         args.tasks
         if args.tasks is not None
@@ -94,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     sampler = episode_sampler(config, split, args.split, seed, device)
     fingerprint = task_fingerprint(sampler, tasks)
     summary = read_json(run.summary) or {}
-    comparable = args.split == "test" and summary.get("test_tasks") == tasks
+    comparable = args.split == "test" and summary.get("test_tasks") == tasks and not other_episodes
     stored = summary.get("test_fingerprint") if comparable else None
     task_check = (stored, fingerprint) if stored else None
     own, notes = evaluation_data(run, run_data, record, task_check, args.allow_other_data)
@@ -118,11 +136,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if len(names) < top_k:
         print(f"note: only {plural(len(names), 'checkpoint')} kept in {run.checkpoints}")
     how = " (one query image at a time)" if args.one_at_a_time else ""
+    how += f" ({args.episodes} tasks)" if other_episodes else ""
     print(f"{args.split}{how}: {result.describe()} [{', '.join(names)}]")
     # Scores on other data never replace the run's own: they get a name of their own.
     other = f"-otherdata-{record['fingerprint'][:8]}" if own is False else ""
     single = "-single" if args.one_at_a_time else ""
-    out = run.root / f"eval-{args.split}-top{top_k}-{tasks}{single}{other}.json"
+    name = f"eval-{args.split}-top{top_k}-{tasks}{single}{other_episodes}{other}.json"
+    out = run.root / name
     write_json(
         out,
         {
@@ -132,6 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "loss": result.loss,
             "num_tasks": result.num_tasks,
             "one_at_a_time": bool(args.one_at_a_time),
+            "within_group": fine_grained_evaluation(config.data),
             "ensemble_size": result.ensemble_size,
             "checkpoints": names,
             "per_task_accuracies": result.per_task_accuracies,
