@@ -68,22 +68,33 @@ def test_the_preset_exists_and_the_script_trains_each_seed(tmp_path: Path, capsy
     assert lines[0] == (
         f"+ mamlpp train --preset {preset.PRESET} --set train.seed=0 --out {tmp_path}/seed0 --quiet"
     )
-    assert lines[1] == (
-        f"+ mamlpp evaluate {tmp_path}/seed0 --split test --tasks 600 --top-k 3 --one-at-a-time"
-    )
-    assert "train.seed=1" in lines[2]
+    evaluate = f"+ mamlpp evaluate {tmp_path}/seed0 --split test --tasks 600 --top-k 3"
+    assert lines[1] == f"{evaluate} --one-at-a-time"
+    assert lines[2] == f"{evaluate} --one-at-a-time --episodes random"
+    assert "train.seed=1" in lines[3]
+    # A step whose output exists is skipped: a seed trained but not scored is only scored.
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "wall.json").write_text('{"train_command_s": 1.0}')
+    _record(tmp_path / "seed0" / "eval-test-top3-600-single.json", 0.5)
+    preset.main(["train", "--runs", str(tmp_path), "--seeds", "0", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "seed 0: trained, training skipped",
+        f"{evaluate} --one-at-a-time --episodes random",
+    ]
 
 
 def test_the_preset_table_has_each_seed_and_the_mean(tmp_path: Path) -> None:
     for seed, single, batch in ((0, 0.90, 0.92), (1, 0.80, 0.84)):
         run = tmp_path / "runs" / f"seed{seed}"
         _record(run / "eval-test-top3-600-single.json", single)
+        _record(run / "eval-test-top3-600-single-random.json", single + 0.05)
         summary = {"iterations": 1000, "test_accuracy": batch, "test_ci95": 0.01}
         (run / "summary.json").write_text(json.dumps(summary))
         (run / "wall.json").write_text(json.dumps({"train_command_s": 3000.0}))
     preset.table(tmp_path / "runs", tmp_path / "out", "test conditions")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["mean_error"] == pytest.approx({"single": 15.0, "batch": 12.0})
+    assert results["mean_error"] == pytest.approx({"single": 15.0, "batch": 12.0, "across": 10.0})
     assert [r["train_command_min"] for r in results["rows"]] == [50.0, 50.0]
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| mean of 2 | | | 15.00 | 12.00 |" in table
+    assert "| mean of 2 | | | 15.00 | 12.00 | 10.00 |" in table
