@@ -8,7 +8,8 @@ the 20 evaluation alphabets, one query image at a time (and the transductive bat
     then the same on across-alphabet tasks (``--episodes random``: 20 letters from any evaluation
     alphabets, the easier protocol of the usual benchmark). A step whose output exists is skipped.
 ``table``: results.json and results.md in ``--out``: each seed's test error both ways and across
-    alphabets, its training time and iterations, and the mean over the seeds.
+    alphabets, its training time and iterations, and the mean over the seeds; with matplotlib,
+    val-error-vs-minutes.png (each seed's validation error after each epoch).
 
 The time target (at most 60 minutes per command) holds on an idle 2-core CPU: run nothing else
 meanwhile, and say so in ``--conditions``.
@@ -74,6 +75,28 @@ def _error(path: Path) -> dict[str, float] | None:
     return {"error": 100 * (1 - record["accuracy"]), "ci95": 100 * record["ci95"]}
 
 
+def _validation_curve(run: Path) -> tuple[list[float], list[float]]:
+    """Minutes of training and validation error (%) after each epoch, from metrics.jsonl."""
+    path = run / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    val = [r for r in records if r.get("kind") == "val"]
+    return [r["wall_s"] / 60 for r in val], [100 * (1 - r["accuracy"]) for r in val]
+
+
+def _chart(runs: list[Path], out: Path) -> Path | None:
+    from mamlpp.studies.plots import Series, line_figure, save
+
+    series = [
+        Series(f"seed {run.name.removeprefix('seed')}", *_validation_curve(run)) for run in runs
+    ]
+    if not any(item.xs for item in series):
+        return None
+    title = f"{PRESET}: validation error (held-out background alphabets, queries as a batch)"
+    figure = line_figure(series, title, "minutes of training", "20-way 1-shot error (%)")
+    return save(figure, out / "val-error-vs-minutes.png")
+
+
 def table(runs: Path, out: Path, conditions: str) -> None:
     rows: list[dict[str, Any]] = []
     for run in sorted(p for p in runs.glob("seed*") if p.is_dir()):
@@ -137,6 +160,9 @@ def table(runs: Path, out: Path, conditions: str) -> None:
         figures = [mean.get(how) for how in ("single", "batch", "across")]
         shown = " | ".join("—" if f is None else f"{f:.2f}" for f in figures)
         lines.append(f"| mean of {len(done)} | | | {shown} |")
+    chart = _chart(sorted(p for p in runs.glob("seed*") if p.is_dir()), out)
+    if chart is not None:
+        lines += ["", f"![validation error against minutes of training]({chart.name})"]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 

@@ -92,9 +92,20 @@ def test_the_preset_table_has_each_seed_and_the_mean(tmp_path: Path) -> None:
         summary = {"iterations": 1000, "test_accuracy": batch, "test_ci95": 0.01}
         (run / "summary.json").write_text(json.dumps(summary))
         (run / "wall.json").write_text(json.dumps({"train_command_s": 3000.0}))
+        val = [
+            {"kind": "val", "epoch": e, "accuracy": 0.5 + 0.1 * e, "wall_s": 60.0 * e}
+            for e in (1, 2)
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(v) + "\n" for v in val))
     preset.table(tmp_path / "runs", tmp_path / "out", "test conditions")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["mean_error"] == pytest.approx({"single": 15.0, "batch": 12.0, "across": 10.0})
     assert [r["train_command_min"] for r in results["rows"]] == [50.0, 50.0]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| mean of 2 | | | 15.00 | 12.00 | 10.00 |" in table
+    assert "(val-error-vs-minutes.png)" in table
+    assert preset._validation_curve(tmp_path / "runs" / "seed0") == (
+        [1.0, 2.0],
+        pytest.approx([40.0, 30.0]),
+    )
+    assert (tmp_path / "out" / "val-error-vs-minutes.png").stat().st_size > 1000
