@@ -98,8 +98,9 @@ def _chart(runs: list[Path], out: Path) -> Path | None:
 
 
 def table(runs: Path, out: Path, conditions: str) -> None:
+    seed_runs = sorted(p for p in runs.glob("seed*") if p.is_dir())
     rows: list[dict[str, Any]] = []
-    for run in sorted(p for p in runs.glob("seed*") if p.is_dir()):
+    for run in seed_runs:
         summary_path, wall_path = run / "summary.json", run / "wall.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         wall = json.loads(wall_path.read_text()) if wall_path.is_file() else {}
@@ -160,7 +161,7 @@ def table(runs: Path, out: Path, conditions: str) -> None:
         figures = [mean.get(how) for how in ("single", "batch", "across")]
         shown = " | ".join("—" if f is None else f"{f:.2f}" for f in figures)
         lines.append(f"| mean of {len(done)} | | | {shown} |")
-    chart = _chart(sorted(p for p in runs.glob("seed*") if p.is_dir()), out)
+    chart = _chart(seed_runs, out)
     if chart is not None:
         lines += ["", f"![validation error against minutes of training]({chart.name})"]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

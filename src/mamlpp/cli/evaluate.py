@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or within-group (every class of a task from one group, support and query from "
         "different sources where the data has them, as in Lake's Omniglot challenge); default: "
         "the run's data.eval_episodes. A protocol other than the run's scores other tasks: the "
-        "result goes to eval-<split>-top<k>-<tasks>-<episodes>.json",
+        "result goes to eval-<split>-top<k>-<tasks>[-single]-<episodes>.json",
     )
     add_data_options(parser)
     parser.set_defaults(handler=_evaluate)
@@ -152,7 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "loss": result.loss,
             "num_tasks": result.num_tasks,
             "one_at_a_time": bool(args.one_at_a_time),
-            "within_group": fine_grained_evaluation(config.data),
+            "within_group": sampler.within_group,
             "ensemble_size": result.ensemble_size,
             "checkpoints": names,
             "per_task_accuracies": result.per_task_accuracies,
