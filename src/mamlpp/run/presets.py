@@ -175,10 +175,10 @@ PRESETS: dict[str, Preset] = {
     # Lake's one-shot challenge in at most an hour on an idle 2-core CPU: the settings that
     # scored best on validation (the 5 held-out background alphabets) in the study of
     # docs/results/omniglot-lake-study (benchmarks/lake_study.py); its 3-seed figures are in
-    # docs/results/omniglot-lake-preset (benchmarks/lake_preset.py). Over omniglot-lake-20w1s:
-    # within-alphabet training episodes, antialiased (bilinear) 28x28 images, second order
-    # after one first-order epoch, and the quickstart's 32 filters, meta learning rate 3e-3,
-    # 3 inner steps and two threads; LAKE_HOUR_ITERATIONS per epoch fill the hour.
+    # docs/results/omniglot-lake-preset (benchmarks/lake_preset.py). Over omniglot-lake-20w1s
+    # (the paper's 64 filters, first order for 50 of the 100 epochs): within-alphabet training
+    # episodes, antialiased (bilinear) 28x28 images, and the quickstart's meta learning rate
+    # 3e-3, 3 inner steps and two threads; LAKE_HOUR_ITERATIONS per epoch fill the hour.
     "omniglot-lake-hour": Preset(
         "omniglot-lake-hour",
         merge(
