@@ -1,0 +1,132 @@
+"""benchmarks/lake_folder_check.py (outside the library): the folders it writes from the
+Omniglot zips are ``omniglot-lake`` read through the image-folder path (the same pixels, names,
+alphabets, drawers and test tasks), and its scoring points a copy of a run at them."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from mamlpp.data.folder import load_folder_dataset
+from mamlpp.data.images import Preprocessing
+from mamlpp.data.omniglot import load_omniglot
+from mamlpp.run.episodes import episode_sampler
+from mamlpp.run.evaluate import task_fingerprint
+from mamlpp.run.experiment import to_toml
+from mamlpp.run.presets import resolve_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(relative: str, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load("benchmarks/lake_folder_check.py", "lake_folder_check_test")
+
+
+@pytest.mark.slow
+def test_the_lake_folders_are_omniglot_lake(omniglot_dir: Path, tmp_path: Path) -> None:
+    check.main(["layout", "--data-dir", str(omniglot_dir), "--out", str(tmp_path / "f")])
+    flat = sorted((tmp_path / "f" / "flat").iterdir())
+    assert len(flat) == 964 and all(len(list(c.iterdir())) == 20 for c in flat)
+    folders = load_folder_dataset(
+        tmp_path / "f" / "lake",
+        Preprocessing(28, 3, (0.0,) * 3, (1.0,) * 3, resample="bilinear"),
+        auto_channels=True,
+        groups="folders",
+        sources="pattern",
+        source_pattern=check.DRAWER_PATTERN,
+    )
+    builtin = load_omniglot(omniglot_dir, split="lake", resample="bilinear")
+    for name, split in builtin.items():
+        other = folders[name]
+        assert other.class_names == split.class_names
+        assert torch.equal(other.class_groups, split.class_groups)
+        # Image by image in each class's order: pixels, and the drawer of each.
+        assert torch.equal(other.images[other.class_images], split.images[split.class_images])
+        assert other.image_sources is not None and split.image_sources is not None
+        ours, theirs = other.image_sources, split.image_sources
+        assert torch.equal(ours[other.class_images], theirs[split.class_images])
+    # The scored copy's settings draw omniglot-lake's own test tasks, both protocols.
+    config = resolve_config("omniglot-lake-hour")
+    for episodes in check.PROTOCOLS:
+        data = dataclasses.replace(config.data, eval_episodes=episodes)
+        tasks = dataclasses.replace(config, data=data)
+        fingerprints = {
+            task_fingerprint(episode_sampler(tasks, s["test"], "test", config.eval.test_seed), 20)
+            for s in (builtin, folders)
+        }
+        assert len(fingerprints) == 1
+
+
+def _fake_run(root: Path) -> Path:
+    run = root / "trial"
+    run.mkdir()
+    config = resolve_config("quickstart", overrides=check.TRAIN_SETTINGS)
+    (run / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    (run / "summary.json").write_text(json.dumps({"iterations": 1500}))
+    return run
+
+
+def test_score_points_a_copy_at_the_lake_folders(tmp_path: Path, monkeypatch) -> None:
+    run = _fake_run(tmp_path)
+    before = (run / "config.toml").read_text(encoding="utf-8")
+    commands: list[list[str]] = []
+    monkeypatch.setattr(check, "_run", commands.append)
+    check.main(["score", "--folders", str(tmp_path / "f"), str(run)])
+    assert (run / "config.toml").read_text(encoding="utf-8") == before  # the run is untouched
+    scored = tmp_path / "trial-lake"
+    data = tomllib.loads((scored / "config.toml").read_text(encoding="utf-8"))["data"]
+    assert (data["dataset"], data["groups"], data["sources"]) == ("folder", "folders", "pattern")
+    assert data["source_pattern"] == check.DRAWER_PATTERN
+    assert data["eval_episodes"] == "within-group"
+    resolve_config(config_file=scored / "config.toml")  # still a valid configuration
+    assert len(commands) == 4
+    for argv in commands:
+        assert argv[:3] == ["mamlpp", "evaluate", str(scored)]
+        assert argv[-3:] == ["--data-dir", str(tmp_path / "f" / "lake"), "--allow-other-data"]
+    protocols = [(a[a.index("--episodes") + 1], "--one-at-a-time" in a) for a in commands]
+    assert sorted(protocols) == [
+        ("random", False),
+        ("random", True),
+        ("within-group", False),
+        ("within-group", True),
+    ]
+
+
+def test_table_reads_the_scored_records(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    scored = tmp_path / "trial-lake"
+    scored.mkdir()
+    records = {
+        "eval-test-top3-600-single-otherdata-aa.json": 0.6,
+        "eval-test-top3-600-otherdata-aa.json": 0.625,
+        "eval-test-top3-600-single-random-otherdata-aa.json": 0.8,
+        "eval-test-top3-600-random-otherdata-aa.json": 0.8125,
+    }
+    for name, accuracy in records.items():
+        record = {"accuracy": accuracy, "ci95": 0.01, "task_fingerprint": "f"}
+        (scored / name).write_text(json.dumps(record))
+    check.main(["table", str(run), "--out", str(tmp_path / "out"), "--conditions", "here"])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    errors = {key: round(value["error"], 4) for key, value in results["test_error"].items()}
+    assert errors == {
+        "within-group_single": 40.0,
+        "within-group_batch": 37.5,
+        "random_single": 20.0,
+        "random_batch": 18.75,
+    }
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| 40.00 ± 1.00 | 37.50 ± 1.00 |" in table and "(1500 iterations)" in table
