@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from distributed_helpers import rank_env, run_group, start_ranks, wait_all
+from script_helpers import load_script
 from test_distributed_cli import _one_process_env, _train
 
 from mamlpp.run.run_dir import RunDir, locked
@@ -98,13 +99,7 @@ def test_a_peer_lost_before_any_checkpoint_gives_no_resume_hint(tmp_path: Path) 
 
 def _quality_script():
     """benchmarks/distributed_quality.py, a script outside the library, loaded as a module."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed_quality.py"
-    spec = importlib.util.spec_from_file_location("distributed_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/distributed_quality.py", "distributed_quality")
 
 
 def test_quality_benchmark_dry_run_plans_the_runs_and_writes_nothing(tmp_path, capsys) -> None:

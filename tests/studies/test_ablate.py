@@ -4,7 +4,6 @@ time budgets, argument errors; and the study scripts' dry runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_helpers import load_script
 
 from mamlpp.cli.main import main
 from mamlpp.run.experiment import build_config, read_toml
@@ -457,11 +457,7 @@ def test_dry_run_and_list_train_nothing(tmp_path, capsys) -> None:
 
 def _publisher():
     """tools/publish_results.py, a script outside the library, loaded as a module."""
-    path = Path(__file__).resolve().parents[2] / "tools" / "publish_results.py"
-    spec = importlib.util.spec_from_file_location("publish_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/publish_results.py", "publish_results")
 
 
 def test_published_gpu_lines_judge_each_setting_against_its_own_target() -> None:

@@ -5,30 +5,17 @@ the study."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from script_helpers import REPO, load_script
 
 from mamlpp.errors import MamlppError
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str, name: str) -> ModuleType:
-    """A script of the repository outside the library, loaded as a module by its path."""
-    spec = importlib.util.spec_from_file_location(name, REPO / relative)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-budget = _load("benchmarks/quickstart_budget_results.py", "quickstart_budget_results_test")
+budget = load_script("benchmarks/quickstart_budget_results.py", "quickstart_budget_results_test")
 
 
 def _write(path: Path, data) -> None:
@@ -162,7 +149,7 @@ def test_unfinished_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_publisher_redraws_it_and_puts_it_in_the_results_section(study, tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    publisher = _load("tools/publish_results.py", "publish_results_budget")
+    publisher = load_script("tools/publish_results.py", "publish_results_budget")
     dest = tmp_path / "results"
     budget.write(study, dest / "quickstart-10min")
     (dest / "quickstart-10min" / "results.md").unlink()

@@ -4,28 +4,16 @@ outside the library): the commands they run, every candidate's settings valid fo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from script_helpers import load_script
 
 from mamlpp.run.presets import get_preset, resolve_config
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / relative)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load("benchmarks/lake_study.py", "lake_study_test")
-preset = _load("benchmarks/lake_preset.py", "lake_preset_test")
+study = load_script("benchmarks/lake_study.py", "lake_study_test")
+preset = load_script("benchmarks/lake_preset.py", "lake_preset_test")
 
 
 @pytest.mark.parametrize("name", sorted(study.CANDIDATES))

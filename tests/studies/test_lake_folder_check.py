@@ -5,14 +5,13 @@ alphabets, drawers and test tasks), and its scoring points a copy of a run at th
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from script_helpers import load_script
 
 from mamlpp.data.folder import load_folder_dataset
 from mamlpp.data.images import Preprocessing
@@ -22,18 +21,7 @@ from mamlpp.run.evaluate import task_fingerprint
 from mamlpp.run.experiment import to_toml
 from mamlpp.run.presets import resolve_config
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / relative)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load("benchmarks/lake_folder_check.py", "lake_folder_check_test")
+check = load_script("benchmarks/lake_folder_check.py", "lake_folder_check_test")
 
 
 @pytest.mark.slow
