@@ -5,10 +5,11 @@ folder of classes (the quickstart's settings at 20 ways) and then tested on with
 drawer-disjoint 20-way 1-shot tasks. This script redoes that trial with the library's own
 commands, so its error can be set beside the built-in ``omniglot-lake`` protocol's:
 
-``layout``: writes the Omniglot zips' PNGs, unchanged, as two folders under ``--out``:
-    ``flat/<Alphabet>__<characterNN>/`` (the 964 background characters, nothing held out by
-    alphabet: the trial's training folder) and ``lake/{train,val,test}/<Alphabet>/<characterNN>/``
-    (the ``omniglot-lake`` splits: 25 + 5 background alphabets, the 20 evaluation alphabets).
+``layout``: writes Omniglot's PNGs (from the zips or the subsets extracted), unchanged, as two
+    folders under ``--out``: ``flat/<Alphabet>__<characterNN>/`` (the 964 background
+    characters, nothing held out by alphabet: the trial's training folder) and
+    ``lake/{train,val,test}/<Alphabet>/<characterNN>/`` (the ``omniglot-lake`` splits: 25 + 5
+    background alphabets, the 20 evaluation alphabets).
 ``train``: ``mamlpp train`` on ``flat/`` (a folder dataset: 70% of its classes train, the
     quickstart's settings at 20 ways, 30 epochs of 50 iterations).
 ``score``: copies the run to ``RUN-lake``, points the copy's data settings at ``lake/`` (groups =
@@ -33,16 +34,15 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
 
-from mamlpp.data.omniglot import find_omniglot, lake_alphabets
+from mamlpp.data.omniglot import drawings, find_omniglot, lake_alphabets
 
-SUBSETS = ("images_background", "images_evaluation")
+EVALUATION = "images_evaluation"  # the 20 evaluation alphabets' subset
 # The drawer of ``CCCC_DD.png`` (Lake et al.'s file names): the image's source.
 DRAWER_PATTERN = r"_(\d+)\.png$"
 TRAIN_SETTINGS = ["data.dataset=folder", "data.ways=20", "train.epochs=30"]
@@ -55,41 +55,26 @@ def _run(argv: list[str]) -> None:
     subprocess.run(argv, check=True)
 
 
-def _pngs(source: Path, subset: str) -> dict[str, list[tuple[str, bytes]]]:
-    """``{"Alphabet/characterNN": [(file name, PNG bytes)]}`` of one subset's zip."""
-    characters: dict[str, list[tuple[str, bytes]]] = {}
-    with zipfile.ZipFile(source / f"{subset}.zip") as archive:
-        for member in archive.infolist():
-            parts = member.filename.strip("/").split("/")
-            if member.is_dir() or len(parts) != 4 or not parts[3].endswith(".png"):
-                continue
-            characters.setdefault(f"{parts[1]}/{parts[2]}", []).append(
-                (parts[3], archive.read(member))
-            )
-    return characters
-
-
 def layout(data_dir: str, out: Path) -> None:
     source = find_omniglot(data_dir)
     if source is None:
-        raise SystemExit(f"no Omniglot zips under {data_dir}")
+        raise SystemExit(f"no Omniglot under {data_dir}")
     if out.exists():
         raise SystemExit(f"{out} exists: choose a new folder")
-    subsets = {subset: _pngs(source, subset) for subset in SUBSETS}
-    names = sorted(c for characters in subsets.values() for c in characters)
-    evaluation = np.array([c in subsets["images_evaluation"] for c in names])
+    files = list(drawings(source))  # (subset, "Alphabet/characterNN", file name, PNG bytes)
+    names = sorted({character for _, character, _, _ in files})
+    evaluation_set = {character for subset, character, _, _ in files if subset == EVALUATION}
+    evaluation = np.array([name in evaluation_set for name in names])
     splits = lake_alphabets(names, evaluation)
     split_of = {alphabet: split for split, alphabets in splits.items() for alphabet in alphabets}
-    for subset, characters in subsets.items():
-        for character, files in characters.items():
-            alphabet, glyph = character.split("/")
-            folders = [out / "lake" / split_of[alphabet] / alphabet / glyph]
-            if subset == "images_background":
-                folders.append(out / "flat" / f"{alphabet}__{glyph}")
-            for folder in folders:
-                folder.mkdir(parents=True)
-                for name, data in files:
-                    (folder / name).write_bytes(data)
+    for subset, character, name, data in files:
+        alphabet, glyph = character.split("/")
+        folders = [out / "lake" / split_of[alphabet] / alphabet / glyph]
+        if subset != EVALUATION:
+            folders.append(out / "flat" / f"{alphabet}__{glyph}")
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
     print(f"wrote {out / 'flat'} and {out / 'lake'}")
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +265,21 @@ def _list_pngs(
             if path.suffix.lower() == ".png" and path.is_file():
                 entries.append((f"{path.parent.parent.name}/{path.parent.name}", path.name, path))
     return entries
+
+
+def drawings(
+    source: str | os.PathLike[str],
+) -> Iterator[tuple[str, str, str, bytes]]:
+    """``(subset, "Alphabet/characterNN", file name, PNG bytes)`` of every drawing in
+    ``source`` (the zips, or the subsets extracted), undecoded: for tools that lay Omniglot out
+    in other forms, such as an image folder."""
+    root = _resolve_source(source)
+    with contextlib.ExitStack() as stack:  # closes the zips
+        for subset in SUBSETS:
+            location = _subset_location(root, subset)
+            assert location is not None  # _resolve_source checked both subsets
+            for class_name, file_name, handle in _list_pngs(location, subset, stack):
+                yield subset, class_name, file_name, _read_bytes(handle)
 
 
 def _read_bytes(handle: PngHandle) -> bytes:
