@@ -203,8 +203,21 @@ def _main(out: Path) -> None:
     results["after-replay"] = train_tiny(torch.float64, "mean", dist, sync_in_graph=False)
     state = results[(str(torch.float64), "mean")][0]
     results["evaluation"] = asdict(evaluate_tiny(state, dist))
-    torch.save(results, out / f"rank{dist.rank}.pt")
     dist.shutdown()
+    results["threads_after_shutdown"] = thread_names()
+    torch.save(results, out / f"rank{dist.rank}.pt")
+
+
+def thread_names() -> list[str] | None:
+    """The names of this process's threads (Linux: /proc/self/task), or None elsewhere."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    names = []
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended while listed
+            names.append((task / "comm").read_text().strip())
+    return sorted(names)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,19 @@ def test_sharded_evaluation_equals_one_process(two_rank_tiny) -> None:
     assert len(set(want.per_task_accuracies)) > 1  # tasks differ: an order mistake would show
 
 
+@pytest.mark.slow
+def test_leaving_the_job_stops_the_process_groups_threads(two_rank_tiny) -> None:
+    """After Distributed.shutdown no gloo thread is left. Regression: torch modules imported
+    after the group was made (lazily, by the first optimizer) held it in default arguments,
+    so its threads ran on into the interpreter's teardown, where a rank once aborted after a
+    finished run ("terminate called without an active exception")."""
+    for rank in (0, 1):
+        names = two_rank_tiny[rank]["threads_after_shutdown"]
+        if names is None:
+            pytest.skip("thread names need /proc/self/task (Linux)")
+        assert not [n for n in names if "gloo" in n], (rank, names)
+
+
 def test_task_blocks_cover_every_task_once_in_order() -> None:
     for count in (0, 1, 5, 600, 601):
         for world in (1, 2, 3, 8):
