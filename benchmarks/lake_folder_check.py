@@ -17,12 +17,15 @@ commands, so its error can be set beside the built-in ``omniglot-lake`` protocol
     --allow-other-data`` on the 600 fixed test tasks, one image at a time and as a batch: tasks
     within one alphabet (the challenge; the same tasks as ``omniglot-lake``'s test) and tasks of
     letters from any evaluation alphabet (``--episodes random``).
-``table``: results.json and results.md in ``--out`` from the scored copy's records.
+``table``: results.json and results.md in ``--out`` from the scored copies' records, one block
+    of rows per run (the issue's trial had two: 1,500 and 5,000 iterations).
 
     python benchmarks/lake_folder_check.py layout --data-dir DIR --out FOLDERS
     python benchmarks/lake_folder_check.py train --folders FOLDERS --out RUN
+    python benchmarks/lake_folder_check.py train --folders FOLDERS --out RUN2 --set train.epochs=100
     python benchmarks/lake_folder_check.py score --folders FOLDERS RUN
-    python benchmarks/lake_folder_check.py table RUN --out docs/results/omniglot-lake-folder-check
+    python benchmarks/lake_folder_check.py score --folders FOLDERS RUN2
+    python benchmarks/lake_folder_check.py table RUN RUN2 --out OUT
 """
 
 from __future__ import annotations
@@ -119,42 +122,57 @@ def _error(scored: Path, episodes: str, single: bool) -> dict[str, Any] | None:
     }
 
 
-def table(run: Path, out: Path, conditions: str) -> None:
+def _scored_run(run: Path) -> dict[str, Any]:
+    """One trained and scored run: its training (the trial's settings, the epochs it ran) and
+    its 4 test errors."""
     scored = run.with_name(run.name + "-lake")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    scores = {
-        f"{episodes}_{'single' if single else 'batch'}": _error(scored, episodes, single)
-        for episodes in PROTOCOLS
-        for single in (True, False)
+    config = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+    settings = [s for s in TRAIN_SETTINGS if not s.startswith("train.epochs=")]
+    settings.append(f"train.epochs={config['train']['epochs']}")
+    return {
+        "run": run.name,
+        "training": {"settings": settings, "iterations": summary["iterations"]},
+        "test_error": {
+            f"{episodes}_{'single' if single else 'batch'}": _error(scored, episodes, single)
+            for episodes in PROTOCOLS
+            for single in (True, False)
+        },
     }
-    results = {
-        "conditions": conditions,
-        "training": {"settings": TRAIN_SETTINGS, "iterations": summary["iterations"]},
-        "test_error": scores,
-    }
+
+
+def table(runs: list[Path], out: Path, conditions: str) -> None:
+    """results.json and results.md: one block of rows per run, in the order given."""
+    scored = [_scored_run(run) for run in runs]
+    results = {"conditions": conditions, "runs": scored}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    def cell(key: str) -> str:
+    def cell(scores: dict[str, Any], key: str) -> str:
         value = scores[key]
         return "—" if value is None else f"{value['error']:.2f} ± {value['ci95']:.2f}"
 
     lines = [
         "# Lake's Omniglot challenge through the image-folder path",
         "",
-        f"The 964 background characters as a folder of classes, `mamlpp train --set "
-        f"{' --set '.join(TRAIN_SETTINGS)}` ({summary['iterations']} iterations), scored on the "
-        "600 fixed 20-way 1-shot test tasks of the 20 evaluation alphabets (error %, 95% CI, "
-        f"top-3 ensemble). {conditions}",
+        "The 964 background characters as a folder of classes, `mamlpp train --set "
+        f"{' --set '.join(scored[0]['training']['settings'][:-1])} --set train.epochs=E`, "
+        "scored on the 600 fixed 20-way 1-shot test tasks of the 20 evaluation alphabets "
+        f"(error %, 95% CI, top-3 ensemble). {conditions}",
         "",
-        "| test tasks | one image at a time | queries as a batch |",
-        "|---|---|---|",
-        f"| within one alphabet, support and query by other drawers (the challenge) "
-        f"| {cell('within-group_single')} | {cell('within-group_batch')} |",
-        f"| letters from any evaluation alphabet | {cell('random_single')} "
-        f"| {cell('random_batch')} |",
-        "",
+        "| training | test tasks | one image at a time | queries as a batch |",
+        "|---|---|---|---|",
     ]
+    for one in scored:
+        scores, training = one["test_error"], one["training"]
+        label = f"{training['iterations']} iterations (`{training['settings'][-1]}`)"
+        lines += [
+            f"| {label} | within one alphabet, support and query by other drawers (the "
+            f"challenge) | {cell(scores, 'within-group_single')} "
+            f"| {cell(scores, 'within-group_batch')} |",
+            f"| {label} | letters from any evaluation alphabet | "
+            f"{cell(scores, 'random_single')} | {cell(scores, 'random_batch')} |",
+        ]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
@@ -172,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     test = commands.add_parser("score", help="score a run on lake/'s test tasks")
     test.add_argument("--folders", type=Path, required=True)
     test.add_argument("run", type=Path)
-    publish = commands.add_parser("table", help="results.json and results.md of a scored run")
-    publish.add_argument("run", type=Path)
+    publish = commands.add_parser("table", help="results.json and results.md of scored runs")
+    publish.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     publish.add_argument("--out", type=Path, required=True)
     publish.add_argument("--conditions", default="", help="machine, versions, commit")
     args = parser.parse_args(argv)
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "score":
         score(args.folders, args.run)
     else:
-        table(args.run, args.out, args.conditions)
+        table(args.runs, args.out, args.conditions)
     return 0
 
 

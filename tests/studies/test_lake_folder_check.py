@@ -59,12 +59,13 @@ def test_the_lake_folders_are_omniglot_lake(omniglot_dir: Path, tmp_path: Path) 
         assert len(fingerprints) == 1
 
 
-def _fake_run(root: Path) -> Path:
-    run = root / "trial"
+def _fake_run(root: Path, name: str = "trial", *extra: str) -> Path:
+    run = root / name
     run.mkdir()
-    config = resolve_config("quickstart", overrides=check.TRAIN_SETTINGS)
+    config = resolve_config("quickstart", overrides=[*check.TRAIN_SETTINGS, *extra])
     (run / "config.toml").write_text(to_toml(config), encoding="utf-8")
-    (run / "summary.json").write_text(json.dumps({"iterations": 1500}))
+    iterations = config.train.epochs * config.train.iterations_per_epoch
+    (run / "summary.json").write_text(json.dumps({"iterations": iterations}))
     return run
 
 
@@ -94,27 +95,53 @@ def test_score_points_a_copy_at_the_lake_folders(tmp_path: Path, monkeypatch) ->
     ]
 
 
-def test_table_reads_the_scored_records(tmp_path: Path) -> None:
-    run = _fake_run(tmp_path)
-    scored = tmp_path / "trial-lake"
+def _fake_records(run: Path, accuracies: list[float]) -> None:
+    """The 4 evaluation records ``score`` leaves in the scored copy: within one alphabet and
+    across alphabets, one at a time and as a batch."""
+    scored = run.with_name(run.name + "-lake")
     scored.mkdir()
-    records = {
-        "eval-test-top3-600-single-otherdata-aa.json": 0.6,
-        "eval-test-top3-600-otherdata-aa.json": 0.625,
-        "eval-test-top3-600-single-random-otherdata-aa.json": 0.8,
-        "eval-test-top3-600-random-otherdata-aa.json": 0.8125,
-    }
-    for name, accuracy in records.items():
+    names = [
+        "eval-test-top3-600-single-otherdata-aa.json",
+        "eval-test-top3-600-otherdata-aa.json",
+        "eval-test-top3-600-single-random-otherdata-aa.json",
+        "eval-test-top3-600-random-otherdata-aa.json",
+    ]
+    for name, accuracy in zip(names, accuracies, strict=True):
         record = {"accuracy": accuracy, "ci95": 0.01, "task_fingerprint": "f"}
         (scored / name).write_text(json.dumps(record))
-    check.main(["table", str(run), "--out", str(tmp_path / "out"), "--conditions", "here"])
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    errors = {key: round(value["error"], 4) for key, value in results["test_error"].items()}
-    assert errors == {
-        "within-group_single": 40.0,
-        "within-group_batch": 37.5,
-        "random_single": 20.0,
-        "random_batch": 18.75,
-    }
-    table = (tmp_path / "out" / "results.md").read_text()
-    assert "| 40.00 ± 1.00 | 37.50 ± 1.00 |" in table and "(1500 iterations)" in table
+
+
+def test_table_reads_the_scored_records_of_each_run(tmp_path: Path) -> None:
+    short = _fake_run(tmp_path)
+    long = _fake_run(tmp_path, "longer", "train.epochs=100")
+    _fake_records(short, [0.6, 0.625, 0.8, 0.8125])
+    _fake_records(long, [0.7, 0.75, 0.85, 0.875])
+    out = tmp_path / "out"
+    check.main(["table", str(short), str(long), "--out", str(out), "--conditions", "here"])
+    results = json.loads((out / "results.json").read_text())
+    assert [run["run"] for run in results["runs"]] == ["trial", "longer"]
+    assert [run["training"]["iterations"] for run in results["runs"]] == [1500, 5000]
+    assert results["runs"][1]["training"]["settings"][-1] == "train.epochs=100"
+    errors = [
+        {key: round(value["error"], 4) for key, value in run["test_error"].items()}
+        for run in results["runs"]
+    ]
+    assert errors == [
+        {
+            "within-group_single": 40.0,
+            "within-group_batch": 37.5,
+            "random_single": 20.0,
+            "random_batch": 18.75,
+        },
+        {
+            "within-group_single": 30.0,
+            "within-group_batch": 25.0,
+            "random_single": 15.0,
+            "random_batch": 12.5,
+        },
+    ]
+    table = (out / "results.md").read_text()
+    first = "| 1500 iterations (`train.epochs=30`) | within one alphabet"
+    assert first in table and "| 40.00 ± 1.00 | 37.50 ± 1.00 |" in table
+    second = "| 5000 iterations (`train.epochs=100`) | letters from any"
+    assert second in table and "| 15.00 ± 1.00 | 12.50 ± 1.00 |" in table
