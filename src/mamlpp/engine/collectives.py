@@ -45,6 +45,15 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+# Imported here, before any process group exists, for its side effect:
+# torch.distributed.nn.functional gives ten functions the default argument group=group.WORLD,
+# evaluated at import. Imported after init_process_group (torch imports it lazily, through
+# torch._dynamo, when the first optimizer is built), they hold the default group, so destroying
+# it at the end of a run left gloo's threads (pt_gloo_runloop, gloo_tcp_loop) running into the
+# interpreter's teardown, where a rank once aborted after a finished run ("terminate called
+# without an active exception"). Imported first, they hold None.
+import torch.distributed.nn  # noqa: F401
 from torch import Tensor
 
 from mamlpp.core.types import PassStats
@@ -264,24 +273,9 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> Distr
         backend = "gloo"
     else:
         raise ConfigError(f"distributed training runs on cpu (gloo) or cuda (NCCL), not {device}")
-    _import_modules_that_capture_the_default_group()
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
         default_store()  # the error protocol needs it: fail now, not at the end of a run
     except MamlppError as missing:  # every rank meets it: rank 0 prints it
         raise DistributedError(str(missing), reported_elsewhere=rank != 0) from None
     return Distributed(rank, world, local_rank, backend, device)
-
-
-def _import_modules_that_capture_the_default_group() -> None:
-    """Import, before the process group exists, the torch modules that would otherwise keep it
-    alive after :func:`~torch.distributed.destroy_process_group`.
-
-    ``torch.distributed.nn.functional`` gives ten functions the default argument
-    ``group=group.WORLD``, evaluated at import: imported after ``init_process_group`` (torch
-    imports it lazily, through ``torch._dynamo``, when the first optimizer is built), they hold
-    the default group, so destroying it at the end of a run leaves gloo's threads running
-    (``pt_gloo_runloop``, ``gloo_tcp_loop``) until the interpreter tears down, where a rank
-    once aborted with "terminate called without an active exception" after a finished run.
-    Imported first, they hold ``None``."""
-    import torch.distributed.nn  # noqa: F401  (for its side effect, see above)
