@@ -48,7 +48,9 @@ from mamlpp.data.omniglot import drawings, find_omniglot, lake_alphabets
 EVALUATION = "images_evaluation"  # the 20 evaluation alphabets' subset
 # The drawer of ``CCCC_DD.png`` (Lake et al.'s file names): the image's source.
 DRAWER_PATTERN = r"_(\d+)\.png$"
-TRAIN_SETTINGS = ["data.dataset=folder", "data.ways=20", "train.epochs=30"]
+# The trial's settings but its length, and the whole of them (30 epochs of 50: 1,500 iterations).
+FIXED_SETTINGS = ["data.dataset=folder", "data.ways=20"]
+TRAIN_SETTINGS = [*FIXED_SETTINGS, "train.epochs=30"]
 # The challenge's tasks, and 20 letters from any evaluation alphabet (mamlpp evaluate --episodes).
 PROTOCOLS = ("within-group", "random")
 
@@ -128,8 +130,7 @@ def _scored_run(run: Path) -> dict[str, Any]:
     scored = run.with_name(run.name + "-lake")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     config = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
-    settings = [s for s in TRAIN_SETTINGS if not s.startswith("train.epochs=")]
-    settings.append(f"train.epochs={config['train']['epochs']}")
+    settings = [*FIXED_SETTINGS, f"train.epochs={config['train']['epochs']}"]
     return {
         "run": run.name,
         "training": {"settings": settings, "iterations": summary["iterations"]},
@@ -156,7 +157,7 @@ def table(runs: list[Path], out: Path, conditions: str) -> None:
         "# Lake's Omniglot challenge through the image-folder path",
         "",
         "The 964 background characters as a folder of classes, `mamlpp train --set "
-        f"{' --set '.join(scored[0]['training']['settings'][:-1])} --set train.epochs=E`, "
+        f"{' --set '.join(FIXED_SETTINGS)} --set train.epochs=E`, "
         "scored on the 600 fixed 20-way 1-shot test tasks of the 20 evaluation alphabets "
         f"(error %, 95% CI, top-3 ensemble). {conditions}",
         "",
