@@ -4,18 +4,24 @@ the 20 evaluation alphabets, one query image at a time (and the transductive bat
 
 ``train``: for each seed, ``mamlpp train --preset omniglot-lake-hour --set train.seed=S`` into
     ``RUNS/seedS`` (the command's wall time is recorded in ``RUNS/seedS/wall.json``; it ends by
-    scoring the test tasks as a batch), then ``mamlpp evaluate --split test --one-at-a-time``,
-    then the same on across-alphabet tasks (``--episodes random``: 20 letters from any evaluation
-    alphabets, the easier protocol of the usual benchmark). A step whose output exists is skipped.
-``table``: results.json and results.md in ``--out``: each seed's test error both ways and across
-    alphabets, its training time and iterations, and the mean over the seeds; with matplotlib,
-    val-error-vs-minutes.png (each seed's validation error after each epoch).
+    scoring the test tasks as a batch), then ``mamlpp evaluate --split val --one-at-a-time`` (600
+    fixed tasks of the held-out background alphabets: the figure that compares variants), then
+    ``--split test --one-at-a-time``, then the same on across-alphabet tasks (``--episodes
+    random``: 20 letters from any evaluation alphabets, the easier protocol of the usual
+    benchmark). A step whose output exists is skipped. ``--set KEY=VALUE`` (repeatable) trains a
+    variant of the preset at the same budget: the overrides are recorded in
+    ``RUNS/settings.json``, and one RUNS folder holds one variant (other overrides are refused).
+``table``: results.json and results.md in ``--out``: each seed's validation and test error one
+    image at a time, its test error as a batch and across alphabets, its training time and
+    iterations, and the mean over the seeds; with matplotlib, val-error-vs-minutes.png (each
+    seed's validation error after each epoch).
 
 The time target (at most 60 minutes per command) holds on an idle 2-core CPU: run nothing else
 meanwhile, and say so in ``--conditions``.
 
     python benchmarks/lake_preset.py train --runs RUNS --data-dir DIR --seeds 0 1 2
     python benchmarks/lake_preset.py table --runs RUNS --out docs/results/omniglot-lake-preset
+    python benchmarks/lake_preset.py train --runs RUNS_V --data-dir DIR --seeds 0 --set KEY=VALUE
 """
 
 from __future__ import annotations
@@ -45,27 +51,54 @@ def _run(argv: list[str], dry_run: bool) -> float:
     return time.perf_counter() - start
 
 
-def _eval_path(run: Path, single: bool, across: bool = False) -> Path:
-    name = f"eval-test-top{TOP_K}-{TASKS}{'-single' if single else ''}"
+def _eval_path(run: Path, single: bool, across: bool = False, split: str = "test") -> Path:
+    name = f"eval-{split}-top{TOP_K}-{TASKS}{'-single' if single else ''}"
     return run / f"{name}{'-random' if across else ''}.json"
 
 
-def train(runs: Path, seeds: Sequence[int], data: list[str], dry_run: bool) -> None:
+def _settings(runs: Path) -> list[str]:
+    """The overrides of the preset that the runs in ``runs`` were trained with ([] for none)."""
+    path = runs / "settings.json"
+    return json.loads(path.read_text(encoding="utf-8"))["set"] if path.is_file() else []
+
+
+def _keep_settings(runs: Path, overrides: list[str], dry_run: bool) -> None:
+    """Record the variant's overrides; refuse a RUNS folder that holds another variant."""
+    recorded = (runs / "settings.json").is_file()
+    if recorded and _settings(runs) != overrides:
+        raise SystemExit(
+            f"{runs} holds runs trained with --set {_settings(runs)}, not {overrides}: "
+            "use another --runs folder for another variant"
+        )
+    if not recorded and not dry_run:
+        runs.mkdir(parents=True, exist_ok=True)
+        (runs / "settings.json").write_text(json.dumps({"set": overrides}) + "\n")
+
+
+def train(
+    runs: Path,
+    seeds: Sequence[int],
+    data: list[str],
+    dry_run: bool,
+    overrides: Sequence[str] = (),
+) -> None:
+    _keep_settings(runs, list(overrides), dry_run)
+    sets = [arg for override in overrides for arg in ("--set", override)]
     for seed in seeds:
         run = runs / f"seed{seed}"
         if (run / "wall.json").is_file():
             print(f"seed {seed}: trained, training skipped")
         else:
-            argv = ["mamlpp", "train", "--preset", PRESET, "--set", f"train.seed={seed}"]
+            argv = ["mamlpp", "train", "--preset", PRESET, "--set", f"train.seed={seed}", *sets]
             seconds = _run([*argv, *data, "--out", str(run), "--quiet"], dry_run)
             if not dry_run:
                 (run / "wall.json").write_text(json.dumps({"train_command_s": seconds}) + "\n")
-        evaluate = ["mamlpp", "evaluate", str(run), "--split", "test", "--tasks", str(TASKS)]
-        evaluate += ["--top-k", str(TOP_K), "--one-at-a-time"]
-        for across, extra in ((False, []), (True, ["--episodes", "random"])):
-            if _eval_path(run, single=True, across=across).is_file():
+        for split, across in (("val", False), ("test", False), ("test", True)):
+            if _eval_path(run, single=True, across=across, split=split).is_file():
                 continue
-            _run([*evaluate, *extra, *data], dry_run)
+            evaluate = ["mamlpp", "evaluate", str(run), "--split", split, "--tasks", str(TASKS)]
+            evaluate += ["--top-k", str(TOP_K), "--one-at-a-time"]
+            _run([*evaluate, *(["--episodes", "random"] if across else []), *data], dry_run)
 
 
 def _error(path: Path) -> dict[str, float] | None:
@@ -84,7 +117,12 @@ def _validation_curve(run: Path) -> tuple[list[float], list[float]]:
     return [r["wall_s"] / 60 for r in val], [100 * (1 - r["accuracy"]) for r in val]
 
 
-def _chart(runs: list[Path], out: Path) -> Path | None:
+def _title(runs: Path) -> str:
+    overrides = _settings(runs)
+    return f"`{PRESET}`" + (f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+
+
+def _chart(runs: list[Path], out: Path, title: str) -> Path | None:
     from mamlpp.studies.plots import Series, line_figure, save
 
     series = [
@@ -92,7 +130,7 @@ def _chart(runs: list[Path], out: Path) -> Path | None:
     ]
     if not any(item.xs for item in series):
         return None
-    title = f"{PRESET}: validation error (held-out background alphabets, queries as a batch)"
+    title = f"{title}: validation error (held-out background alphabets, queries as a batch)"
     figure = line_figure(series, title, "minutes of training", "20-way 1-shot error (%)")
     return save(figure, out / "val-error-vs-minutes.png")
 
@@ -109,6 +147,7 @@ def table(runs: Path, out: Path, conditions: str) -> None:
                 "seed": int(run.name.removeprefix("seed")),
                 "iterations": summary.get("iterations"),
                 "train_command_min": round(wall["train_command_s"] / 60, 1) if wall else None,
+                "val_single": _error(_eval_path(run, single=True, split="val")),
                 "test_single": _error(_eval_path(run, single=True)),
                 "across_single": _error(_eval_path(run, single=True, across=True)),
                 # `mamlpp train` scores the test tasks as a batch at its end (summary.json).
@@ -126,13 +165,20 @@ def table(runs: Path, out: Path, conditions: str) -> None:
     mean = {
         how: statistics.fmean(r[key]["error"] for r in done)
         for how, key in (
+            ("val_single", "val_single"),
             ("single", "test_single"),
             ("batch", "test_batch"),
             ("across", "across_single"),
         )
         if done and all(r[key] is not None for r in done)
     }
-    results = {"preset": PRESET, "conditions": conditions, "rows": rows, "mean_error": mean}
+    results = {
+        "preset": PRESET,
+        "set": _settings(runs),
+        "conditions": conditions,
+        "rows": rows,
+        "mean_error": mean,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
@@ -140,28 +186,31 @@ def table(runs: Path, out: Path, conditions: str) -> None:
         return "—" if value is None else f"{value['error']:.2f} ± {value['ci95']:.2f}"
 
     lines = [
-        f"# Lake's Omniglot one-shot challenge: the `{PRESET}` preset",
+        f"# Lake's Omniglot one-shot challenge: {_title(runs)}",
         "",
         "Within-alphabet, drawer-disjoint 20-way 1-shot test error on the 20 evaluation alphabets",
         f"(%, 95% CI over {TASKS} fixed tasks, top-{TOP_K} checkpoint ensemble). {conditions}",
         "",
-        "The last column scores the same models one image at a time on across-alphabet tasks",
-        "(`--episodes random`: 20 letters from any evaluation alphabets).",
+        "Validation: the same protocol on 600 fixed tasks of the 5 held-out background alphabets",
+        "(the figure that compares variants; the test never chooses). The last column scores the",
+        "same models one image at a time on across-alphabet tasks (`--episodes random`: 20 letters",
+        "from any evaluation alphabets).",
         "",
-        "| seed | iterations | `mamlpp train` (min) | test, one at a time | test, batch "
-        "| across alphabets, one at a time |",
-        "|---|---|---|---|---|---|",
+        "| seed | iterations | `mamlpp train` (min) | val, one at a time | test, one at a time "
+        "| test, batch | across alphabets, one at a time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['iterations'] or '—'} | {r['train_command_min'] or '—'} | "
-            f"{cell(r['test_single'])} | {cell(r['test_batch'])} | {cell(r['across_single'])} |"
+            f"{cell(r['val_single'])} | {cell(r['test_single'])} | {cell(r['test_batch'])} | "
+            f"{cell(r['across_single'])} |"
         )
     if mean:
-        figures = [mean.get(how) for how in ("single", "batch", "across")]
+        figures = [mean.get(how) for how in ("val_single", "single", "batch", "across")]
         shown = " | ".join("—" if f is None else f"{f:.2f}" for f in figures)
         lines.append(f"| mean of {len(done)} | | | {shown} |")
-    chart = _chart(seed_runs, out)
+    chart = _chart(seed_runs, out, _title(runs))
     if chart is not None:
         lines += ["", f"![validation error against minutes of training]({chart.name})"]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -176,6 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     step.add_argument("--data-dir")
     step.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     step.add_argument("--dry-run", action="store_true", help="print the commands only")
+    step.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train a variant of the preset (repeatable; recorded in RUNS/settings.json)",
+    )
     tab = sub.add_parser("table")
     tab.add_argument("--runs", type=Path, required=True)
     tab.add_argument("--out", type=Path, required=True)
@@ -185,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table(args.runs, args.out, args.conditions)
         return 0
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    train(args.runs, args.seeds, data, args.dry_run)
+    train(args.runs, args.seeds, data, args.dry_run, args.overrides)
     return 0
 
 

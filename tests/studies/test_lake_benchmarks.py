@@ -57,12 +57,15 @@ def test_the_preset_exists_and_the_script_trains_each_seed(tmp_path: Path, capsy
         f"+ mamlpp train --preset {preset.PRESET} --set train.seed=0 --out {tmp_path}/seed0 --quiet"
     )
     evaluate = f"+ mamlpp evaluate {tmp_path}/seed0 --split test --tasks 600 --top-k 3"
-    assert lines[1] == f"{evaluate} --one-at-a-time"
-    assert lines[2] == f"{evaluate} --one-at-a-time --episodes random"
-    assert "train.seed=1" in lines[3]
+    validate = evaluate.replace("--split test", "--split val")
+    assert lines[1] == f"{validate} --one-at-a-time"
+    assert lines[2] == f"{evaluate} --one-at-a-time"
+    assert lines[3] == f"{evaluate} --one-at-a-time --episodes random"
+    assert "train.seed=1" in lines[4]
     # A step whose output exists is skipped: a seed trained but not scored is only scored.
     (tmp_path / "seed0").mkdir()
     (tmp_path / "seed0" / "wall.json").write_text('{"train_command_s": 1.0}')
+    _record(tmp_path / "seed0" / "eval-val-top3-600-single.json", 0.5)
     _record(tmp_path / "seed0" / "eval-test-top3-600-single.json", 0.5)
     preset.main(["train", "--runs", str(tmp_path), "--seeds", "0", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
@@ -70,6 +73,35 @@ def test_the_preset_exists_and_the_script_trains_each_seed(tmp_path: Path, capsy
         "seed 0: trained, training skipped",
         f"{evaluate} --one-at-a-time --episodes random",
     ]
+
+
+def test_a_variant_of_the_preset_is_trained_with_its_overrides_in_its_own_folder(
+    tmp_path: Path, capsys
+) -> None:
+    runs = tmp_path / "aug"
+    argv = ["train", "--runs", str(runs), "--seeds", "0", "--set", "data.augment_rotation=10"]
+    preset.main([*argv, "--dry-run"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"+ mamlpp train --preset {preset.PRESET} --set train.seed=0 ")
+    assert "--set data.augment_rotation=10 --out" in first
+    assert not runs.exists()  # a dry run writes nothing
+    preset._keep_settings(runs, ["data.augment_rotation=10"], dry_run=False)
+    assert preset._settings(runs) == ["data.augment_rotation=10"]
+    # The same folder refuses other overrides (the preset itself included) with one line.
+    for other in ([], ["--set", "data.augment_rotation=5"]):
+        with pytest.raises(SystemExit, match="use another --runs folder"):
+            preset.main(["train", "--runs", str(runs), "--seeds", "0", *other, "--dry-run"])
+    (runs / "seed0").mkdir()
+    _record(runs / "seed0" / "eval-val-top3-600-single.json", 0.75)
+    preset.table(runs, tmp_path / "out", "test conditions")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["set"] == ["data.augment_rotation=10"]
+    assert results["rows"][0]["val_single"]["error"] == pytest.approx(25.0)
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.startswith(
+        f"# Lake's Omniglot one-shot challenge: `{preset.PRESET}` with `data.augment_rotation=10`"
+    )
+    assert "| 0 | — | — | 25.00 ± 1.00 | — | — | — |" in table
 
 
 def test_the_preset_table_has_each_seed_and_the_mean(tmp_path: Path) -> None:
@@ -90,7 +122,8 @@ def test_the_preset_table_has_each_seed_and_the_mean(tmp_path: Path) -> None:
     assert results["mean_error"] == pytest.approx({"single": 15.0, "batch": 12.0, "across": 10.0})
     assert [r["train_command_min"] for r in results["rows"]] == [50.0, 50.0]
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| mean of 2 | | | 15.00 | 12.00 | 10.00 |" in table
+    # No validation scores in these runs: that column's mean is left out, not made up.
+    assert "| mean of 2 | | | — | 15.00 | 12.00 | 10.00 |" in table
     assert "(val-error-vs-minutes.png)" in table
     assert preset._validation_curve(tmp_path / "runs" / "seed0") == (
         [1.0, 2.0],
