@@ -172,7 +172,8 @@ PRESETS: dict[str, Preset] = {
         ),
         budget_note="under 10 min on an idle 2-core CPU, 8 min 44 s measured",
     ),
-    # Lake's one-shot challenge in at most an hour on an idle 2-core CPU: the settings that
+    # Lake's one-shot challenge in under an hour on the idle 2-core CPU it was sized on (another
+    # 2-core CPU ran its iterations 1.5-1.7 times slower): the settings that
     # scored best on validation (the 5 held-out background alphabets) in the study of
     # docs/results/omniglot-lake-study (benchmarks/lake_study.py); its 3-seed figures are in
     # docs/results/omniglot-lake-preset (benchmarks/lake_preset.py). Over omniglot-lake-20w1s
@@ -200,7 +201,7 @@ PRESETS: dict[str, Preset] = {
                 "eval": {"val_tasks": 100, "test_tasks": 600, "top_k": 3, "batch_size": 50},
             },
         ),
-        budget_note="under 60 min on an idle 2-core CPU",
+        budget_note="57 min on the idle 2-core CPU it was sized on; slower CPUs take longer",
     ),
     # Offline and file-free (procedural stroke classes), for smoke tests and demos.
     "synthetic": Preset(
