@@ -16,8 +16,9 @@ the 20 evaluation alphabets, one query image at a time (and the transductive bat
     iterations, and the mean over the seeds; with matplotlib, val-error-vs-minutes.png (each
     seed's validation error after each epoch).
 
-The time target (at most 60 minutes per command) holds on an idle 2-core CPU: run nothing else
-meanwhile, and say so in ``--conditions``.
+The time target (at most 60 minutes per command) held on the idle 2-core CPU the preset was sized
+on (57 minutes); another 2-core CPU ran its iterations 1.5-1.7 times slower. Run nothing else
+meanwhile, and say the machine and its speed in ``--conditions``.
 
     python benchmarks/lake_preset.py train --runs RUNS --data-dir DIR --seeds 0 1 2
     python benchmarks/lake_preset.py table --runs RUNS --out docs/results/omniglot-lake-preset
