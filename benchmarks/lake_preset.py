@@ -66,9 +66,10 @@ def _settings(runs: Path) -> list[str]:
 def _keep_settings(runs: Path, overrides: list[str], dry_run: bool) -> None:
     """Record the variant's overrides; refuse a RUNS folder that holds another variant."""
     recorded = (runs / "settings.json").is_file()
-    if recorded and _settings(runs) != overrides:
+    theirs = _settings(runs)
+    if recorded and theirs != overrides:
         raise SystemExit(
-            f"{runs} holds runs trained with --set {_settings(runs)}, not {overrides}: "
+            f"{runs} holds runs trained with --set {theirs}, not {overrides}: "
             "use another --runs folder for another variant"
         )
     if not recorded and not dry_run:
@@ -118,8 +119,7 @@ def _validation_curve(run: Path) -> tuple[list[float], list[float]]:
     return [r["wall_s"] / 60 for r in val], [100 * (1 - r["accuracy"]) for r in val]
 
 
-def _title(runs: Path) -> str:
-    overrides = _settings(runs)
+def _title(overrides: list[str]) -> str:
     return f"`{PRESET}`" + (f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
 
 
@@ -140,6 +140,7 @@ def _chart(runs: list[Path], out: Path, variant: bool) -> Path | None:
 
 def table(runs: Path, out: Path, conditions: str) -> None:
     seed_runs = sorted(p for p in runs.glob("seed*") if p.is_dir())
+    overrides = _settings(runs)
     rows: list[dict[str, Any]] = []
     for run in seed_runs:
         summary_path, wall_path = run / "summary.json", run / "wall.json"
@@ -177,7 +178,7 @@ def table(runs: Path, out: Path, conditions: str) -> None:
     }
     results = {
         "preset": PRESET,
-        "set": _settings(runs),
+        "set": overrides,
         "conditions": conditions,
         "rows": rows,
         "mean_error": mean,
@@ -189,7 +190,7 @@ def table(runs: Path, out: Path, conditions: str) -> None:
         return "—" if value is None else f"{value['error']:.2f} ± {value['ci95']:.2f}"
 
     lines = [
-        f"# Lake's Omniglot one-shot challenge: {_title(runs)}",
+        f"# Lake's Omniglot one-shot challenge: {_title(overrides)}",
         "",
         "Within-alphabet, drawer-disjoint 20-way 1-shot test error on the 20 evaluation alphabets",
         f"(%, 95% CI over {TASKS} fixed tasks, top-{TOP_K} checkpoint ensemble). {conditions}",
@@ -213,7 +214,7 @@ def table(runs: Path, out: Path, conditions: str) -> None:
         figures = [mean.get(how) for how in ("val_single", "single", "batch", "across")]
         shown = " | ".join("—" if f is None else f"{f:.2f}" for f in figures)
         lines.append(f"| mean of {len(done)} | | | {shown} |")
-    chart = _chart(seed_runs, out, variant=bool(_settings(runs)))
+    chart = _chart(seed_runs, out, variant=bool(overrides))
     if chart is not None:
         lines += ["", f"![validation error against minutes of training]({chart.name})"]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
