@@ -8,9 +8,11 @@ the 20 evaluation alphabets, one query image at a time (and the transductive bat
     fixed tasks of the held-out background alphabets: the figure that compares variants), then
     ``--split test --one-at-a-time``, then the same on across-alphabet tasks (``--episodes
     random``: 20 letters from any evaluation alphabets, the easier protocol of the usual
-    benchmark). A step whose output exists is skipped. ``--set KEY=VALUE`` (repeatable) trains a
-    variant of the preset at the same budget: the overrides are recorded in
-    ``RUNS/settings.json``, and one RUNS folder holds one variant (other overrides are refused).
+    benchmark). A step whose output exists is skipped; a seed whose training was interrupted (a
+    checkpoint, no ``wall.json``) is resumed with ``mamlpp train --resume``. ``--set KEY=VALUE``
+    (repeatable) trains a variant of the preset at the same budget: the overrides are recorded
+    in ``RUNS/settings.json``, and one RUNS folder holds one variant (other overrides are
+    refused).
 ``table``: results.json and results.md in ``--out``: each seed's validation and test error one
     image at a time, its test error as a batch and across alphabets, its training time and
     iterations, and the mean over the seeds; with matplotlib, val-error-vs-minutes.png (each
@@ -90,6 +92,18 @@ def train(
         run = runs / f"seed{seed}"
         if (run / "wall.json").is_file():
             print(f"seed {seed}: trained, training skipped")
+        elif (run / "checkpoints" / "latest.pt").is_file():
+            # An interrupted seed: resume it. Its time is the training time its checkpoint
+            # recorded (the last epoch's validation record) plus the resumed command's; the
+            # unfinished epoch that was interrupted is lost and not counted.
+            minutes, _ = _validation_curve(run)
+            before = 60 * minutes[-1] if minutes else 0.0
+            print(f"seed {seed}: interrupted after {len(minutes)} epochs, resumed")
+            argv = ["mamlpp", "train", "--resume", "--out", str(run), *data, "--quiet"]
+            seconds = _run(argv, dry_run)
+            if not dry_run:
+                wall = {"train_command_s": before + seconds, "resumed_after_s": before}
+                (run / "wall.json").write_text(json.dumps(wall) + "\n")
         else:
             argv = ["mamlpp", "train", "--preset", PRESET, "--set", f"train.seed={seed}", *sets]
             seconds = _run([*argv, *data, "--out", str(run), "--quiet"], dry_run)

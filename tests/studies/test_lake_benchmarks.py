@@ -75,6 +75,25 @@ def test_the_preset_exists_and_the_script_trains_each_seed(tmp_path: Path, capsy
     ]
 
 
+def test_an_interrupted_seed_is_resumed_and_its_time_adds_the_checkpoints(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    run = tmp_path / "seed1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.pt").write_bytes(b"")
+    val = [{"kind": "val", "epoch": e, "accuracy": 0.5, "wall_s": 40.0 * e} for e in (1, 2, 3, 4)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(preset, "_run", lambda argv, dry_run: commands.append(argv) or 1000.0)
+    preset.main(["train", "--runs", str(tmp_path), "--seeds", "1"])
+    assert capsys.readouterr().out.splitlines()[0] == "seed 1: interrupted after 4 epochs, resumed"
+    assert commands[0] == ["mamlpp", "train", "--resume", "--out", str(run), "--quiet"]
+    assert [argv[1] for argv in commands] == ["train", "evaluate", "evaluate", "evaluate"]
+    # 160 s recorded by the checkpoint's last epoch, plus the resumed command's 1000 s.
+    wall = json.loads((run / "wall.json").read_text())
+    assert wall == {"train_command_s": 1160.0, "resumed_after_s": 160.0}
+
+
 def test_a_variant_of_the_preset_is_trained_with_its_overrides_in_its_own_folder(
     tmp_path: Path, capsys
 ) -> None:
