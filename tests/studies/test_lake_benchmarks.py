@@ -84,7 +84,12 @@ def test_an_interrupted_seed_is_resumed_and_its_time_adds_the_checkpoints(
     val = [{"kind": "val", "epoch": e, "accuracy": 0.5, "wall_s": 40.0 * e} for e in (1, 2, 3, 4)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
     commands: list[list[str]] = []
-    monkeypatch.setattr(preset, "_run", lambda argv, dry_run: commands.append(argv) or 1000.0)
+
+    def run_for_1000_s(argv: list[str], dry_run: bool) -> float:
+        commands.append(argv)
+        return 1000.0
+
+    monkeypatch.setattr(preset, "_run", run_for_1000_s)
     preset.main(["train", "--runs", str(tmp_path), "--seeds", "1"])
     assert capsys.readouterr().out.splitlines()[0] == "seed 1: interrupted after 4 epochs, resumed"
     assert commands[0] == ["mamlpp", "train", "--resume", "--out", str(run), "--quiet"]
