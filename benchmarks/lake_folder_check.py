@@ -44,6 +44,7 @@ import numpy as np
 import tomli_w
 
 from mamlpp.data.omniglot import drawings, find_omniglot, lake_alphabets
+from mamlpp.run.run_dir import RunDir
 
 EVALUATION = "images_evaluation"  # the 20 evaluation alphabets' subset
 # The drawer of ``CCCC_DD.png`` (Lake et al.'s file names): the image's source.
@@ -111,9 +112,11 @@ def score(folders: Path, run: Path) -> None:
 
 def _error(scored: Path, episodes: str, single: bool) -> dict[str, Any] | None:
     """The error (%) and CI of one evaluation record, with its tasks' fingerprint."""
-    name = f"eval-test-top3-600{'-single' if single else ''}"
-    name += "" if episodes == "within-group" else f"-{episodes}"
-    records = sorted(scored.glob(f"{name}-otherdata-*.json"))
+    other_episodes = None if episodes == "within-group" else episodes
+    pattern = RunDir(scored).eval_record(
+        "test", 3, 600, one_at_a_time=single, episodes=other_episodes, other_data="*"
+    )
+    records = sorted(scored.glob(pattern.name))
     if not records:
         return None
     record = json.loads(records[0].read_text(encoding="utf-8"))

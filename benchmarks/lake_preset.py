@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mamlpp.run.run_dir import RunDir
+
 PRESET = "omniglot-lake-hour"
 TOP_K = 3  # the preset's eval.top_k
 TASKS = 600
@@ -55,8 +57,8 @@ def _run(argv: list[str], dry_run: bool) -> float:
 
 
 def _eval_path(run: Path, single: bool, across: bool = False, split: str = "test") -> Path:
-    name = f"eval-{split}-top{TOP_K}-{TASKS}{'-single' if single else ''}"
-    return run / f"{name}{'-random' if across else ''}.json"
+    episodes = "random" if across else None
+    return RunDir(run).eval_record(split, TOP_K, TASKS, one_at_a_time=single, episodes=episodes)
 
 
 def _settings(runs: Path) -> list[str]:

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mamlpp.run.run_dir import RunDir
+
 BUDGET_S = 900  # first searches: 15 CPU-minutes of training and validation
 # Over the omniglot-lake-20w1s preset (the paper's Omniglot settings), the quickstart's choices
 # (32 filters, meta lr 3e-3, 3 inner steps, two threads) as the base. No iterations per epoch:
@@ -127,7 +129,7 @@ def candidates(runs: Path, names: Sequence[str], data: list[str], dry_run: bool)
     for name in names:
         family, seconds = _family(name)
         run = _run_folder(runs, name)
-        if (run / f"eval-val-top{TOP_K}-600-single.json").is_file():
+        if _eval_path(run, "val", single=True).is_file():
             print(f"{name}: finished, skipped")
             continue
         sets = [arg for s in CANDIDATES[family] for arg in ("--set", s)]
@@ -141,14 +143,18 @@ def candidates(runs: Path, names: Sequence[str], data: list[str], dry_run: bool)
 def test(runs: Path, data: list[str], dry_run: bool) -> None:
     for folder in sorted(p for p in runs.iterdir() if p.is_dir()):
         run = _run_folder(runs, folder.name)
-        if not (run / f"eval-val-top{TOP_K}-600-single.json").is_file():
+        if not _eval_path(run, "val", single=True).is_file():
             print(f"{folder.name}: not finished, skipped")
             continue
         _scores(run, "test", data, dry_run)
 
 
+def _eval_path(run: Path, split: str, single: bool) -> Path:
+    return RunDir(run).eval_record(split, TOP_K, 600, one_at_a_time=single)
+
+
 def _error(run: Path, split: str, single: bool) -> dict[str, float] | None:
-    path = run / f"eval-{split}-top{TOP_K}-600{'-single' if single else ''}.json"
+    path = _eval_path(run, split, single)
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import quickstart_budget_results as budget  # beside this script: on sys.path when run
 
+from mamlpp.run.run_dir import RunDir
 from mamlpp.studies.ablate.aggregate import environment
 
 BUDGET_S = 540  # training and validation; start-up, data and the test fit in the other minute
@@ -71,7 +72,7 @@ def candidates(runs: Path, names: Sequence[str], data_dir: str | None) -> None:
         if family not in CANDIDATES:
             raise SystemExit(f"unknown candidate {family!r} (known: {', '.join(CANDIDATES)})")
         folder = runs / name
-        if (folder / "mamlpp" / "seed0" / "eval-val-top3-600.json").is_file():
+        if RunDir(folder / "mamlpp" / "seed0").eval_record("val", 3, 600).is_file():
             print(f"{name}: finished, skipped")
             continue
         sets = [arg for s in [*SHARED, *CANDIDATES[family]] for arg in ("--set", s)]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.errors import MamlppError
-from mamlpp.run.run_dir import json_text, read_json, read_metrics
+from mamlpp.run.run_dir import RunDir, json_text, read_json, read_metrics
 from mamlpp.studies import plots
 from mamlpp.util.format import duration, markdown_table, percent
 
@@ -71,7 +71,7 @@ def collect_candidate(folder: Path, val_tasks: int = 600) -> dict[str, Any]:
     if summary is None:
         raise MamlppError(f"{run} has not finished (no summary.json)")
     top_k = summary["ensemble_size"]
-    val = read_json(run / f"eval-val-top{top_k}-{val_tasks}.json")
+    val = read_json(RunDir(run).eval_record("val", top_k, val_tasks))
     sets = [s for s in plan["sets"] if not s.startswith(BOOKKEEPING)]
     calibration = plan.get("calibration") or {}
     regimes = calibration.get("variants", {}).get("maml++", {}).get("regimes", {})

@@ -187,3 +187,29 @@ def test_json_text_is_strict_and_writes_null() -> None:
         "b": [None, 1.5, {"c": None}],
         "d": [2.0, None],
     }
+
+
+def test_every_score_has_a_record_of_its_own_that_outputs_may_not_replace(tmp_path: Path) -> None:
+    """`mamlpp evaluate`'s record names (RunDir.eval_record, also read by the benchmark
+    scripts): each protocol, way of scoring and data gets its own file, and every one of them is
+    a record of the run that `export` and `adapt --out` refuse to overwrite."""
+    from mamlpp.run.output_guard import run_file_of
+
+    run = RunDir(tmp_path)
+    run.config.write_text("")
+    run.metrics.write_text("")  # a folder training has touched
+    names = {
+        run.eval_record(split, 3, 600, one_at_a_time=single, episodes=episodes, other_data=data)
+        for split in ("val", "test")
+        for single in (False, True)
+        for episodes in (None, "random")
+        for data in (None, "0123abcd")
+    }
+    assert len(names) == 16
+    assert run.eval_record("test", 3, 600, one_at_a_time=True, episodes="random").name == (
+        "eval-test-top3-600-single-random.json"
+    )
+    assert run.eval_record("val", 1, 8, other_data="0123abcd").name == (
+        "eval-val-top1-8-otherdata-0123abcd.json"
+    )
+    assert all(run_file_of(path) is not None for path in names)

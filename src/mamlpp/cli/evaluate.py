@@ -78,11 +78,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     e, d = config.eval, config.data
     # Another protocol scores other tasks: they get a file of their own and no comparison with
     # the fingerprint of the run's own test tasks.
-    other_episodes = ""
+    other_episodes: str | None = None
     if args.episodes is not None:
         asked = dataclasses.replace(d, eval_episodes=args.episodes)
         if fine_grained_evaluation(asked) != fine_grained_evaluation(d):
-            other_episodes = f"-{args.episodes}"
+            other_episodes = args.episodes
             config = dataclasses.replace(config, data=asked)
     tasks = (
         args.tasks
@@ -139,10 +139,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     how += f" ({args.episodes} tasks)" if other_episodes else ""
     print(f"{args.split}{how}: {result.describe()} [{', '.join(names)}]")
     # Scores on other data never replace the run's own: they get a name of their own.
-    other = f"-otherdata-{record['fingerprint'][:8]}" if own is False else ""
-    single = "-single" if args.one_at_a_time else ""
-    name = f"eval-{args.split}-top{top_k}-{tasks}{single}{other_episodes}{other}.json"
-    out = run.root / name
+    out = run.eval_record(
+        args.split,
+        top_k,
+        tasks,
+        one_at_a_time=args.one_at_a_time,
+        episodes=other_episodes,
+        other_data=record["fingerprint"][:8] if own is False else None,
+    )
     write_json(
         out,
         {

@@ -9,6 +9,7 @@
         latest.pt          the newest state (exact resume starts here)
         epoch-NNNN.pt      the top-k epochs by validation accuracy (the test ensemble)
       data.json            the data the run trains on (mamlpp.run.data_record)
+      eval-*.json          one per `mamlpp evaluate` score (RunDir.eval_record names them)
       summary.json         test accuracy, 95% CI, tasks, ensemble size, wall time, it/s
       tensorboard/         only when the optional extra is installed
       .lock                held by the process that trains in the folder (one writer at a time)
@@ -83,6 +84,31 @@ class RunDir:
                 if epoch is not None:
                     found[epoch] = path
         return dict(sorted(found.items()))
+
+    def eval_record(
+        self,
+        split: str,
+        top_k: int,
+        tasks: int,
+        *,
+        one_at_a_time: bool = False,
+        episodes: str | None = None,
+        other_data: str | None = None,
+    ) -> Path:
+        """Where ``mamlpp evaluate`` keeps one score, so that scores of different protocols
+        never overwrite each other:
+        ``eval-<split>-top<k>-<tasks>[-single][-<episodes>][-otherdata-<fingerprint>].json``.
+
+        ``one_at_a_time``: each query image scored alone (``-single``). ``episodes``: only for a
+        task protocol other than the run's own (``"random"``, ``"within-group"``).
+        ``other_data``: only for data other than the run's, the first 8 characters of its
+        fingerprint (``"*"`` gives a glob pattern for any of them).
+        """
+        name = f"eval-{split}-top{top_k}-{tasks}"
+        name += "-single" if one_at_a_time else ""
+        name += f"-{episodes}" if episodes else ""
+        name += f"-otherdata-{other_data}" if other_data else ""
+        return self.root / f"{name}.json"
 
     def has_training_state(self) -> bool:
         return self.latest.is_file()
