@@ -99,6 +99,22 @@ def test_an_interrupted_seed_is_resumed_and_its_time_adds_the_checkpoints(
     assert wall == {"train_command_s": 1160.0, "resumed_after_s": 160.0}
 
 
+def test_the_table_leaves_out_a_seed_still_training(tmp_path: Path, capsys) -> None:
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"seed{seed}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "latest.pt").write_bytes(b"")
+        _record(run / "eval-test-top3-600-single.json", 0.75)
+    (tmp_path / "runs" / "seed0" / "summary.json").write_text(
+        json.dumps({"iterations": 7000, "test_accuracy": 0.8, "test_ci95": 0.01})
+    )
+    preset.table(tmp_path / "runs", tmp_path / "out", "test conditions")
+    assert capsys.readouterr().out.startswith("seed1: training not finished, left out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [row["seed"] for row in results["rows"]] == [0]
+    assert "| mean of 1 |" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_a_variant_of_the_preset_is_trained_with_its_overrides_in_its_own_folder(
     tmp_path: Path, capsys
 ) -> None:
